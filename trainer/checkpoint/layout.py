@@ -1,0 +1,94 @@
+"""The checkpoint folder protocol, as pure functions over names and bytes.
+
+    <root>/<run-id>/step-000001200/   every file of the step, manifest.json LAST
+    <root>/<run-id>/latest            the newest committed step, after its manifest
+
+A step without a valid manifest does not exist. This module decides which
+steps exist, in which order restore should try them, and which may be pruned;
+it does no I/O so each rule is tested on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Mapping
+
+from trainer import contract
+from trainer.storage import FileInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    step: int
+    world_size: int
+    #: "replicated" (torch.save files) or "sharded" (torch.distributed.checkpoint)
+    kind: str
+    files: Mapping[str, FileInfo]
+    created: float
+    format: int = contract.MANIFEST_FORMAT
+
+
+def manifest_to_bytes(m: Manifest) -> bytes:
+    doc = {
+        "format": m.format,
+        "step": m.step,
+        "world_size": m.world_size,
+        "kind": m.kind,
+        "created": m.created,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(m.created)),
+        "files": {k: {"size": v.size, "sha256": v.sha256} for k, v in sorted(m.files.items())},
+    }
+    return json.dumps(doc, indent=1, sort_keys=True).encode()
+
+
+def manifest_from_bytes(data: bytes, *, expect_step: int) -> Manifest:
+    """Parse a manifest; ValueError if it is not one for `expect_step`."""
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or doc.get("format") != contract.MANIFEST_FORMAT:
+        raise ValueError(f"unknown manifest format {doc.get('format') if isinstance(doc, dict) else doc!r}")
+    if doc.get("step") != expect_step:
+        raise ValueError(f"manifest says step {doc.get('step')}, folder says {expect_step}")
+    files = {str(k): FileInfo(size=int(v["size"]), sha256=str(v["sha256"])) for k, v in doc["files"].items()}
+    if not files:
+        raise ValueError("manifest lists no files")
+    return Manifest(step=int(doc["step"]), world_size=int(doc["world_size"]), kind=str(doc["kind"]),
+                    files=files, created=float(doc["created"]), format=int(doc["format"]))
+
+
+def steps_in_listing(names: list[str]) -> list[int]:
+    """Step numbers of the step folders in a run folder listing, ascending."""
+    return sorted(s for s in (contract.parse_step_dir_name(n) for n in names) if s is not None)
+
+
+def parse_latest(data: bytes | None) -> int | None:
+    if data is None:
+        return None
+    try:
+        step = int(data.decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return step if step >= 0 else None
+
+
+def restore_candidates(latest: int | None, listed_steps: list[int]) -> list[int]:
+    """Steps to try on restore, best first: `latest`, then every other step newest first.
+
+    Steps newer than `latest` are tried too, after it: a commit can write its
+    manifest and die before `latest` moves, and that step is still whole.
+    """
+    rest = sorted((s for s in set(listed_steps) if s != latest), reverse=True)
+    return ([latest] if latest is not None else []) + rest
+
+
+def steps_to_prune(committed: list[int], all_steps: list[int], *, newest: int, keep: int) -> list[int]:
+    """Folders to delete after `newest` committed.
+
+    Keeps the `keep` newest committed steps. Uncommitted folders older than
+    `newest` are leftovers of failed saves and go too; anything newer than
+    `newest` may be a save in flight and is left alone.
+    """
+    kept = set(sorted((s for s in committed if s <= newest), reverse=True)[:max(keep, 1)])
+    kept.add(newest)
+    return sorted(s for s in all_steps if s < newest and s not in kept)

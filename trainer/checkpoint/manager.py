@@ -1,0 +1,486 @@
+"""`Checkpointer`: restore on start, save on a cadence and on preemption.
+
+    ckpt = Checkpointer(model, optimizer, scheduler, per_rank={"sampler": sampler})
+    start = ckpt.restore()                  # 0, or the committed step to resume after
+    for step in range(start, total_steps):
+        train_one_step()
+        ckpt.step_end(step + 1)             # saves when due; on preemption saves and exits
+    ckpt.close(total_steps)                 # final, synchronous save
+
+Every rank constructs the Checkpointer and calls every method in the same
+order: saves, restores and the per-step stop check are collectives.
+
+A save blocks training only while the state is copied off the live tensors
+(`state.snapshot`); writing, uploading and committing happen on one
+background thread, at most one save in flight. The final save and the
+preemption save are synchronous. A failed upload is logged at once with its
+cause, leaves `latest` untouched, and raises `CheckpointError` from the next
+call after `max_failures` failures in a row, or at once for a synchronous save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from typing import Any, Mapping, Protocol
+
+import torch
+
+from trainer import contract, dist
+from trainer.checkpoint import layout, state as st
+from trainer.errors import CheckpointError
+from trainer.storage import FileInfo, Storage, file_info, join, open_storage, spool_dir
+
+log = logging.getLogger("kubetrain.checkpoint")
+
+REPLICATED_FILE = "state.pt"
+SHARDED_DIR = "dcp"
+#: Seconds a checkpoint collective may wait for a slow rank before it fails.
+COORD_TIMEOUT_S = 1800.0
+#: Rate limit of the watchdog heartbeat file: it only needs second resolution.
+HEARTBEAT_EVERY_S = 1.0
+
+
+def rank_file(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    """Where and how often to checkpoint; each field defaults from its KUBETRAIN_* variable."""
+
+    uri: str
+    run_id: str
+    every_steps: int = contract.DEFAULT_CHECKPOINT_EVERY_STEPS
+    every_seconds: float = 0.0
+    keep: int = contract.DEFAULT_CHECKPOINT_KEEP
+    max_failures: int = 3
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise CheckpointError(f"every_steps must be >= 0 (0 disables), got {self.every_steps}")
+        if self.every_seconds < 0:
+            raise CheckpointError(f"every_seconds must be >= 0 (0 disables), got {self.every_seconds}")
+        if self.keep < 1:
+            raise CheckpointError(f"keep must be >= 1, got {self.keep}")
+        if not self.run_id or "/" in self.run_id:
+            raise CheckpointError(f"run id must be a non-empty name without '/', got {self.run_id!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> "CheckpointConfig":
+        def pick(key: str, env_name: str, conv, default):
+            if overrides.get(key) is not None:
+                return overrides[key]
+            raw = env.get(env_name)
+            return conv(raw) if raw not in (None, "") else default
+
+        return cls(
+            uri=pick("uri", contract.ENV_CHECKPOINT_URI, str, contract.DEFAULT_CHECKPOINT_DIR),
+            run_id=pick("run_id", contract.ENV_RUN_ID, str, "default"),
+            every_steps=pick("every_steps", contract.ENV_CHECKPOINT_EVERY_STEPS, int,
+                             contract.DEFAULT_CHECKPOINT_EVERY_STEPS),
+            every_seconds=pick("every_seconds", contract.ENV_CHECKPOINT_EVERY_SECONDS, float, 0.0),
+            keep=pick("keep", contract.ENV_CHECKPOINT_KEEP, int, contract.DEFAULT_CHECKPOINT_KEEP),
+            max_failures=overrides.get("max_failures") or 3,
+        )
+
+
+@dataclasses.dataclass
+class _SaveJob:
+    step: int
+    replicated: Any | None  # rank 0 only
+    sharded: Any | None
+    per_rank: Any
+    started: float
+
+
+@dataclasses.dataclass
+class _Loaded:
+    step: int
+    replicated: Any | None
+    per_rank: Any | None
+    dcp_dir: str | None
+
+
+class Checkpointer:
+    """Checkpoints for a training loop; see the module docstring."""
+
+    def __init__(self, model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 scheduler: Any | None = None, *, extra: Mapping[str, Stateful] | None = None,
+                 per_rank: Mapping[str, Stateful] | None = None, uri: str | None = None,
+                 run_id: str | None = None, every_steps: int | None = None, every_seconds: float | None = None,
+                 keep: int | None = None, async_upload: bool = True, max_failures: int | None = None) -> None:
+        self.config = CheckpointConfig.from_env(os.environ, uri=uri, run_id=run_id, every_steps=every_steps,
+                                                every_seconds=every_seconds, keep=keep, max_failures=max_failures)
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.extra = dict(extra or {})
+        self.per_rank = dict(per_rank or {})
+        self.async_upload = async_upload
+        self.storage: Storage = open_storage(self.config.uri)
+        self.run_uri = join(self.storage.uri, self.config.run_id)
+        self.rank, self.world_size = dist.rank(), dist.world_size()
+        # Two gloo groups: the per-step stop check runs on the training thread,
+        # the commit on the upload thread; one group must never serve both.
+        self._control_group = dist.new_gloo_group(COORD_TIMEOUT_S)
+        self._commit_group = dist.new_gloo_group(COORD_TIMEOUT_S)
+        self._control_dir = os.environ.get(contract.ENV_CONTROL_DIR) or None
+        self._signalled = threading.Event()
+        self._install_signal_handlers()
+        self._thread: threading.Thread | None = None
+        self._failures = 0
+        self._last_error: str | None = None
+        self._last_save_time = time.monotonic()
+        self._last_heartbeat = 0.0
+        #: The newest step this run committed or restored.
+        self.last_committed: int | None = None
+        #: The step restore() resumed from, or None.
+        self.restored_step: int | None = None
+
+    # --- public API ---------------------------------------------------------
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether this rank has seen a stop request (SIGTERM or the supervisor's notice)."""
+        return self._signalled.is_set() or (
+            self._control_dir is not None and os.path.exists(os.path.join(self._control_dir, contract.CONTROL_STOP)))
+
+    def restore(self) -> int:
+        """Load the newest checkpoint that verifies on every rank; return its step (0 if none)."""
+        self._heartbeat(0, force=True)
+        candidates: list[int] = []
+        if self.rank == 0:
+            latest = layout.parse_latest(self.storage.read_small(join(self.run_uri, contract.LATEST_NAME)))
+            candidates = layout.restore_candidates(latest, layout.steps_in_listing(self.storage.list_names(self.run_uri)))
+        candidates = dist.broadcast_object(candidates, self._control_group)
+        for i, step in enumerate(candidates):
+            loaded, reason = self._try_load(step)
+            if dist.all_true(reason is None, self._control_group):
+                assert loaded is not None
+                self._apply(loaded)
+                self.last_committed = self.restored_step = step
+                self._last_save_time = time.monotonic()
+                if self.rank == 0:
+                    log.info("restored %s from %s; resuming after step %d",
+                             contract.step_dir_name(step), self.run_uri, step)
+                self._heartbeat(step, force=True)
+                return step
+            self._discard(loaded)
+            nxt = candidates[i + 1] if i + 1 < len(candidates) else None
+            if reason is not None:
+                log.warning("rank %d: checkpoint %s is not usable: %s; falling back to %s", self.rank,
+                            contract.step_dir_name(step), reason,
+                            contract.step_dir_name(nxt) if nxt is not None else "a fresh start")
+        if self.rank == 0:
+            log.info("no usable checkpoint under %s; starting from step 0", self.run_uri)
+        return 0
+
+    def step_end(self, step: int) -> None:
+        """Call after each optimizer step with the number of steps completed.
+
+        Saves when a cadence is due. When a stop was requested on any rank, all
+        ranks save this step synchronously, commit it, and leave the process
+        (exit 0 under the supervisor, which then exits 143; 143 otherwise).
+        """
+        self._raise_if_failing()
+        self._heartbeat(step)
+        c = self.config
+        time_due = c.every_seconds > 0 and time.monotonic() - self._last_save_time >= c.every_seconds
+        stop, due = dist.all_reduce_max([int(self.stop_requested), int(time_due)], self._control_group)
+        if stop:
+            self._stop(step)
+        if due or (c.every_steps > 0 and step % c.every_steps == 0):
+            self.save(step)
+
+    def save(self, step: int, *, blocking: bool = False) -> None:
+        """Snapshot now; write and commit in the background unless `blocking`."""
+        self.wait()
+        self._raise_if_failing()
+        job = self._stage(step)
+        self._last_save_time = time.monotonic()
+        if blocking or not self.async_upload:
+            self._run(job)
+            if self._last_error is not None and self._failures:
+                raise CheckpointError(self._last_error)
+            return
+        self._thread = threading.Thread(target=self._run, args=(job,), name=f"kubetrain-save-{step}", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the save in flight, if any, has committed or failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def close(self, final_step: int | None = None) -> None:
+        """Wait for uploads; with `final_step`, save it synchronously first (unless already committed)."""
+        self.wait()
+        if final_step is not None and self.last_committed != final_step:
+            self.save(final_step, blocking=True)
+        elif self._failures:
+            raise CheckpointError(self._last_error or "the last checkpoint failed")
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wait()
+
+    # --- saving ---------------------------------------------------------------
+
+    def _model_optim_state(self) -> tuple[Any, Any]:
+        if self.model is None:
+            return None, None
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+        if self.optimizer is None:
+            return get_model_state_dict(self.model), None
+        return get_state_dict(self.model, self.optimizer)
+
+    def _stage(self, step: int) -> _SaveJob:
+        t0 = time.monotonic()
+        msd, osd = self._model_optim_state()
+        sharded = st.is_sharded(msd) or st.is_sharded(osd)
+        replicated = None
+        if self.rank == 0:
+            replicated = {"step": step, "extra": {k: v.state_dict() for k, v in self.extra.items()}}
+            if self.scheduler is not None:
+                replicated["scheduler"] = self.scheduler.state_dict()
+            if not sharded:
+                replicated["model"], replicated["optimizer"] = msd, osd
+        per_rank = {"step": step, "rng": st.rng_state(), "state": {k: v.state_dict() for k, v in self.per_rank.items()}}
+        job = _SaveJob(step=step, replicated=st.snapshot(replicated),
+                       sharded=st.snapshot({"model": msd, "optimizer": osd}) if sharded else None,
+                       per_rank=st.snapshot(per_rank), started=t0)
+        log.debug("rank %d: snapshot of step %d took %.3fs", self.rank, step, time.monotonic() - t0)
+        return job
+
+    def _run(self, job: _SaveJob) -> None:
+        """Write this rank's files, then rank 0 commits; every rank learns the outcome."""
+        step_uri = join(self.run_uri, contract.step_dir_name(job.step))
+        try:
+            files: dict[str, FileInfo] = {}
+            if job.replicated is not None:
+                files[REPLICATED_FILE] = self.storage.write_file(
+                    join(step_uri, REPLICATED_FILE), lambda f: torch.save(job.replicated, f))
+            files[rank_file(self.rank)] = self.storage.write_file(
+                join(step_uri, rank_file(self.rank)), lambda f: torch.save(job.per_rank, f))
+            if job.sharded is not None:
+                files.update(self._write_sharded(step_uri, job.sharded))
+            mine: tuple[str, Any] = ("ok", files)
+        except Exception as e:  # reported through the commit outcome, never swallowed
+            mine = ("error", f"rank {self.rank}: {type(e).__name__}: {e}")
+        job.replicated = job.sharded = job.per_rank = None  # free the snapshot before the commit
+        gathered = dist.gather_objects(mine, self._commit_group)
+        outcome: tuple[str, str] = ("ok", "")
+        if self.rank == 0:
+            assert gathered is not None
+            errors = [msg for kind, msg in gathered if kind == "error"]
+            outcome = ("error", "; ".join(errors)) if errors else self._commit(job.step, gathered)
+        outcome = dist.broadcast_object(outcome, self._commit_group)
+        if outcome[0] == "ok":
+            self._failures, self._last_error = 0, None
+            self.last_committed = job.step
+            if self.rank == 0:
+                log.info("checkpoint %s committed in %.2fs", contract.step_dir_name(job.step),
+                         time.monotonic() - job.started)
+        else:
+            self._failures += 1
+            self._last_error = (f"checkpoint {contract.step_dir_name(job.step)} failed, {self.config.uri} "
+                                f"`latest` still points at step {self.last_committed}: {outcome[1]}")
+            if self.rank == 0:
+                log.error("%s (%d in a row; training stops after %d)", self._last_error, self._failures,
+                          self.config.max_failures)
+
+    def _commit(self, step: int, gathered: list[tuple[str, Any]]) -> tuple[str, str]:
+        """Rank 0: manifest after every file, `latest` after the manifest, then prune."""
+        files: dict[str, FileInfo] = {}
+        for _, f in gathered:
+            files.update(f)
+        step_uri = join(self.run_uri, contract.step_dir_name(step))
+        try:
+            manifest = layout.Manifest(step=step, world_size=self.world_size,
+                                       kind="sharded" if any(k.startswith(SHARDED_DIR + "/") for k in files)
+                                       else "replicated", files=files, created=time.time())
+            self.storage.write_small(join(step_uri, contract.MANIFEST_NAME), layout.manifest_to_bytes(manifest))
+            self.storage.write_small(join(self.run_uri, contract.LATEST_NAME), f"{step}\n".encode())
+        except Exception as e:
+            return ("error", f"commit: {type(e).__name__}: {e}")
+        try:
+            self._prune(step)
+        except Exception as e:  # a failed prune leaves extra folders, never a wrong checkpoint
+            log.warning("pruning old checkpoints failed (will retry after the next commit): %s", e)
+        return ("ok", "")
+
+    def _prune(self, newest: int) -> None:
+        all_steps = layout.steps_in_listing(self.storage.list_names(self.run_uri))
+        committed = [s for s in all_steps if s == newest or self.storage.read_small(
+            join(self.run_uri, contract.step_dir_name(s), contract.MANIFEST_NAME)) is not None]
+        for s in layout.steps_to_prune(committed, all_steps, newest=newest, keep=self.config.keep):
+            self.storage.remove_tree(join(self.run_uri, contract.step_dir_name(s)))
+
+    def _write_sharded(self, step_uri: str, state: Any) -> dict[str, FileInfo]:
+        """Every rank's shards through torch.distributed.checkpoint, staged locally, then uploaded."""
+        import torch.distributed.checkpoint as dcp
+
+        local = tempfile.mkdtemp(dir=spool_dir(), prefix=f"dcp-save-r{self.rank}-")
+        try:
+            dcp.save(state, storage_writer=dcp.FileSystemWriter(local, sync_files=False),
+                     process_group=self._commit_group)
+            out = {}
+            for name in sorted(os.listdir(local)):
+                src = os.path.join(local, name)
+
+                def copy(f, src=src):
+                    with open(src, "rb") as r:
+                        shutil.copyfileobj(r, f, 8 << 20)
+
+                out[f"{SHARDED_DIR}/{name}"] = self.storage.write_file(join(step_uri, SHARDED_DIR, name), copy)
+            return out
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
+    # --- restoring ------------------------------------------------------------
+
+    def _try_load(self, step: int) -> tuple[_Loaded | None, str | None]:
+        """Fetch and verify this rank's files of `step`; (loaded, None) or (partial, reason)."""
+        step_uri = join(self.run_uri, contract.step_dir_name(step))
+        loaded = _Loaded(step=step, replicated=None, per_rank=None, dcp_dir=None)
+        try:
+            raw = self.storage.read_small(join(step_uri, contract.MANIFEST_NAME))
+            if raw is None:
+                return loaded, "no manifest.json (the save never committed)"
+            try:
+                manifest = layout.manifest_from_bytes(raw, expect_step=step)
+            except (ValueError, KeyError, TypeError) as e:
+                return loaded, f"manifest.json is invalid: {e}"
+            if REPLICATED_FILE in manifest.files:
+                loaded.replicated = self._fetch_verified(step_uri, REPLICATED_FILE, manifest.files[REPLICATED_FILE])
+            mine = rank_file(self.rank)
+            if mine in manifest.files:
+                loaded.per_rank = self._fetch_verified(step_uri, mine, manifest.files[mine])
+            elif manifest.world_size != self.world_size:
+                log.warning("rank %d: %s was saved by %d ranks, this run has %d: RNG and data position of "
+                            "this rank start fresh", self.rank, contract.step_dir_name(step),
+                            manifest.world_size, self.world_size)
+            else:
+                return loaded, f"manifest.json lists no {mine}"
+            if manifest.kind == "sharded":
+                loaded.dcp_dir = tempfile.mkdtemp(dir=spool_dir(), prefix=f"dcp-load-r{self.rank}-")
+                for name, info in manifest.files.items():
+                    if name.startswith(SHARDED_DIR + "/"):
+                        self._fetch_verified(step_uri, name, info,
+                                             copy_to=os.path.join(loaded.dcp_dir, name.split("/", 1)[1]))
+            return loaded, None
+        except _Corrupt as e:
+            return loaded, str(e)
+        except FileNotFoundError as e:
+            return loaded, f"{e} is missing"
+        except Exception as e:
+            return loaded, f"{type(e).__name__}: {e}"
+
+    def _fetch_verified(self, step_uri: str, name: str, expected: FileInfo, copy_to: str | None = None) -> Any:
+        with self.storage.fetch(join(step_uri, name)) as local:
+            got = file_info(local)
+            if got.size != expected.size:
+                raise _Corrupt(f"{name} has {got.size} bytes, the manifest says {expected.size} (truncated?)")
+            if got.sha256 != expected.sha256:
+                raise _Corrupt(f"{name} fails its sha256 check (corrupt)")
+            if copy_to is not None:
+                shutil.copyfile(local, copy_to)
+                return None
+            # Our own, checksum-verified file: it holds RNG tuples and user state, not only tensors.
+            return torch.load(local, map_location="cpu", weights_only=False)
+
+    def _apply(self, loaded: _Loaded) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+        rep = loaded.replicated or {}
+        if loaded.dcp_dir is not None and self.model is not None:
+            import torch.distributed.checkpoint as dcp
+
+            msd, osd = self._model_optim_state()
+            target = {"model": msd, "optimizer": osd}
+            dcp.load(target, storage_reader=dcp.FileSystemReader(loaded.dcp_dir), process_group=self._control_group)
+            msd, osd = target["model"], target["optimizer"]
+        else:
+            msd, osd = rep.get("model"), rep.get("optimizer")
+        if self.model is not None and msd is not None:
+            if self.optimizer is not None and osd is not None:
+                set_state_dict(self.model, self.optimizer, model_state_dict=msd, optim_state_dict=osd)
+            else:
+                set_model_state_dict(self.model, msd)
+        if self.scheduler is not None and "scheduler" in rep:
+            self.scheduler.load_state_dict(rep["scheduler"])
+        for k, v in self.extra.items():
+            if k in rep.get("extra", {}):
+                v.load_state_dict(rep["extra"][k])
+        if loaded.per_rank is not None:
+            for k, v in self.per_rank.items():
+                if k in loaded.per_rank["state"]:
+                    v.load_state_dict(loaded.per_rank["state"][k])
+            st.set_rng_state(loaded.per_rank["rng"])
+        self._discard(loaded)
+
+    @staticmethod
+    def _discard(loaded: _Loaded | None) -> None:
+        if loaded is not None and loaded.dcp_dir is not None:
+            shutil.rmtree(loaded.dcp_dir, ignore_errors=True)
+
+    # --- stopping, signals, heartbeat -----------------------------------------
+
+    def _stop(self, step: int) -> None:
+        self.wait()
+        if self.last_committed != step:
+            if self.rank == 0:
+                log.warning("stop requested: saving step %d before exiting", step)
+            self.save(step, blocking=True)
+        if self.rank == 0 and self._control_dir is not None:
+            with open(os.path.join(self._control_dir, contract.CONTROL_PREEMPTED), "w") as f:
+                json.dump({"step": step, "time": time.time()}, f)
+        if self.rank == 0:
+            log.warning("preempted: checkpoint %s committed; exiting", contract.step_dir_name(step))
+        # Under the supervisor every rank exits 0 so torchrun does not tear down
+        # ranks still finishing; the supervisor turns that into 143.
+        raise SystemExit(0 if self._control_dir is not None else int(contract.ExitCode.PREEMPTED))
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_signal(signum: int, frame: Any) -> None:
+            # Only set a flag: raising here could interrupt a collective or an upload.
+            self._signalled.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+
+    def _heartbeat(self, step: int, force: bool = False) -> None:
+        if self._control_dir is None:
+            return
+        now = time.time()
+        if not force and now - self._last_heartbeat < HEARTBEAT_EVERY_S:
+            return
+        self._last_heartbeat = now
+        path = os.path.join(self._control_dir, f"{contract.CONTROL_PROGRESS_PREFIX}{self.rank}")
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{step} {now}\n")
+        os.replace(path + ".tmp", path)
+
+    def _raise_if_failing(self) -> None:
+        if self._failures >= self.config.max_failures:
+            raise CheckpointError(f"{self._failures} checkpoints in a row failed; the last: {self._last_error}")
+
+
+class _Corrupt(Exception):
+    pass

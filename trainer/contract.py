@@ -1,0 +1,153 @@
+"""The contract between the launcher and the runtime: standard library only.
+
+Everything that crosses from `launch` into a pod is named here once: the
+environment variables that carry the runtime's settings, the exit codes that
+tell the Kubeflow training operator whether to retry, and the checkpoint
+layout. The launcher imports this module and nothing else of `trainer`.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+# --- container ---------------------------------------------------------------
+
+#: The Kubeflow training operator only injects MASTER_ADDR & co. into this one.
+CONTAINER_NAME = "pytorch"
+
+# --- environment: one KUBETRAIN_* variable per `python -m trainer run` flag ---
+
+ENV_PREFIX = "KUBETRAIN_"
+ENV_NPROC_PER_NODE = "KUBETRAIN_NPROC_PER_NODE"
+ENV_CHECKPOINT_URI = "KUBETRAIN_CHECKPOINT_URI"
+ENV_RUN_ID = "KUBETRAIN_RUN_ID"
+ENV_CHECKPOINT_EVERY_STEPS = "KUBETRAIN_CHECKPOINT_EVERY_STEPS"
+ENV_CHECKPOINT_EVERY_SECONDS = "KUBETRAIN_CHECKPOINT_EVERY_SECONDS"
+ENV_CHECKPOINT_KEEP = "KUBETRAIN_CHECKPOINT_KEEP"
+ENV_GRACE_SECONDS = "KUBETRAIN_GRACE_SECONDS"
+ENV_HANG_TIMEOUT = "KUBETRAIN_HANG_TIMEOUT"
+ENV_PREEMPTION_URL = "KUBETRAIN_PREEMPTION_URL"
+ENV_PREEMPTION_POLL_SECONDS = "KUBETRAIN_PREEMPTION_POLL_SECONDS"
+ENV_SPOOL_DIR = "KUBETRAIN_SPOOL_DIR"
+#: Set by the supervisor for its workers; not a user setting.
+ENV_CONTROL_DIR = "KUBETRAIN_CONTROL_DIR"
+
+# Set by the Kubeflow training operator in every replica (read, never written).
+OPERATOR_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "PET_NNODES",
+    "PET_NPROC_PER_NODE",
+    "PET_NODE_RANK",
+)
+
+# --- defaults: the one place each lives ----------------------------------------
+
+DEFAULT_GRACE_SECONDS = 30.0
+DEFAULT_CHECKPOINT_EVERY_STEPS = 100
+DEFAULT_CHECKPOINT_KEEP = 3
+DEFAULT_HANG_TIMEOUT = 0.0  # seconds without step progress; 0 disables the watchdog
+DEFAULT_PREEMPTION_POLL_SECONDS = 5.0
+DEFAULT_CHECKPOINT_DIR = "checkpoints"  # local runs, relative to the working dir
+
+#: Seconds of the grace period kept back for the supervisor itself: after the
+#: workers' deadline it still needs to signal torchrun and exit.
+SUPERVISOR_GRACE_RESERVE = 2.0
+
+
+def termination_grace_period_seconds(grace_seconds: float) -> int:
+    """The pod's terminationGracePeriodSeconds for a runtime grace budget.
+
+    The kubelet SIGKILLs at exactly this point; the runtime plans to have
+    exited `SUPERVISOR_GRACE_RESERVE` seconds earlier, so both derive from one
+    number and cannot disagree.
+    """
+    return int(grace_seconds + 0.999)
+
+
+# --- exit codes ------------------------------------------------------------------
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of `python -m trainer`.
+
+    The operator's `restartPolicy: ExitCode` retries 128-255 and treats 1-127 as
+    permanent. 128+N means "killed by signal N" (137: SIGKILL or the OOM killer).
+    """
+
+    OK = 0
+    #: The user's code raised; retrying would fail the same way.
+    USER_ERROR = 1
+    #: Bad flags, URI or environment; nothing ran.
+    USAGE = 2
+    #: SIGTERM or a cloud preemption notice; the checkpoint committed first.
+    PREEMPTED = 143
+    #: The watchdog saw no step progress for the hang timeout and killed the workers.
+    HANG = 200
+    #: Rendezvous, collective transport or storage failure: the infrastructure, not the code.
+    INFRA = 201
+
+    @staticmethod
+    def for_signal(signum: int) -> int:
+        return 128 + int(signum)
+
+
+def is_retryable(code: int) -> bool:
+    """Whether the operator's ExitCode policy retries this exit code."""
+    return code >= 128
+
+
+def describe_exit_code(code: int) -> str:
+    """A short human description of an exit code, read through the contract."""
+    import signal
+
+    try:
+        known = ExitCode(code)
+    except ValueError:
+        known = None
+    if known is ExitCode.PREEMPTED:
+        return "preempted (SIGTERM), checkpoint committed"
+    if known is not None and known not in (ExitCode.OK,):
+        return known.name.lower().replace("_", " ")
+    if known is ExitCode.OK:
+        return "finished"
+    if 128 < code < 128 + 65:
+        try:
+            return "killed by " + signal.Signals(code - 128).name
+        except ValueError:
+            return f"killed by signal {code - 128}"
+    return "failed (permanent)" if code < 128 else "failed (retryable)"
+
+
+# --- checkpoint layout: <uri>/<run-id>/step-000001200/..., <uri>/<run-id>/latest ---
+
+MANIFEST_NAME = "manifest.json"
+LATEST_NAME = "latest"
+STEP_DIR_PREFIX = "step-"
+STEP_DIGITS = 9
+MANIFEST_FORMAT = 1
+_STEP_DIR_RE = re.compile(r"^step-(\d{%d,})$" % STEP_DIGITS)
+
+
+def step_dir_name(step: int) -> str:
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return f"{STEP_DIR_PREFIX}{step:0{STEP_DIGITS}d}"
+
+
+def parse_step_dir_name(name: str) -> int | None:
+    """The step of a `step-NNNNNNNNN` folder name, or None for anything else."""
+    m = _STEP_DIR_RE.match(name.rstrip("/").rsplit("/", 1)[-1])
+    return int(m.group(1)) if m else None
+
+
+# --- control files between the supervisor and its workers (one pod, local disk) ---
+
+CONTROL_STOP = "stop"  # written by the supervisor: please stop at the next step boundary
+CONTROL_PREEMPTED = "preempted.json"  # written by rank 0 after the stop checkpoint committed
+CONTROL_PROGRESS_PREFIX = "progress-rank-"  # heartbeat of each local rank: "<step> <time>"
+CONTROL_ERROR_PREFIX = "error-rank-"  # the first exception of each rank, JSON
+CONTROL_RESULT = "result.json"  # torchrun's outcome, written by trainer._torchrun

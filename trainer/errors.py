@@ -1,0 +1,19 @@
+"""The runtime's error tree. Only `main()` catches `KubetrainError`."""
+
+from __future__ import annotations
+
+
+class KubetrainError(Exception):
+    """A failure with a message for the user; `main()` prints it on one line."""
+
+
+class UsageError(KubetrainError):
+    """Bad flags, URI or environment: exit 2, nothing started."""
+
+
+class StorageError(KubetrainError):
+    """The object store failed after retries."""
+
+
+class CheckpointError(KubetrainError):
+    """A checkpoint could not be saved, committed or restored."""

@@ -1,0 +1,433 @@
+"""Checkpoint storage: any fsspec URI, with boto3's transfer manager for s3://.
+
+Paths are `str`, never `Path`: `Path` turns `s3://b/k` into `s3:/b/k`.
+
+Large files (the shards) go through `write_file` / `fetch`, which hash what
+they move so the checkpoint layer can record and verify checksums without a
+second pass over the bytes. Small files (manifest, `latest`) go through
+`write_small` / `read_small`, which replace the object atomically.
+
+For s3:// the whole backend is boto3: bench/storage_s3.py measured boto3's
+transfer manager against s3fs on the same bytes (see BENCHMARKS.md), and one
+client keeps one retry policy. Everything else goes through fsspec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from typing import BinaryIO, Callable, Iterator, TypeVar
+
+from trainer import contract
+from trainer.errors import StorageError, UsageError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Bytes per hashing read.
+CHUNK = 8 << 20
+#: Multipart part size and parallel parts for s3:// transfers (boto3 defaults: 8 MiB, 10).
+S3_PART_SIZE = 16 << 20
+S3_CONCURRENCY = 8
+RETRY_ATTEMPTS = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    """What the manifest records of one file."""
+
+    size: int
+    sha256: str
+
+
+class HashingWriter:
+    """A write-only file wrapper that counts and hashes what passes through."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:  # torch.save writes bytes and memoryviews
+        self._hash.update(data)
+        n = self._raw.write(data)
+        self.size += len(data) if n is None else n
+        return len(data) if n is None else n
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def info(self) -> FileInfo:
+        return FileInfo(size=self.size, sha256=self._hash.hexdigest())
+
+
+def file_info(local_path: str) -> FileInfo:
+    """Size and sha256 of a local file, read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(local_path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return FileInfo(size=size, sha256=h.hexdigest())
+
+
+def retry_call(fn: Callable[[], T], *, what: str, attempts: int = RETRY_ATTEMPTS,
+               retry_on: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)) -> T:
+    """Call fn, retrying transient I/O errors with exponential backoff and jitter."""
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except FileNotFoundError:
+            raise
+        except retry_on as e:
+            if attempt == attempts:
+                raise StorageError(f"{what} failed after {attempts} attempts: {e}") from e
+            log.warning("%s failed (%s); retrying in %.1fs (%d/%d)", what, e, delay, attempt, attempts)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+def spool_dir() -> str:
+    """Local scratch for staging uploads and downloads (KUBETRAIN_SPOOL_DIR)."""
+    path = os.environ.get(contract.ENV_SPOOL_DIR) or tempfile.gettempdir()
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+class Storage:
+    """Storage rooted at a URI. Use `open_storage(uri)`."""
+
+    uri: str
+    is_local: bool = False
+
+    def write_file(self, path: str, write: Callable[[BinaryIO], None]) -> FileInfo:
+        """Stream a large file to `path` via `write(fileobj)`; return its size and hash."""
+        raise NotImplementedError
+
+    def fetch(self, path: str) -> contextlib.AbstractContextManager[str]:
+        """A local path holding the object's bytes, valid inside the `with`."""
+        raise NotImplementedError
+
+    def write_small(self, path: str, data: bytes) -> None:
+        """Replace the object at `path` with `data`, atomically."""
+        raise NotImplementedError
+
+    def read_small(self, path: str) -> bytes | None:
+        """The object's bytes, or None when it does not exist."""
+        raise NotImplementedError
+
+    def list_names(self, path: str) -> list[str]:
+        """Names (files and folders) directly under `path`; [] when it does not exist."""
+        raise NotImplementedError
+
+    def sizes(self, path: str) -> dict[str, int]:
+        """Size of every file under the folder `path`, by path relative to it."""
+        raise NotImplementedError
+
+    def remove_tree(self, path: str) -> None:
+        raise NotImplementedError
+
+
+class LocalStorage(Storage):
+    """file:// and plain paths. Writes go to a temp name, fsync, then rename."""
+
+    is_local = True
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.root = uri[len("file://"):] if uri.startswith("file://") else uri
+
+    def _local(self, path: str) -> str:
+        return path[len("file://"):] if path.startswith("file://") else path
+
+    def write_file(self, path, write):
+        local = self._local(path)
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        tmp = f"{local}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "wb") as raw:
+                w = HashingWriter(raw)
+                write(w)
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(tmp, local)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return w.info()
+
+    @contextlib.contextmanager
+    def fetch(self, path):
+        local = self._local(path)
+        if not os.path.exists(local):
+            raise FileNotFoundError(path)
+        yield local
+
+    def write_small(self, path, data):
+        local = self._local(path)
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        tmp = f"{local}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, local)
+        _fsync_dir(os.path.dirname(local))
+
+    def read_small(self, path):
+        try:
+            with open(self._local(path), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def list_names(self, path):
+        try:
+            return sorted(os.listdir(self._local(path)))
+        except FileNotFoundError:
+            return []
+
+    def sizes(self, path):
+        root = self._local(path)
+        out = {}
+        for dirpath, _, files in os.walk(root):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                out[os.path.relpath(full, root)] = os.path.getsize(full)
+        return out
+
+    def remove_tree(self, path):
+        shutil.rmtree(self._local(path), ignore_errors=True)
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class FsspecStorage(Storage):
+    """Any other fsspec protocol (memory://, gs://, az://, ...)."""
+
+    def __init__(self, uri: str) -> None:
+        import fsspec
+
+        self.uri = uri
+        self.fs, _ = fsspec.core.url_to_fs(uri)
+
+    def write_file(self, path, write):
+        def attempt() -> FileInfo:
+            with self.fs.open(path, "wb") as raw:
+                w = HashingWriter(raw)
+                write(w)
+            return w.info()
+
+        return retry_call(attempt, what=f"upload {path}")
+
+    @contextlib.contextmanager
+    def fetch(self, path):
+        fd, local = tempfile.mkstemp(dir=spool_dir(), prefix="fetch-")
+        os.close(fd)
+        try:
+            retry_call(lambda: self.fs.get_file(path, local), what=f"download {path}")
+            yield local
+        finally:
+            os.unlink(local)
+
+    def write_small(self, path, data):
+        retry_call(lambda: self.fs.pipe_file(path, data), what=f"write {path}")
+
+    def read_small(self, path):
+        try:
+            return retry_call(lambda: self.fs.cat_file(path), what=f"read {path}")
+        except FileNotFoundError:
+            return None
+
+    def list_names(self, path):
+        try:
+            entries = retry_call(lambda: self.fs.ls(path, detail=False, refresh=True), what=f"list {path}")
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def sizes(self, path):
+        try:
+            found = retry_call(lambda: self.fs.find(path, detail=True), what=f"list {path}")
+        except FileNotFoundError:
+            return {}
+        prefix = self.fs._strip_protocol(path).rstrip("/") + "/"
+        return {k[len(prefix):]: int(v["size"]) for k, v in found.items() if k.startswith(prefix)}
+
+    def remove_tree(self, path):
+        with contextlib.suppress(FileNotFoundError):
+            retry_call(lambda: self.fs.rm(path, recursive=True), what=f"remove {path}")
+
+
+class S3Storage(Storage):
+    """s3:// through boto3: transfer manager for shards, put_object for the rest.
+
+    Credentials and the endpoint come from the standard AWS chain and env
+    (AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 included) and are never logged.
+    Throttling (503 SlowDown), 5xx and connection resets are retried by
+    botocore's standard retry mode; a whole transfer that still fails is
+    retried by `retry_call`, and a failed multipart upload is aborted by the
+    transfer manager, so no partial object is ever visible.
+    """
+
+    def __init__(self, uri: str) -> None:
+        import boto3
+        import botocore.config
+        from boto3.s3.transfer import TransferConfig
+
+        self.uri = uri
+        rest = uri[len("s3://"):]
+        self.bucket = rest.split("/", 1)[0]
+        if not self.bucket:
+            raise UsageError(f"checkpoint URI {uri!r} has no bucket; use s3://BUCKET/PREFIX")
+        config = botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": 10},
+            max_pool_connections=max(10, S3_CONCURRENCY * 2),
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        self.client = boto3.session.Session().client("s3", config=config)
+        self.transfer = TransferConfig(
+            multipart_threshold=S3_PART_SIZE,
+            multipart_chunksize=S3_PART_SIZE,
+            max_concurrency=S3_CONCURRENCY,
+            use_threads=True,
+        )
+        import botocore.exceptions as bex
+
+        self._transient = (bex.BotoCoreError, bex.ClientError, OSError)
+
+    def _key(self, path: str) -> str:
+        if not path.startswith(f"s3://{self.bucket}"):
+            raise ValueError(f"{path} is outside s3://{self.bucket}")
+        return path[len(f"s3://{self.bucket}"):].lstrip("/")
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        return retry_call(fn, what=what, retry_on=self._transient)
+
+    def write_file(self, path, write):
+        fd, local = tempfile.mkstemp(dir=spool_dir(), prefix="upload-")
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                w = HashingWriter(raw)
+                write(w)
+            info = w.info()
+            self._retry(lambda: self.client.upload_file(local, self.bucket, self._key(path), Config=self.transfer),
+                        f"upload {path}")
+            return info
+        finally:
+            os.unlink(local)
+
+    @contextlib.contextmanager
+    def fetch(self, path):
+        fd, local = tempfile.mkstemp(dir=spool_dir(), prefix="fetch-")
+        os.close(fd)
+        try:
+            self._retry(lambda: self._download(path, local), f"download {path}")
+            yield local
+        finally:
+            os.unlink(local)
+
+    def _download(self, path: str, local: str) -> None:
+        import botocore.exceptions as bex
+
+        try:
+            self.client.download_file(self.bucket, self._key(path), local, Config=self.transfer)
+        except bex.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise FileNotFoundError(path) from e
+            raise
+
+    def write_small(self, path, data):
+        self._retry(lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data),
+                    f"write {path}")
+
+    def read_small(self, path):
+        import botocore.exceptions as bex
+
+        def get() -> bytes | None:
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
+            except bex.ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                    return None
+                raise
+
+        return self._retry(get, f"read {path}")
+
+    def _pages(self, prefix: str, delimiter: str | None) -> Iterator[dict]:
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        token = None
+        while True:
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._retry(lambda: self.client.list_objects_v2(**kwargs), f"list s3://{self.bucket}/{prefix}")
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def list_names(self, path):
+        prefix = self._key(path).rstrip("/") + "/"
+        names = set()
+        for page in self._pages(prefix, "/"):
+            names.update(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
+            names.update(o["Key"][len(prefix):] for o in page.get("Contents", []))
+        return sorted(n for n in names if n)
+
+    def sizes(self, path):
+        prefix = self._key(path).rstrip("/") + "/"
+        return {o["Key"][len(prefix):]: int(o["Size"])
+                for page in self._pages(prefix, None) for o in page.get("Contents", [])}
+
+    def remove_tree(self, path):
+        prefix = self._key(path).rstrip("/") + "/"
+        keys = [o["Key"] for page in self._pages(prefix, None) for o in page.get("Contents", [])]
+        for i in range(0, len(keys), 1000):
+            batch = {"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True}
+            self._retry(lambda: self.client.delete_objects(Bucket=self.bucket, Delete=batch), f"remove {path}")
+
+
+def open_storage(uri: str) -> Storage:
+    """The storage backend for a checkpoint URI; UsageError names a bad one."""
+    if not uri or not isinstance(uri, str):
+        raise UsageError("checkpoint URI is empty; pass --checkpoint URI (a folder, file://, s3://, gs://, ...)")
+    if "://" not in uri or uri.startswith("file://"):
+        return LocalStorage(os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri))
+    scheme = uri.split("://", 1)[0]
+    if scheme in ("s3", "s3a"):
+        if scheme == "s3a":
+            uri = "s3" + uri[3:]
+        return S3Storage(uri)
+    import fsspec
+
+    if scheme not in fsspec.available_protocols():
+        raise UsageError(f"checkpoint URI {uri!r}: unknown scheme {scheme!r}; use a folder, file://, s3://, gs:// "
+                         "or another fsspec protocol")
+    try:
+        return FsspecStorage(uri)
+    except ImportError as e:
+        raise UsageError(f"checkpoint URI {uri!r} needs a package that is not installed: {e}") from e

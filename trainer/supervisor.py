@@ -1,0 +1,323 @@
+"""The supervisor: torchrun under a process that owns signals, deadlines and exit codes.
+
+    python -m trainer run  ──▶  python -m trainer._torchrun  ──▶  python -m trainer.worker train.py
+    (this module: PID 1)        (torchrun, own session)           (one per rank)
+
+The kubelet signals only PID 1. On SIGTERM (or a cloud notice) the supervisor
+writes a stop file that every local rank checks at its step boundary; the
+ranks agree on the stop step in one collective, commit a checkpoint and exit.
+The supervisor holds the grace deadline: at `grace - SUPERVISOR_GRACE_RESERVE`
+it SIGTERMs torchrun, whose own shutdown timeout is derived from the same
+reserve, and SIGKILLs what is left before the kubelet would. Then it maps
+what happened onto the exit codes of `trainer.contract`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Mapping
+
+from trainer import contract
+from trainer.contract import ExitCode
+
+log = logging.getLogger("kubetrain.supervisor")
+POLL_S = 0.1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything `python -m trainer run` was asked to do (flags over KUBETRAIN_* env)."""
+
+    script: str
+    script_args: tuple[str, ...] = ()
+    nproc_per_node: int | None = None
+    checkpoint_uri: str = contract.DEFAULT_CHECKPOINT_DIR
+    run_id: str = "default"
+    every_steps: int = contract.DEFAULT_CHECKPOINT_EVERY_STEPS
+    every_seconds: float = 0.0
+    keep: int = contract.DEFAULT_CHECKPOINT_KEEP
+    grace_seconds: float = contract.DEFAULT_GRACE_SECONDS
+    hang_timeout: float = contract.DEFAULT_HANG_TIMEOUT
+    preemption_url: str | None = None
+    preemption_poll_seconds: float = contract.DEFAULT_PREEMPTION_POLL_SECONDS
+
+
+def torchrun_shutdown_timeout(grace_seconds: float) -> int:
+    """torchrun's --shutdown-timeout: it must fit in the reserve after the workers' deadline."""
+    return max(1, int(min(contract.SUPERVISOR_GRACE_RESERVE, grace_seconds) / 2))
+
+
+def torchrun_args(cfg: RunConfig, env: Mapping[str, str]) -> list[str]:
+    """torchrun's arguments from our flags and the Kubeflow operator's environment.
+
+    Elastic jobs (PET_RDZV_*) are left to torchrun, which reads PET_* itself.
+    Static multi-node jobs get the operator's MASTER_ADDR/PORT and node rank.
+    Anything else is one node: --standalone picks a free port on loopback.
+    """
+    nproc = cfg.nproc_per_node or int(env.get("PET_NPROC_PER_NODE") or 1)
+    args = [f"--nproc-per-node={nproc}", "--max-restarts=0", "--monitor-interval=0.1",
+            f"--shutdown-timeout={torchrun_shutdown_timeout(cfg.grace_seconds)}"]
+    nnodes = env.get("PET_NNODES") or "1"
+    if env.get("PET_RDZV_ENDPOINT") or env.get("PET_RDZV_BACKEND") or ":" in nnodes:
+        pass
+    elif env.get("MASTER_ADDR") and nnodes != "1":
+        args += [f"--nnodes={nnodes}", f"--node-rank={env.get('PET_NODE_RANK') or env.get('RANK') or 0}",
+                 f"--master-addr={env['MASTER_ADDR']}", f"--master-port={env.get('MASTER_PORT') or 29500}"]
+    else:
+        args += ["--standalone", "--nnodes=1"]
+    return args + ["-m", "trainer.worker", cfg.script, *cfg.script_args]
+
+
+def worker_env(cfg: RunConfig, base: Mapping[str, str], control_dir: str) -> dict[str, str]:
+    """The environment of torchrun and its workers: ours on top of the pod's."""
+    env = dict(base)
+    env.update({
+        contract.ENV_CHECKPOINT_URI: cfg.checkpoint_uri,
+        contract.ENV_RUN_ID: cfg.run_id,
+        contract.ENV_CHECKPOINT_EVERY_STEPS: str(cfg.every_steps),
+        contract.ENV_CHECKPOINT_EVERY_SECONDS: str(cfg.every_seconds),
+        contract.ENV_CHECKPOINT_KEEP: str(cfg.keep),
+        contract.ENV_GRACE_SECONDS: str(cfg.grace_seconds),
+        contract.ENV_CONTROL_DIR: control_dir,
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+# --- what happened → exit code (pure) ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    code: int
+    summary: str
+    root_cause: str | None = None  # a traceback, printed once
+
+
+def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list[Mapping[str, Any]],
+             preempted: Mapping[str, Any] | None, stop_reason: str | None, hang: str | None) -> Outcome:
+    """Map the facts of a finished run onto the exit-code contract."""
+    if hang:
+        return Outcome(ExitCode.HANG, f"hang: {hang}; workers killed")
+    if preempted is not None:
+        return Outcome(ExitCode.PREEMPTED, f"preempted ({stop_reason or 'stop requested'}); "
+                       f"checkpoint step {preempted.get('step')} committed")
+    if torchrun_rc == 0:
+        return Outcome(ExitCode.OK, "finished")
+    failures = list((result or {}).get("failures", []))
+    user = sorted((e for e in errors if not e.get("comm_error")), key=lambda e: e.get("time", 0))
+    killed = [f for f in failures if (f.get("exitcode") or 0) < 0
+              and -f["exitcode"] not in (signal.SIGTERM, signal.SIGINT)]
+    if killed and not user:
+        f = killed[0]
+        return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
+    if stop_reason is not None:
+        return Outcome(ExitCode.PREEMPTED, f"stopped ({stop_reason}) before a checkpoint committed; the next run "
+                       "resumes from the last committed one")
+    if user:
+        e = user[0]
+        return Outcome(ExitCode.USER_ERROR, f"rank {e['rank']} raised {e['type']}: {e['message']}", e.get("traceback"))
+    if killed:
+        f = killed[0]
+        return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
+    if any((f.get("exitcode") or 0) < 0 for f in failures):
+        f = next(f for f in failures if f["exitcode"] < 0)
+        return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
+    if errors:
+        e = sorted(errors, key=lambda e: e.get("time", 0))[0]
+        return Outcome(ExitCode.INFRA, f"rank {e['rank']} lost its peers: {e['type']}: {e['message']}")
+    if result and result.get("agent_error"):
+        return Outcome(ExitCode.INFRA, f"torchrun failed: {result['agent_error']}")
+    codes = [f["exitcode"] for f in failures if f.get("exitcode")]
+    if codes:
+        code = codes[0]
+        return Outcome(code if 0 < code < 256 else ExitCode.USER_ERROR,
+                       f"rank {failures[0]['rank']} exited with {code}")
+    if torchrun_rc < 0:
+        return Outcome(ExitCode.for_signal(-torchrun_rc), f"torchrun was killed by signal {-torchrun_rc}")
+    return Outcome(torchrun_rc if torchrun_rc >= 128 else ExitCode.INFRA, f"torchrun exited with {torchrun_rc}")
+
+
+def stalled_ranks(progress: Mapping[int, tuple[int, float]], expected_ranks: list[int], *, now: float,
+                  started: float, timeout: float) -> dict[int, tuple[int | None, float]]:
+    """Ranks whose last step ended more than `timeout` ago: {rank: (last step or None, seconds)}.
+
+    Only once some rank has reported progress: a script that does not use the
+    checkpoint API never reports, and the watchdog cannot judge it.
+    """
+    if timeout <= 0 or not progress:
+        return {}
+    out = {}
+    for r in expected_ranks:
+        step, at = progress.get(r, (None, started))
+        if now - at > timeout:
+            out[r] = (step, now - at)
+    return out
+
+
+# --- the process -----------------------------------------------------------------------
+
+
+class Supervisor:
+    def __init__(self, cfg: RunConfig, env: Mapping[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.env = dict(os.environ if env is None else env)
+        self._wake = threading.Event()
+        self._stop_reason: str | None = None
+        self._interrupts = 0
+        self._proc: subprocess.Popen | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the ranks to checkpoint and stop; safe from a signal handler or a thread."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._wake.set()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+        self.request_stop(signal.Signals(signum).name)
+
+    def run(self) -> int:
+        control = tempfile.mkdtemp(prefix="kubetrain-control-")
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        poller = None
+        if self.cfg.preemption_url:
+            from trainer.preemption import NoticePoller
+
+            poller = NoticePoller(self.cfg.preemption_url, self.cfg.preemption_poll_seconds, self.request_stop)
+            poller.start()
+        try:
+            outcome = self._supervise(control)
+        finally:
+            if poller is not None:
+                poller.stop()
+            self._kill_group(signal.SIGKILL)
+            for s, h in previous.items():
+                signal.signal(s, h)
+            shutil.rmtree(control, ignore_errors=True)
+        self._report(outcome)
+        return int(outcome.code)
+
+    def _supervise(self, control: str) -> Outcome:
+        cfg = self.cfg
+        nproc = cfg.nproc_per_node or int(self.env.get("PET_NPROC_PER_NODE") or 1)
+        cmd = [sys.executable, "-m", "trainer._torchrun", *torchrun_args(cfg, self.env)]
+        log.info("starting %d rank(s) of %s; checkpoints in %s/%s", nproc, cfg.script, cfg.checkpoint_uri, cfg.run_id)
+        started = time.time()
+        # Own session: a terminal's Ctrl-C reaches only us, and we decide what the ranks see.
+        self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control), start_new_session=True)
+        stop_sent_at: float | None = None
+        workers_deadline = hard_deadline = None
+        hang: str | None = None
+        while self._proc.poll() is None:
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+            now = time.monotonic()
+            if self._stop_reason and stop_sent_at is None:
+                stop_sent_at = now
+                with open(os.path.join(control, contract.CONTROL_STOP), "w") as f:
+                    f.write(self._stop_reason)
+                budget = max(cfg.grace_seconds - contract.SUPERVISOR_GRACE_RESERVE, 0.5)
+                workers_deadline = now + budget
+                hard_deadline = workers_deadline + torchrun_shutdown_timeout(cfg.grace_seconds) + 0.5
+                log.warning("%s: asking the ranks to checkpoint and stop within %.0fs", self._stop_reason, budget)
+            if self._interrupts >= 2 and hard_deadline is not None:
+                log.warning("second interrupt: killing the workers without a checkpoint")
+                workers_deadline = hard_deadline = now
+            if workers_deadline is not None and now >= workers_deadline:
+                workers_deadline = None
+                log.error("the ranks did not stop within the grace period; terminating them")
+                self._signal_torchrun(signal.SIGTERM)
+            if hard_deadline is not None and now >= hard_deadline:
+                self._kill_group(signal.SIGKILL)
+                hard_deadline = None
+            if cfg.hang_timeout > 0 and stop_sent_at is None and hang is None:
+                stalled = stalled_ranks(_read_progress(control), list(range(_node_ranks_start(self.env, nproc),
+                                        _node_ranks_start(self.env, nproc) + nproc)),
+                                        now=time.time(), started=started, timeout=cfg.hang_timeout)
+                if stalled:
+                    hang = "no step progress for %.0fs on %s" % (cfg.hang_timeout, ", ".join(
+                        f"rank {r} (last step {s if s is not None else 'none'}, {age:.0f}s ago)"
+                        for r, (s, age) in sorted(stalled.items())))
+                    log.error("watchdog: %s; killing the workers", hang)
+                    self._signal_torchrun(signal.SIGTERM)
+                    time.sleep(torchrun_shutdown_timeout(cfg.grace_seconds) + 0.5)
+                    self._kill_group(signal.SIGKILL)
+        rc = self._proc.wait()
+        return classify(torchrun_rc=rc, result=_read_json(os.path.join(control, contract.CONTROL_RESULT)),
+                        errors=_read_errors(control),
+                        preempted=_read_json(os.path.join(control, contract.CONTROL_PREEMPTED)),
+                        stop_reason=self._stop_reason, hang=hang)
+
+    def _signal_torchrun(self, sig: int) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                os.kill(self._proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _kill_group(self, sig: int) -> None:
+        if self._proc is None:
+            return
+        try:
+            os.killpg(self._proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _report(self, outcome: Outcome) -> None:
+        if outcome.root_cause:
+            sys.stderr.write("kubetrain: root cause (first failure; other ranks' errors follow from it):\n")
+            sys.stderr.write(outcome.root_cause if outcome.root_cause.endswith("\n") else outcome.root_cause + "\n")
+        level = logging.INFO if outcome.code == 0 else logging.ERROR
+        log.log(level, "%s; exit %d (%s)", outcome.summary, outcome.code, contract.describe_exit_code(outcome.code)
+                + ("; retryable" if contract.is_retryable(outcome.code) else "" if outcome.code == 0 else "; permanent"))
+
+
+def _node_ranks_start(env: Mapping[str, str], nproc: int) -> int:
+    try:
+        node_rank = int(env.get("PET_NODE_RANK") or (env.get("RANK") if env.get("MASTER_ADDR") else 0) or 0)
+    except ValueError:
+        node_rank = 0
+    return node_rank * nproc
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _read_errors(control: str) -> list[dict]:
+    out = []
+    for name in sorted(os.listdir(control)):
+        if name.startswith(contract.CONTROL_ERROR_PREFIX):
+            doc = _read_json(os.path.join(control, name))
+            if doc:
+                out.append(doc)
+    return out
+
+
+def _read_progress(control: str) -> dict[int, tuple[int, float]]:
+    out = {}
+    for name in os.listdir(control):
+        if name.startswith(contract.CONTROL_PROGRESS_PREFIX) and not name.endswith(".tmp"):
+            try:
+                with open(os.path.join(control, name)) as f:
+                    step, at = f.read().split()
+                out[int(name[len(contract.CONTROL_PROGRESS_PREFIX):])] = (int(step), float(at))
+            except (OSError, ValueError):
+                continue
+    return out

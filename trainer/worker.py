@@ -1,0 +1,61 @@
+"""What torchrun starts on each rank: the user's script, with its failure recorded.
+
+`python -m trainer.worker train.py [args]` runs train.py as `__main__`. If it
+raises, the traceback goes to `<control dir>/error-rank-<R>.json` and this rank
+prints one line; the supervisor then prints the root cause once, instead of
+one traceback per rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import runpy
+import sys
+import time
+import traceback
+
+from trainer import contract
+
+#: Exception types that mean "a peer went away", not "this rank's code is wrong".
+COMM_ERROR_TYPES = ("DistBackendError", "DistNetworkError", "DistStoreError")
+COMM_ERROR_HINTS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                    "connection refused", "Socket Timeout", "NCCL communicator was aborted")
+
+
+def is_comm_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__ in COMM_ERROR_TYPES or any(h.lower() in text.lower() for h in COMM_ERROR_HINTS)
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("usage: python -m trainer.worker SCRIPT [ARGS...]", file=sys.stderr)
+        return int(contract.ExitCode.USAGE)
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO, format=f"[kubetrain rank {rank}] %(message)s")
+    script = argv[0]
+    sys.argv = list(argv)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit:
+        raise
+    except BaseException as e:  # KeyboardInterrupt too: it is this rank's end
+        control = os.environ.get(contract.ENV_CONTROL_DIR)
+        record = {"rank": int(rank), "type": type(e).__name__, "message": str(e), "time": time.time(),
+                  "traceback": traceback.format_exc(), "comm_error": is_comm_error(e)}
+        if control:
+            path = os.path.join(control, f"{contract.CONTROL_ERROR_PREFIX}{rank}.json")
+            with open(path, "w") as f:
+                json.dump(record, f)
+            print(f"[kubetrain rank {rank}] {type(e).__name__}: {e}", file=sys.stderr)
+        else:
+            traceback.print_exc()
+        return int(contract.ExitCode.USER_ERROR)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
