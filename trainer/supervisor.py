@@ -130,6 +130,14 @@ def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list
     if killed:
         f = killed[0]
         return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
+    # A rank that exited on its own (sys.exit(N)) rather than because a peer vanished.
+    comm_ranks = {e.get("rank") for e in errors if e.get("comm_error")}
+    direct = sorted((f for f in failures if (f.get("exitcode") or 0) > 0 and f["rank"] not in comm_ranks),
+                    key=lambda f: f.get("time", 0))
+    if direct:
+        f = direct[0]
+        return Outcome(f["exitcode"] if f["exitcode"] < 256 else ExitCode.USER_ERROR,
+                       f"rank {f['rank']} exited with {f['exitcode']}")
     if any((f.get("exitcode") or 0) < 0 for f in failures):
         f = next(f for f in failures if f["exitcode"] < 0)
         return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
@@ -138,11 +146,6 @@ def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list
         return Outcome(ExitCode.INFRA, f"rank {e['rank']} lost its peers: {e['type']}: {e['message']}")
     if result and result.get("agent_error"):
         return Outcome(ExitCode.INFRA, f"torchrun failed: {result['agent_error']}")
-    codes = [f["exitcode"] for f in failures if f.get("exitcode")]
-    if codes:
-        code = codes[0]
-        return Outcome(code if 0 < code < 256 else ExitCode.USER_ERROR,
-                       f"rank {failures[0]['rank']} exited with {code}")
     if torchrun_rc < 0:
         return Outcome(ExitCode.for_signal(-torchrun_rc), f"torchrun was killed by signal {-torchrun_rc}")
     return Outcome(torchrun_rc if torchrun_rc >= 128 else ExitCode.INFRA, f"torchrun exited with {torchrun_rc}")

@@ -8,6 +8,7 @@ one traceback per rank.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -40,8 +41,11 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     try:
         runpy.run_path(script, run_name="__main__")
-    except SystemExit:
-        raise
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return int(contract.ExitCode.USER_ERROR)
     except BaseException as e:  # KeyboardInterrupt too: it is this rank's end
         control = os.environ.get(contract.ENV_CONTROL_DIR)
         record = {"rank": int(rank), "type": type(e).__name__, "message": str(e), "time": time.time(),
@@ -57,5 +61,21 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Exit without interpreter finalization, after the script's atexit handlers.
+
+    A script that ends without destroy_process_group() leaves gloo's threads
+    joinable, and finalization then aborts the process (SIGABRT, "terminate
+    called without an active exception"), replacing the real exit code.
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_now(main(sys.argv[1:]))

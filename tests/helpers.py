@@ -1,0 +1,80 @@
+"""Running `python -m trainer run` as a real process, as the tests need it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(REPO, "examples", "train.py")
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+def trainer_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trainer", "run", *args]
+
+
+def start(args: list[str], env: dict | None = None, log_path: str | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, **(env or {})}
+    out = open(log_path, "w") if log_path else subprocess.PIPE
+    return subprocess.Popen(trainer_cmd(*args), cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def run(args: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(trainer_cmd(*args), cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def worker_pids(marker: str) -> list[int]:
+    """PIDs of `trainer.worker` processes whose command line contains `marker`, by rank order of start."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "trainer.worker" in cmd and marker in cmd:
+            pids.append(int(pid))
+    return sorted(pids)
+
+
+def worker_rank(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        return int(env[b"RANK"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def assert_no_workers(marker: str) -> None:
+    deadline = time.monotonic() + 5
+    while worker_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker_pids(marker) == [], f"workers survived: {worker_pids(marker)}"
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def kill(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    proc.send_signal(sig)

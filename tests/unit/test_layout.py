@@ -1,0 +1,64 @@
+import pytest
+
+from trainer import contract
+from trainer.checkpoint import layout
+from trainer.storage import FileInfo
+
+
+def manifest(step=40, files=None):
+    return layout.Manifest(step=step, world_size=2, kind="replicated",
+                           files=files or {"state.pt": FileInfo(10, "ab"), "rank-00000.pt": FileInfo(3, "cd")},
+                           created=1.5)
+
+
+def test_manifest_round_trips():
+    m = manifest()
+    assert layout.manifest_from_bytes(layout.manifest_to_bytes(m), expect_step=40) == m
+
+
+@pytest.mark.parametrize("data,why", [
+    (b"{", "Expecting"),
+    (b'{"format": 99}', "unknown manifest format"),
+    (b'{"format": 1, "step": 39, "files": {}}', "folder says 40"),
+], ids=["truncated", "future-format", "wrong-step"])
+def test_bad_manifests_are_rejected(data, why):
+    with pytest.raises(ValueError, match=why):
+        layout.manifest_from_bytes(data, expect_step=40)
+
+
+def test_a_manifest_without_files_is_rejected():
+    doc = layout.manifest_to_bytes(manifest()).replace(b'"state.pt"', b'"x"')
+    assert layout.manifest_from_bytes(doc, expect_step=40).files.keys() == {"x", "rank-00000.pt"}
+    with pytest.raises(ValueError, match="no files"):
+        layout.manifest_from_bytes(b'{"format": 1, "step": 40, "world_size": 1, "kind": "r", "created": 0, "files": {}}',
+                                   expect_step=40)
+
+
+@pytest.mark.parametrize("data,step", [(b"1200\n", 1200), (b"", None), (None, None), (b"x", None), (b"-3", None)])
+def test_parse_latest(data, step):
+    assert layout.parse_latest(data) == step
+
+
+@pytest.mark.parametrize("latest,listed,expected", [
+    (None, [], []),
+    (30, [10, 20, 30], [30, 20, 10]),
+    (20, [10, 20, 30], [20, 30, 10]),  # a step committed after `latest` moved is tried, after latest
+    (50, [10, 20], [50, 20, 10]),      # `latest` pointing at a vanished folder falls back
+    (None, [20, 10], [20, 10]),
+], ids=["empty", "normal", "newer-than-latest", "latest-missing", "no-latest"])
+def test_restore_candidates(latest, listed, expected):
+    assert layout.restore_candidates(latest, listed) == expected
+
+
+@pytest.mark.parametrize("committed,all_steps,newest,keep,expected", [
+    ([10, 20, 30], [10, 20, 30], 30, 2, [10]),
+    ([10, 30], [10, 20, 30], 30, 2, [20]),          # 20 never committed: a failed save's leftovers
+    ([10, 20, 30], [10, 20, 30, 40], 30, 1, [10, 20]),  # 40 may be a save in flight: untouched
+    ([30], [30], 30, 3, []),
+])
+def test_steps_to_prune(committed, all_steps, newest, keep, expected):
+    assert layout.steps_to_prune(committed, all_steps, newest=newest, keep=keep) == expected
+
+
+def test_steps_in_listing_ignores_other_names():
+    assert layout.steps_in_listing([contract.LATEST_NAME, "step-000000020", "step-000000010", "junk"]) == [10, 20]

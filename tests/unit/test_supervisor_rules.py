@@ -1,0 +1,89 @@
+"""Pure rules of the supervisor: torchrun arguments, exit-code classification, the watchdog."""
+
+import signal
+
+import pytest
+
+from trainer.supervisor import RunConfig, classify, stalled_ranks, torchrun_args, torchrun_shutdown_timeout
+
+CFG = RunConfig(script="train.py", script_args=("--lr", "1"))
+
+
+@pytest.mark.parametrize("env,nproc,expected", [
+    ({}, None, ["--standalone", "--nnodes=1"]),
+    ({"PET_NPROC_PER_NODE": "4"}, None, ["--nproc-per-node=4", "--standalone"]),
+    ({"MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456", "RANK": "1", "PET_NNODES": "2",
+      "PET_NODE_RANK": "1", "PET_NPROC_PER_NODE": "8"}, None,
+     ["--nproc-per-node=8", "--nnodes=2", "--node-rank=1", "--master-addr=job-master-0", "--master-port=23456"]),
+    ({"PET_NNODES": "1:4", "PET_RDZV_BACKEND": "c10d", "PET_RDZV_ENDPOINT": "job-master-0:29400"}, 2,
+     ["--nproc-per-node=2"]),
+    ({"MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456", "PET_NNODES": "1"}, 2, ["--standalone"]),
+], ids=["local", "operator-single-node", "operator-static-multinode", "operator-elastic", "operator-one-node"])
+def test_torchrun_args_follow_the_operator_env(env, nproc, expected):
+    args = torchrun_args(RunConfig(script="train.py", script_args=("--lr", "1"), nproc_per_node=nproc), env)
+    for a in expected:
+        assert a in args
+    assert args[-5:] == ["-m", "trainer.worker", "train.py", "--lr", "1"]
+    assert "--max-restarts=0" in args  # the operator restarts pods; torchrun must not hide failures
+    if "PET_RDZV_BACKEND" in env:
+        assert not any(a.startswith(("--standalone", "--master-addr", "--nnodes")) for a in args)
+
+
+def test_torchrun_shutdown_timeout_fits_in_the_supervisor_reserve():
+    from trainer.contract import SUPERVISOR_GRACE_RESERVE
+
+    for grace in (3, 30, 300):
+        assert 1 <= torchrun_shutdown_timeout(grace) < SUPERVISOR_GRACE_RESERVE
+
+
+def outcome(**kw):
+    base = dict(torchrun_rc=1, result=None, errors=[], preempted=None, stop_reason=None, hang=None)
+    return classify(**{**base, **kw})
+
+
+def fail(rank, exitcode, sig=None, t=0.0):
+    return {"rank": rank, "exitcode": exitcode, "signal": sig, "time": t}
+
+
+def err(rank, comm, t, typ="ValueError"):
+    return {"rank": rank, "type": typ, "message": "m", "time": t, "comm_error": comm, "traceback": "Traceback\n"}
+
+
+@pytest.mark.parametrize("kw,code", [
+    (dict(torchrun_rc=0), 0),
+    (dict(torchrun_rc=0, stop_reason="SIGTERM", preempted={"step": 5}), 143),
+    (dict(torchrun_rc=0, stop_reason="SIGTERM"), 0),  # finished before it could stop
+    (dict(hang="rank 1"), 200),
+    (dict(result={"failures": [fail(0, 1), fail(1, -9, "SIGKILL")]}, errors=[err(0, True, 1.0)]), 137),
+    (dict(result={"failures": [fail(0, 1), fail(1, -15, "SIGTERM")]}, errors=[err(0, False, 1.0)]), 1),
+    (dict(result={"failures": [fail(0, 1), fail(1, 1)]}, errors=[err(1, False, 2.0), err(0, True, 1.0)]), 1),
+    (dict(result={"failures": [fail(0, 1), fail(1, 3)]}, errors=[err(0, True, 1.0)]), 3),
+    (dict(result={"failures": [fail(0, 1)]}, errors=[err(0, True, 1.0)]), 201),
+    (dict(result={"agent_error": "RendezvousTimeoutError"}, torchrun_rc=201), 201),
+    (dict(result={"failures": [fail(0, -15, "SIGTERM")]}, stop_reason="SIGTERM"), 143),
+    (dict(torchrun_rc=-9), 137),
+], ids=["ok", "preempted", "finished-despite-stop", "hang", "sigkill-beats-comm-error", "user-error-beats-sigterm",
+        "first-user-error", "sys-exit-code-kept", "comm-only-is-infra", "rendezvous-is-infra",
+        "stop-without-commit", "torchrun-killed"])
+def test_classify(kw, code):
+    assert outcome(**kw).code == code
+
+
+def test_the_root_cause_is_the_earliest_non_comm_error():
+    o = outcome(result={"failures": [fail(0, 1), fail(1, 1)]},
+                errors=[err(1, False, 2.0, "KeyError"), err(0, False, 1.0, "ValueError"), err(0, True, 0.5)])
+    assert "rank 0 raised ValueError" in o.summary and o.root_cause
+
+
+@pytest.mark.parametrize("progress,expected", [
+    ({}, {}),  # no rank ever reported: the script does not use the API
+    ({0: (5, 95.0), 1: (5, 99.0)}, {}),
+    ({0: (5, 95.0), 1: (4, 80.0)}, {1: (4, 20.0)}),
+    ({0: (5, 95.0)}, {1: (None, 100.0)}),  # rank 1 never reached its first step
+])
+def test_stalled_ranks(progress, expected):
+    assert stalled_ranks(progress, [0, 1], now=100.0, started=0.0, timeout=10) == expected
+
+
+def test_the_watchdog_is_off_at_timeout_zero():
+    assert stalled_ranks({0: (1, 0.0)}, [0], now=1e9, started=0.0, timeout=0) == {}
