@@ -26,12 +26,12 @@ from trainer import Checkpointer, ResumableSampler
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps in total")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps in total")
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples", type=int, default=8192, help="size of the synthetic data set")
-    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--samples", type=int, default=65536, help="size of the synthetic data set")
+    p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--dropout", type=float, default=0.1, help="dropout draws from the RNG, which must resume too")
     p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep per step (tests use it)")
     p.add_argument("--result", default=None, help="rank 0 writes the final weights' sha256 and loss here (JSON)")
@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
 def synthetic_data(n: int, seed: int) -> TensorDataset:
     """A fixed 10-class problem: Gaussian blobs in 32 dimensions, with label noise."""
     g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(10, 32, generator=g) * 0.35
+    centers = torch.randn(10, 32, generator=g) * 0.5
     y = torch.randint(0, 10, (n,), generator=g)
     x = centers[y] + torch.randn(n, 32, generator=g)
     return TensorDataset(x, y)
@@ -72,6 +72,7 @@ def main() -> None:
 
     init = torch.Generator().manual_seed(args.seed)
     model = torch.nn.Sequential(torch.nn.Linear(32, args.hidden), torch.nn.ReLU(), torch.nn.Dropout(args.dropout),
+                                torch.nn.Linear(args.hidden, args.hidden), torch.nn.ReLU(),
                                 torch.nn.Linear(args.hidden, 10))
     with torch.no_grad():
         for p in model.parameters():  # same init on every rank without a broadcast
@@ -96,7 +97,7 @@ def main() -> None:
         loss.backward()
         opt.step()
         sched.step()
-        if rank == 0 and (step + 1) % 100 == 0:
+        if rank == 0 and (step + 1) % 250 == 0:
             print(f"step {step + 1}/{args.steps} loss {loss.item():.4f}", flush=True)
         if args.step_sleep:
             import time

@@ -301,8 +301,10 @@ class S3Storage(Storage):
         self.bucket = rest.split("/", 1)[0]
         if not self.bucket:
             raise UsageError(f"checkpoint URI {uri!r} has no bucket; use s3://BUCKET/PREFIX")
+        # The standard AWS_RETRY_MODE / AWS_MAX_ATTEMPTS variables still win over our defaults.
         config = botocore.config.Config(
-            retries={"mode": "standard", "max_attempts": 10},
+            retries={"mode": os.environ.get("AWS_RETRY_MODE") or "standard",
+                     "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 8)},
             max_pool_connections=max(10, S3_CONCURRENCY * 2),
             connect_timeout=10,
             read_timeout=60,
@@ -324,7 +326,8 @@ class S3Storage(Storage):
         return path[len(f"s3://{self.bucket}"):].lstrip("/")
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
-        return retry_call(fn, what=what, retry_on=self._transient)
+        # botocore already retried each request; this repeats a whole transfer a few times.
+        return retry_call(fn, what=what, retry_on=self._transient, attempts=3)
 
     def write_file(self, path, write):
         fd, local = tempfile.mkstemp(dir=spool_dir(), prefix="upload-")

@@ -91,6 +91,8 @@ def worker_env(cfg: RunConfig, base: Mapping[str, str], control_dir: str) -> dic
         contract.ENV_CONTROL_DIR: control_dir,
         "PYTHONUNBUFFERED": "1",
     })
+    # torchrun sets this to 1 for several ranks anyway, with a banner; same value, no banner.
+    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 
