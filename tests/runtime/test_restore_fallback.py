@@ -101,6 +101,7 @@ def test_nothing_usable_starts_from_zero(tmp_path):
 def test_old_steps_are_pruned_only_after_a_newer_one_committed(tmp_path):
     model, opt, ckpt = make(tmp_path, keep=2)
     train_and_save(model, opt, ckpt, [10, 20, 30])
+    ckpt.wait()  # pruning runs after the commit, beside training
     names = sorted(os.listdir(os.path.join(str(tmp_path), "r")))
     assert names == ["latest", contract.step_dir_name(20), contract.step_dir_name(30)]
 

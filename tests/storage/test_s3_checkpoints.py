@@ -104,6 +104,7 @@ def test_large_files_go_multipart_and_prune_deletes_old_steps(s3_env):
     ck = Checkpointer(model, uri=uri, run_id="big", keep=1)
     ck.save(1, blocking=True)
     ck.save(2, blocking=True)
+    ck.wait()
     prefixes = s3_env["client"].list_objects_v2(Bucket=s3_env["bucket"], Prefix="ckpts/big/", Delimiter="/")
     assert sorted(p["Prefix"] for p in prefixes["CommonPrefixes"]) == [f"ckpts/big/{contract.step_dir_name(2)}/"]
     head = s3_env["client"].head_object(Bucket=s3_env["bucket"], Key=f"ckpts/big/{contract.step_dir_name(2)}/state.pt")

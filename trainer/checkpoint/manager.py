@@ -139,6 +139,7 @@ class Checkpointer:
         self._signalled = threading.Event()
         self._install_signal_handlers()
         self._thread: threading.Thread | None = None
+        self._pruner: threading.Thread | None = None
         self._failures = 0
         self._last_error: str | None = None
         self._last_save_time = time.monotonic()
@@ -220,14 +221,18 @@ class Checkpointer:
     def wait(self) -> None:
         """Block until the save in flight, if any, has committed or failed."""
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join()  # may start a pruner: join that after
             self._thread = None
+        if self._pruner is not None:
+            self._pruner.join()
+            self._pruner = None
 
     def close(self, final_step: int | None = None) -> None:
         """Wait for uploads; with `final_step`, save it synchronously first (unless already committed)."""
         self.wait()
         if final_step is not None and self.last_committed != final_step:
             self.save(final_step, blocking=True)
+            self.wait()
         elif self._failures:
             raise CheckpointError(self._last_error or "the last checkpoint failed")
 
@@ -317,18 +322,27 @@ class Checkpointer:
             self.storage.write_small(join(self.run_uri, contract.LATEST_NAME), f"{step}\n".encode())
         except Exception as e:
             return ("error", f"commit: {type(e).__name__}: {e}")
+        # Pruning is not part of the commit: it runs beside training and the next
+        # save (or close) waits for it, so old steps go only after a newer one committed.
+        self._pruner = threading.Thread(target=self._prune_quietly, args=(step,), name="kubetrain-prune", daemon=True)
+        self._pruner.start()
+        return ("ok", "")
+
+    def _prune_quietly(self, newest: int) -> None:
         try:
-            self._prune(step)
+            self._prune(newest)
         except Exception as e:  # a failed prune leaves extra folders, never a wrong checkpoint
             log.warning("pruning old checkpoints failed (will retry after the next commit): %s", e)
-        return ("ok", "")
 
     def _prune(self, newest: int) -> None:
         all_steps = layout.steps_in_listing(self.storage.list_names(self.run_uri))
         committed = [s for s in all_steps if s == newest or self.storage.read_small(
             join(self.run_uri, contract.step_dir_name(s), contract.MANIFEST_NAME)) is not None]
         for s in layout.steps_to_prune(committed, all_steps, newest=newest, keep=self.config.keep):
-            self.storage.remove_tree(join(self.run_uri, contract.step_dir_name(s)))
+            step_uri = join(self.run_uri, contract.step_dir_name(s))
+            # Manifest first: a prune cut short must leave an uncommitted folder, not a committed hole.
+            self.storage.remove(join(step_uri, contract.MANIFEST_NAME))
+            self.storage.remove_tree(step_uri)
 
     def _write_sharded(self, step_uri: str, state: Any) -> dict[str, FileInfo]:
         """Every rank's shards through torch.distributed.checkpoint, staged locally, then uploaded."""
@@ -446,6 +460,7 @@ class Checkpointer:
             if self.rank == 0:
                 log.warning("stop requested: saving step %d before exiting", step)
             self.save(step, blocking=True)
+        self.wait()
         if self.rank == 0 and self._control_dir is not None:
             with open(os.path.join(self._control_dir, contract.CONTROL_PREEMPTED), "w") as f:
                 json.dump({"step": step, "time": time.time()}, f)
