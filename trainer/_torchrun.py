@@ -42,4 +42,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Tearing down torch's interpreter state takes ~0.4 s here, all of it after
+    # the outcome is known and inside a preempted pod's grace period.
+    os._exit(code)

@@ -40,6 +40,10 @@ class ResumableSampler(Sampler[int]):
         return order[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[int]:
+        if self.offset >= len(self):
+            # Saved right after the last batch of an epoch, before the loader
+            # asked for more: that epoch is done.
+            self.epoch, self.offset = self.epoch + 1, 0
         order = self._order()
         while self.offset < len(order):
             i = order[self.offset]

@@ -128,6 +128,10 @@ class Checkpointer:
         self.extra = dict(extra or {})
         self.per_rank = dict(per_rank or {})
         self.async_upload = async_upload
+        # get_state_dict's first call imports torch._dynamo (0.35-0.5 s here): pay
+        # that now, not inside the first save, which may be a preemption's.
+        import torch._dynamo  # noqa: F401
+
         self.storage: Storage = open_storage(self.config.uri)
         self.run_uri = join(self.storage.uri, self.config.run_id)
         self.rank, self.world_size = dist.rank(), dist.world_size()
@@ -140,6 +144,8 @@ class Checkpointer:
         self._install_signal_handlers()
         self._thread: threading.Thread | None = None
         self._pruner: threading.Thread | None = None
+        #: Host buffers of the last snapshot, reused by the next (see state.snapshot).
+        self._buffers: dict[str, dict] = {}
         self._failures = 0
         self._last_error: str | None = None
         self._last_save_time = time.monotonic()
@@ -265,8 +271,10 @@ class Checkpointer:
             if not sharded:
                 replicated["model"], replicated["optimizer"] = msd, osd
         per_rank = {"step": step, "rng": st.rng_state(), "state": {k: v.state_dict() for k, v in self.per_rank.items()}}
-        job = _SaveJob(step=step, replicated=st.snapshot(replicated),
-                       sharded=st.snapshot({"model": msd, "optimizer": osd}) if sharded else None,
+        b = self._buffers
+        job = _SaveJob(step=step, replicated=st.snapshot(replicated, b.setdefault("replicated", {})),
+                       sharded=st.snapshot({"model": msd, "optimizer": osd}, b.setdefault("sharded", {}))
+                       if sharded else None,
                        per_rank=st.snapshot(per_rank), started=t0)
         log.debug("rank %d: snapshot of step %d took %.3fs", self.rank, step, time.monotonic() - t0)
         return job
