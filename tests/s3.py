@@ -16,7 +16,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+#: moto accepts any key; a distinctive secret lets tests prove it never reaches a log.
+SECRET = "kt-secret-8f3a1c9e77"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAKUBETRAINTEST", "AWS_SECRET_ACCESS_KEY": SECRET,
+               "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def free_port() -> int:

@@ -179,3 +179,19 @@ def test_scheduler_extra_and_rng_come_back(tmp_path):
     assert Checkpointer(model2, opt2, sched2, extra={"counter": c2}, uri=str(tmp_path), run_id="x").restore() == 3
     assert c2.n == 42 and sched2.last_epoch == 3 and opt2.param_groups[0]["lr"] == 0.125
     assert (random.random(), torch.rand(1)) == expected
+
+
+def test_any_fsspec_uri_works_memory_protocol(tmp_path):
+    model, opt, ckpt = make(tmp_path)
+    ckpt = Checkpointer(model, opt, uri="memory://kubetrain-test/ckpts", run_id="m", keep=1)
+    weights = train_and_save(model, opt, ckpt, [3, 4])
+    ckpt.wait()
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("/kubetrain-test/ckpts/m", detail=False)) == \
+        ["latest", contract.step_dir_name(4)]
+    model2, opt2, _ = make(tmp_path)
+    assert Checkpointer(model2, opt2, uri="memory://kubetrain-test/ckpts", run_id="m").restore() == 4
+    for k, v in model2.state_dict().items():
+        assert torch.equal(v, weights[4][k])

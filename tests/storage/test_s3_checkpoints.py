@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from tests.s3 import SECRET
 from tests.helpers import EXAMPLE, assert_no_workers, read_json, run, start, wait_for
 from trainer import contract
 from trainer.checkpoint import Checkpointer
@@ -44,6 +45,8 @@ def preempt_and_resume(tmp_path, s3_env, rng) -> dict:
     assert_no_workers(result)
     r = run(args(s3_env, result), env=s3_env["env"])
     assert r.returncode == 0, r.stdout + r.stderr
+    for text in (r.stdout + r.stderr, open(tmp_path / "log").read()):
+        assert SECRET not in text and s3_env["env"]["AWS_ACCESS_KEY_ID"] not in text
     out = read_json(result)
     assert out["resumed_from"] == stopped
     return out
