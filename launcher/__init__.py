@@ -1,0 +1,1 @@
+"""kubetrain's client: `launch`. Never imports torch: the CLI must start fast."""

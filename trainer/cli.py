@@ -48,6 +48,10 @@ _FLAGS: list[tuple[str, str, Callable, object, str]] = [
      "poll this AWS spot instance-action or GCP preempted metadata URL for a preemption notice"),
     ("--preemption-poll-seconds", contract.ENV_PREEMPTION_POLL_SECONDS, float,
      contract.DEFAULT_PREEMPTION_POLL_SECONDS, "how often to poll --preemption-url"),
+    ("--code", contract.ENV_CODE_URI, str, None,
+     "a tar.gz code bundle (path or URI) to unpack and run SCRIPT from; `launch` sets this"),
+    ("--code-sha256", contract.ENV_CODE_SHA256, str, None, "refuse a --code bundle with another sha256"),
+    ("--workdir", contract.ENV_WORKDIR, str, None, "where to unpack --code (default: a new temp dir)"),
 ]
 
 EPILOG = f"""exit codes: 0 finished; 1 the script raised (not retried); 2 bad flags;
@@ -81,6 +85,13 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
     from trainer.supervisor import RunConfig
 
     args = build_parser(env).parse_args(argv)
+    if args.code:
+        from trainer.codebundle import unpack
+
+        workdir = unpack(args.code, args.code_sha256, args.workdir)
+        if os.path.isabs(args.script) or ".." in args.script.split("/"):
+            raise UsageError(f"script {args.script!r} must be a relative path inside the --code bundle")
+        os.chdir(workdir)  # the script runs from its own tree, as it did on the user's machine
     if not os.path.isfile(args.script):
         raise UsageError(f"script {args.script!r} does not exist or is not a file")
     if args.nproc_per_node is not None and args.nproc_per_node < 1:

@@ -30,8 +30,16 @@ ENV_HANG_TIMEOUT = "KUBETRAIN_HANG_TIMEOUT"
 ENV_PREEMPTION_URL = "KUBETRAIN_PREEMPTION_URL"
 ENV_PREEMPTION_POLL_SECONDS = "KUBETRAIN_PREEMPTION_POLL_SECONDS"
 ENV_SPOOL_DIR = "KUBETRAIN_SPOOL_DIR"
+#: A code bundle (tar.gz; a path or fsspec URI) to unpack and run from, and its sha256.
+ENV_CODE_URI = "KUBETRAIN_CODE_URI"
+ENV_CODE_SHA256 = "KUBETRAIN_CODE_SHA256"
+#: Where the bundle is unpacked (default: a fresh temp dir).
+ENV_WORKDIR = "KUBETRAIN_WORKDIR"
 #: Set by the supervisor for its workers; not a user setting.
 ENV_CONTROL_DIR = "KUBETRAIN_CONTROL_DIR"
+# Launcher-side settings (launch flags / project config), read by the launcher only.
+ENV_IMAGE = "KUBETRAIN_IMAGE"
+ENV_NAMESPACE = "KUBETRAIN_NAMESPACE"
 
 # Set by the Kubeflow training operator in every replica (read, never written).
 OPERATOR_ENV = (
@@ -43,6 +51,19 @@ OPERATOR_ENV = (
     "PET_NPROC_PER_NODE",
     "PET_NODE_RANK",
 )
+
+# --- labels and names on the cluster -------------------------------------------------
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kubetrain"
+LABEL_JOB = "kubetrain.dev/job"
+#: Set by the Kubeflow training operator on every pod of a job.
+OPERATOR_JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+OPERATOR_REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
+OPERATOR_REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
+#: Where a ConfigMap code bundle is mounted in the pod.
+CODE_MOUNT_PATH = "/kubetrain/code"
+CODE_BUNDLE_NAME = "code.tar.gz"
 
 # --- defaults: the one place each lives ----------------------------------------
 

@@ -1,0 +1,255 @@
+"""`launch`: submit a training script as a PyTorchJob, or run it here with --local.
+
+    launch train.py --gpus 8                       # 1 node x 8 GPUs
+    launch train.py --gpus 16 --gpus-per-node 8    # 2 nodes x 8
+    launch train.py --local --nproc 2              # this machine, no cluster
+    launch train.py --gpus 8 --dry-run -o yaml     # every object it would create
+    launch status JOB | logs JOB [-f] | cancel JOB | list
+
+Arguments for the script go after `--`. Bad input is one line on stderr and
+exit 2, before anything is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from typing import Any, Mapping, NoReturn
+
+from launcher.errors import KubetrainError, SpecError
+from trainer import contract
+
+VERBS = ("status", "logs", "cancel", "list")
+DEFAULT_IMAGE = "kubetrain/runtime:0.1.0"  # built from images/Dockerfile
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise SpecError(f"{message} (see `{self.prog} --help`)")
+
+
+def _submit_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="launch", description="Run a PyTorch training script on Kubernetes as a PyTorchJob, or here "
+                "with --local. Script arguments go after `--`.", epilog="other verbs: launch status JOB | logs JOB "
+                "[-f] | cancel JOB | list  (each has --help)",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("script", help="the training script (its folder ships with --code-dir)")
+    g = p.add_argument_group("size")
+    g.add_argument("--gpus", type=int, default=None, help="GPUs in total (default 0: a CPU job)")
+    g.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per pod (default: min(--gpus, 8))")
+    g.add_argument("--nodes", default=None, help="pods: N, or MIN:MAX for an elastic job")
+    g.add_argument("--nproc", type=int, default=None, help="ranks per pod for CPU jobs (GPU jobs: one per GPU)")
+    g.add_argument("--gpu-type", default=None, help="require nodes labelled nvidia.com/gpu.product=TYPE")
+    g.add_argument("--gpu-resource", default=None, help="GPU resource name, e.g. nvidia.com/mig-1g.10gb "
+                   "(default nvidia.com/gpu)")
+    g.add_argument("--cpu", default=None, help="CPU request per pod (e.g. 8)")
+    g.add_argument("--memory", default=None, help="memory request and limit per pod (e.g. 64Gi)")
+    g.add_argument("--shm", default=None, help="/dev/shm size per pod (default 2Gi)")
+    g = p.add_argument_group("where")
+    g.add_argument("--local", action="store_true", help="run here under `python -m trainer run`, no cluster")
+    g.add_argument("--image", default=None, help=f"runtime image (default {DEFAULT_IMAGE}; env {contract.ENV_IMAGE})")
+    g.add_argument("--namespace", "-n", default=None, help=f"namespace (env {contract.ENV_NAMESPACE})")
+    g.add_argument("--context", default=None, help="kubeconfig context")
+    g.add_argument("--name", default=None, help="job name (default: SCRIPT-YYYYmmdd-HHMMSS; --local: SCRIPT)")
+    g.add_argument("--code-dir", default=None, help="ship this folder (with .gitignore honoured), not only SCRIPT")
+    g.add_argument("--code-uri", default=None, help="object-store prefix for code bundles too big for a ConfigMap")
+    g = p.add_argument_group("checkpoints and faults")
+    g.add_argument("--checkpoint", default=None, help="checkpoint URI, e.g. s3://bucket/ckpts "
+                   f"(--local default: ./{contract.DEFAULT_CHECKPOINT_DIR}; env {contract.ENV_CHECKPOINT_URI})")
+    g.add_argument("--checkpoint-every-steps", type=int, default=None,
+                   help=f"default {contract.DEFAULT_CHECKPOINT_EVERY_STEPS}")
+    g.add_argument("--grace-seconds", type=float, default=None, help="SIGTERM to SIGKILL; sets the pods' "
+                   f"terminationGracePeriodSeconds (default {contract.DEFAULT_GRACE_SECONDS:.0f})")
+    g.add_argument("--hang-timeout", type=float, default=None, help="exit retryably after this many seconds "
+                   "without step progress (default off)")
+    g.add_argument("--max-restarts", type=int, default=None, help="operator retries (backoffLimit; default 3)")
+    g.add_argument("--max-runtime", type=int, default=None, help="activeDeadlineSeconds")
+    g.add_argument("--ttl", type=int, default=None, help="ttlSecondsAfterFinished (default 7 days)")
+    g.add_argument("--clean-pod-policy", default=None, choices=("None", "Running", "All"))
+    g = p.add_argument_group("scheduling")
+    g.add_argument("--spot", nargs="?", const="prefer", default=None, choices=("prefer", "require"),
+                   help="run on spot capacity (EKS, Karpenter, GKE, AKS labels/taints); bare --spot = prefer")
+    g.add_argument("--priority-class", default=None)
+    g.add_argument("--gang", default=None, choices=("volcano", "scheduler-plugins"), help="gang-schedule all pods")
+    g = p.add_argument_group("pod")
+    g.add_argument("--pvc", action="append", default=None, help="NAME:/PATH[:ro], repeatable")
+    g.add_argument("--secret-env", action="append", default=None, help="Secret whose keys become env, repeatable")
+    g.add_argument("--env", action="append", default=[], help="NAME=VALUE, repeatable")
+    g.add_argument("--service-account", default=None)
+    g = p.add_argument_group("output")
+    g.add_argument("--dry-run", action="store_true", help="print every object, create nothing")
+    g.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml", help="format for --dry-run")
+    return p
+
+
+def _verb_parser(verb: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"launch {verb}")
+    if verb != "list":
+        p.add_argument("job", help="the job name `launch` printed")
+    if verb == "logs":
+        p.add_argument("-f", "--follow", action="store_true", help="keep streaming; wait for pending pods")
+    if verb in ("status", "list"):
+        p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--namespace", "-n", default=None)
+    p.add_argument("--context", default=None)
+    return p
+
+
+def split_script_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def default_name(script: str, now: float) -> str:
+    """SCRIPT-YYYYmmdd-HHMMSS as a DNS label; the caller passes the clock."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", os.path.splitext(os.path.basename(script))[0].lower()).strip("-") or "job"
+    return f"{stem[:40]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}"
+
+
+def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mapping[str, Any]):
+    """Flags over project defaults → a validated JobSpec."""
+    from launcher.spec import JobSpec, Resources, Volume, parse_nodes, split_gpus
+
+    def pick(flag: str, key: str | None = None, default: Any = None) -> Any:
+        v = getattr(args, flag)
+        return v if v is not None else defaults.get(key or flag, default)
+
+    gpus = args.gpus or 0
+    per_flag = pick("gpus_per_node")
+    min_nodes, nodes = parse_nodes(args.nodes) if args.nodes is not None else (None, None)
+    if nodes is not None and nodes < 1:
+        raise SpecError(f"--nodes must be >= 1, got {args.nodes}")
+    if gpus and nodes is not None:
+        per = per_flag if per_flag is not None else (gpus // nodes if gpus % nodes == 0 else None)
+        if per is None or per * nodes != gpus:
+            raise SpecError(f"--gpus {gpus} does not split over --nodes {args.nodes}"
+                            + (f" at --gpus-per-node {per_flag}" if per_flag else ""))
+    elif gpus:
+        nodes, per = split_gpus(gpus, per_flag)
+    else:
+        nodes, per = nodes or 1, (per_flag or 0)
+    nproc = per if per else (args.nproc or 1)
+    if per and args.nproc is not None and args.nproc != per:
+        raise SpecError(f"--nproc {args.nproc} differs from --gpus-per-node {per}; GPU jobs run one rank per GPU")
+    env_pairs = []
+    for item in args.env:
+        if "=" not in item:
+            raise SpecError(f"--env {item!r}: expected NAME=VALUE")
+        k, v = item.split("=", 1)
+        env_pairs.append((k, v))
+    cpu = pick("cpu")
+    resources = Resources(gpus_per_node=per, gpu_resource=pick("gpu_resource", default="nvidia.com/gpu"),
+                          gpu_type=pick("gpu_type"), cpu=str(cpu) if cpu is not None else None,
+                          memory=pick("memory"), shm=pick("shm", default="2Gi"))
+    return JobSpec(
+        script=args.script, script_args=tuple(script_args), image=pick("image"),
+        namespace=pick("namespace", default="default"), nodes=nodes, min_nodes=min_nodes, nproc_per_node=nproc,
+        resources=resources, checkpoint_uri=pick("checkpoint"),
+        checkpoint_every_steps=pick("checkpoint_every_steps", default=contract.DEFAULT_CHECKPOINT_EVERY_STEPS),
+        grace_seconds=pick("grace_seconds", default=contract.DEFAULT_GRACE_SECONDS),
+        hang_timeout=pick("hang_timeout", default=contract.DEFAULT_HANG_TIMEOUT), spot=pick("spot"),
+        priority_class=pick("priority_class"), gang=pick("gang"), max_restarts=pick("max_restarts", default=3),
+        active_deadline_seconds=pick("max_runtime", "max_runtime"),
+        ttl_seconds_after_finished=pick("ttl", default=7 * 24 * 3600),
+        clean_pod_policy=pick("clean_pod_policy", default="Running"),
+        volumes=tuple(Volume.parse(v) for v in (pick("pvc", default=[]) or [])),
+        secret_env=tuple(pick("secret_env", default=[]) or []), env=tuple(env_pairs),
+        service_account=pick("service_account"))
+
+
+def _dump(objects: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(objects if len(objects) != 1 else objects[0], indent=2, sort_keys=True)
+    import yaml
+
+    return yaml.safe_dump_all(objects, sort_keys=True)
+
+
+def submit(argv: list[str], env: Mapping[str, str], now: float) -> int:
+    flags, script_args = split_script_args(argv)
+    args = _submit_parser().parse_args(flags)
+    from launcher.config import find_config, load_config, merged_defaults
+
+    config_path = find_config(os.getcwd())
+    defaults = merged_defaults(load_config(config_path) if config_path else {}, env)
+    if args.local:
+        from launcher.local import run_local
+
+        return run_local(args, script_args, defaults)
+    spec = build_spec(args, script_args, defaults)
+    name = args.name or default_name(spec.script, now)
+    from launcher.spec import check_dns_label
+
+    check_dns_label(name, "--name", max_len=52)  # the operator appends -master-0 / -worker-N to it
+    from launcher.code import make_bundle
+    from launcher.render import CodeRef, spec_to_objects
+
+    bundle = make_bundle(spec.script, code_dir=args.code_dir or defaults.get("code_dir"))
+    code_uri = None
+    if not bundle.fits_configmap:
+        prefix = args.code_uri or defaults.get("code_uri")
+        if not prefix:
+            raise SpecError(f"the code bundle is {len(bundle.data) // 1024} KiB, over the ConfigMap limit; pass "
+                            "--code-uri s3://BUCKET/PREFIX to ship it through the object store, or shrink --code-dir")
+        code_uri = f"{prefix.rstrip('/')}/{name}/{bundle.sha256[:16]}.tar.gz"
+    code = CodeRef(sha256=bundle.sha256, entrypoint=bundle.entrypoint,
+                   configmap_data=bundle.data if code_uri is None else None, uri=code_uri)
+    objects = spec_to_objects(spec, name=name, code=code, image=spec.image or DEFAULT_IMAGE)
+    if args.dry_run:
+        print(_dump(objects, args.output), end="" if args.output == "yaml" else "\n")
+        return 0
+    from launcher import client
+
+    api = client.connect(context=args.context or defaults.get("context"))
+    client.preflight(api, spec)
+    if code_uri:
+        client.upload_bundle(code_uri, bundle.data)
+    client.create_all(api, spec.namespace, objects)
+    print(f"created PyTorchJob {spec.namespace}/{name}: {spec.nodes} pod(s) x "
+          f"{spec.resources.gpus_per_node or spec.nproc_per_node} {'GPU' if spec.resources.gpus_per_node else 'rank'}(s)")
+    print(f"  launch status {name} -n {spec.namespace}   |   launch logs {name} -n {spec.namespace} -f")
+    return 0
+
+
+def run_verb(verb: str, argv: list[str], env: Mapping[str, str]) -> int:
+    args = _verb_parser(verb).parse_args(argv)
+    from launcher import client
+    from launcher.config import find_config, load_config, merged_defaults
+
+    config_path = find_config(os.getcwd())
+    defaults = merged_defaults(load_config(config_path) if config_path else {}, env)
+    namespace = args.namespace or defaults.get("namespace") or "default"
+    api = client.connect(context=args.context or defaults.get("context"))
+    if verb == "status":
+        return client.print_status(api, namespace, args.job, output=args.output)
+    if verb == "logs":
+        return client.stream_logs(api, namespace, args.job, follow=args.follow)
+    if verb == "cancel":
+        return client.cancel(api, namespace, args.job)
+    return client.print_list(api, namespace, output=args.output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if not argv or argv[0] in ("-h", "--help"):
+            _submit_parser().print_help()
+            return 0 if argv else int(contract.ExitCode.USAGE)
+        if argv[0] in VERBS:
+            return run_verb(argv[0], argv[1:], os.environ)
+        return submit(argv, os.environ, time.time())
+    except KubetrainError as e:
+        print(f"launch: error: {e}", file=sys.stderr)
+        return int(contract.ExitCode.USAGE) if isinstance(e, SpecError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

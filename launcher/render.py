@@ -1,0 +1,220 @@
+"""Pure manifest builders: spec in, dicts out. No clock, randomness, env or network.
+
+`spec_to_objects(spec, name=..., code=..., image=...)` returns every object
+`launch` creates for one job, in creation order; `--dry-run` prints exactly
+this list.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+from typing import Any
+
+from launcher.spec import GPU_RESOURCE, JobSpec
+from trainer import contract
+
+PYTORCHJOB_API = "kubeflow.org/v1"
+RUNTIME_UID = 1000  # the runtime image's non-root user (images/Dockerfile)
+
+#: Spot/preemptible capacity labels: (label, value, taint effect or None) per provider.
+SPOT_LABELS = (
+    ("eks.amazonaws.com/capacityType", "SPOT", None),  # EKS managed node groups
+    ("karpenter.sh/capacity-type", "spot", None),  # Karpenter (EKS)
+    ("cloud.google.com/gke-spot", "true", "NoSchedule"),  # GKE Spot VMs (taint only when tainted pools are used)
+    ("cloud.google.com/gke-preemptible", "true", "NoSchedule"),  # GKE preemptible VMs
+    ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule"),  # AKS spot node pools (always tainted)
+)
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GANG_SCHEDULER_NAMES = {"volcano": "volcano", "scheduler-plugins": "scheduler-plugins-scheduler"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeRef:
+    """Where the pod finds the code bundle: a ConfigMap of this job, or an object-store URI."""
+
+    sha256: str
+    entrypoint: str
+    configmap_data: bytes | None = None
+    uri: str | None = None
+
+
+def labels(name: str) -> dict[str, str]:
+    return {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB: name}
+
+
+def _metadata(name: str, spec: JobSpec) -> dict[str, Any]:
+    return {"name": name, "namespace": spec.namespace, "labels": labels(name)}
+
+
+def code_configmap_name(name: str) -> str:
+    return f"{name}-code"
+
+
+def code_to_configmap(name: str, spec: JobSpec, code: CodeRef) -> dict[str, Any]:
+    assert code.configmap_data is not None
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(code_configmap_name(name), spec),
+            "binaryData": {contract.CODE_BUNDLE_NAME: base64.b64encode(code.configmap_data).decode()},
+            "immutable": True}
+
+
+def spec_to_pdb(spec: JobSpec, *, name: str) -> dict[str, Any]:
+    """At most one of the job's pods voluntarily disrupted at a time (drains go pod by pod)."""
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(name, spec),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {contract.OPERATOR_JOB_NAME_LABEL: name}}}}
+
+
+def runtime_env(spec: JobSpec, *, name: str, code: CodeRef | None) -> list[dict[str, Any]]:
+    """The runtime's settings, by the names trainer.contract defines."""
+    env = [
+        (contract.ENV_RUN_ID, name),  # the job name: stable across the operator's restarts of this job
+        (contract.ENV_CHECKPOINT_EVERY_STEPS, str(spec.checkpoint_every_steps)),
+        (contract.ENV_GRACE_SECONDS, _num(spec.grace_seconds)),
+        (contract.ENV_HANG_TIMEOUT, _num(spec.hang_timeout)),
+    ]
+    if spec.checkpoint_uri:
+        env.append((contract.ENV_CHECKPOINT_URI, spec.checkpoint_uri))
+    if code is not None:
+        env.append((contract.ENV_CODE_URI, code.uri or f"{contract.CODE_MOUNT_PATH}/{contract.CODE_BUNDLE_NAME}"))
+        env.append((contract.ENV_CODE_SHA256, code.sha256))
+    env += list(spec.env)
+    return [{"name": k, "value": v} for k, v in env]
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _affinity(spec: JobSpec) -> dict[str, Any] | None:
+    gpu_expr = ({"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [spec.resources.gpu_type]}
+                if spec.resources.gpu_type else None)
+    spot_exprs = [{"key": k, "operator": "In", "values": [v]} for k, v, _ in SPOT_LABELS]
+    node: dict[str, Any] = {}
+    if spec.spot == "require":
+        # Terms are ORed, expressions within a term ANDed: any provider's spot label, each with the GPU type.
+        terms = [{"matchExpressions": ([gpu_expr] if gpu_expr else []) + [e]} for e in spot_exprs]
+        node["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": terms}
+    elif gpu_expr:
+        node["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": [{"matchExpressions": [gpu_expr]}]}
+    if spec.spot == "prefer":
+        node["preferredDuringSchedulingIgnoredDuringExecution"] = [
+            {"weight": 100, "preference": {"matchExpressions": [e]}} for e in spot_exprs]
+    return {"nodeAffinity": node} if node else None
+
+
+def _tolerations(spec: JobSpec) -> list[dict[str, Any]]:
+    out = []
+    if spec.resources.gpus_per_node:
+        # GPU pools are tainted nvidia.com/gpu (MIG pools too) so that CPU pods stay off them.
+        out.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if spec.spot:
+        out += [{"key": k, "operator": "Equal", "value": v, "effect": effect}
+                for k, v, effect in SPOT_LABELS if effect]
+    return out
+
+
+def _container(spec: JobSpec, *, name: str, code: CodeRef | None, image: str) -> dict[str, Any]:
+    r = spec.resources
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if r.gpus_per_node:
+        requests[r.gpu_resource] = limits[r.gpu_resource] = str(r.gpus_per_node)
+    if r.cpu:
+        requests["cpu"] = r.cpu
+    if r.memory:
+        requests["memory"] = limits["memory"] = r.memory
+    script = code.entrypoint if code is not None else spec.script
+    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    if code is not None and code.configmap_data is not None:
+        mounts.append({"name": "code", "mountPath": contract.CODE_MOUNT_PATH, "readOnly": True})
+    mounts += [{"name": f"pvc-{i}", "mountPath": v.mount_path, "readOnly": v.read_only}
+               for i, v in enumerate(spec.volumes)]
+    container: dict[str, Any] = {
+        "name": contract.CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "trainer", "run", script, *spec.script_args],
+        "env": runtime_env(spec, name=name, code=code),
+        "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if spec.secret_env:
+        container["envFrom"] = [{"secretRef": {"name": s}} for s in spec.secret_env]
+    return container
+
+
+def _pod_template(spec: JobSpec, *, name: str, code: CodeRef | None, image: str) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm}}]
+    if code is not None and code.configmap_data is not None:
+        volumes.append({"name": "code", "configMap": {"name": code_configmap_name(name)}})
+    volumes += [{"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": v.claim, "readOnly": v.read_only}}
+                for i, v in enumerate(spec.volumes)]
+    pod: dict[str, Any] = {
+        "terminationGracePeriodSeconds": contract.termination_grace_period_seconds(spec.grace_seconds),
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID,
+                            "fsGroup": RUNTIME_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [_container(spec, name=name, code=code, image=image)],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+    }
+    if spec.service_account:
+        pod["serviceAccountName"] = spec.service_account
+    if spec.priority_class:
+        pod["priorityClassName"] = spec.priority_class
+    affinity = _affinity(spec)
+    if affinity:
+        pod["affinity"] = affinity
+    tolerations = _tolerations(spec)
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if spec.gang:
+        pod["schedulerName"] = GANG_SCHEDULER_NAMES[spec.gang]
+    return {"metadata": {"labels": labels(name)}, "spec": pod}
+
+
+def spec_to_pytorchjob(spec: JobSpec, *, name: str, code: CodeRef | None, image: str) -> dict[str, Any]:
+    """The kubeflow.org/v1 PyTorchJob: Master + Workers (or elastic Workers), restartPolicy ExitCode."""
+    template = _pod_template(spec, name=name, code=code, image=image)
+
+    def replica(count: int) -> dict[str, Any]:
+        # ExitCode: the operator retries 128-255 (preemption, signals, our hang/infra codes), not 1-127.
+        # A copy per replica type, so that YAML output has no anchors and edits stay local.
+        return {"replicas": count, "restartPolicy": "ExitCode", "template": copy.deepcopy(template)}
+
+    run_policy: dict[str, Any] = {"backoffLimit": spec.max_restarts, "cleanPodPolicy": spec.clean_pod_policy}
+    if spec.active_deadline_seconds:
+        run_policy["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished:
+        run_policy["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    if spec.gang:
+        policy: dict[str, Any] = {"minAvailable": spec.min_nodes or spec.nodes}
+        if spec.priority_class:
+            policy["priorityClass"] = spec.priority_class
+        run_policy["schedulingPolicy"] = policy
+    job_spec: dict[str, Any] = {"runPolicy": run_policy, "nprocPerNode": str(spec.nproc_per_node)}
+    if spec.elastic:
+        job_spec["elasticPolicy"] = {"minReplicas": spec.min_nodes, "maxReplicas": spec.nodes, "rdzvBackend": "c10d",
+                                     "maxRestarts": spec.max_restarts}
+        job_spec["pytorchReplicaSpecs"] = {"Worker": replica(spec.nodes)}
+    else:
+        replicas = {"Master": replica(1)}
+        if spec.nodes > 1:
+            replicas["Worker"] = replica(spec.nodes - 1)
+        job_spec["pytorchReplicaSpecs"] = replicas
+    return {"apiVersion": PYTORCHJOB_API, "kind": "PyTorchJob", "metadata": _metadata(name, spec), "spec": job_spec}
+
+
+def spec_to_objects(spec: JobSpec, *, name: str, code: CodeRef | None, image: str) -> list[dict[str, Any]]:
+    """Everything one `launch` creates, job first (the others are owned by it once it exists)."""
+    objects = [spec_to_pytorchjob(spec, name=name, code=code, image=image)]
+    if code is not None and code.configmap_data is not None:
+        objects.append(code_to_configmap(name, spec, code))
+    objects.append(spec_to_pdb(spec, name=name))
+    return objects
