@@ -22,6 +22,7 @@ from typing import Any, Mapping, NoReturn
 
 from launcher.errors import KubetrainError, SpecError
 from trainer import contract
+from trainer.errors import one_line
 
 VERBS = ("status", "logs", "cancel", "list")
 DEFAULT_IMAGE = "kubetrain/runtime:0.1.0"  # built from images/Dockerfile
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_verb(argv[0], argv[1:], os.environ)
         return submit(argv, os.environ, time.time())
     except KubetrainError as e:
-        print(f"launch: error: {e}", file=sys.stderr)
+        print(f"launch: error: {one_line(str(e))}", file=sys.stderr)
         return int(contract.ExitCode.USAGE) if isinstance(e, SpecError) else 1
     except KeyboardInterrupt:
         return 130

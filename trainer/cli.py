@@ -16,7 +16,7 @@ from typing import Callable, Mapping, NoReturn
 
 from trainer import contract
 from trainer.contract import ExitCode
-from trainer.errors import KubetrainError, UsageError
+from trainer.errors import KubetrainError, UsageError, one_line
 
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -143,5 +143,5 @@ def main(argv: list[str] | None = None) -> int:
 
         return Supervisor(cfg).run()
     except KubetrainError as e:
-        print(f"python -m trainer: error: {e}", file=sys.stderr)
+        print(f"python -m trainer: error: {one_line(str(e))}", file=sys.stderr)
         return int(ExitCode.USAGE)

@@ -17,3 +17,8 @@ class StorageError(KubetrainError):
 
 class CheckpointError(KubetrainError):
     """A checkpoint could not be saved, committed or restored."""
+
+
+def one_line(message: str) -> str:
+    """The message with control and line-break characters escaped: errors echo user input."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))
