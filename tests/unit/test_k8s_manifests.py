@@ -1,0 +1,27 @@
+"""The cluster-side YAML in k8s/ validates against the Kubernetes OpenAPI schemas, offline."""
+
+import glob
+import os
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.helpers import REPO
+
+FILES = sorted(f for f in glob.glob(os.path.join(REPO, "k8s", "**", "*.yaml"), recursive=True)
+               if "/crds/" not in f)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[os.path.relpath(f, REPO) for f in FILES])
+def test_k8s_manifest_validates(path):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.31.0", strict=True)
+
+
+def test_the_vendored_crd_is_the_pytorchjob_v1_crd():
+    crd = yaml.safe_load(open(os.path.join(REPO, "k8s", "crds", "kubeflow.org_pytorchjobs.yaml")))
+    assert crd["metadata"]["name"] == "pytorchjobs.kubeflow.org"
+    assert [v["name"] for v in crd["spec"]["versions"]] == ["v1"]
