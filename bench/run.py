@@ -12,6 +12,13 @@ are noisy:
                 (and s3fs put_file, and torch DCP's FsspecWriter at its defaults)
   M4 sigterm    SIGTERM to `python -m trainer run` → exit 143 with the step committed,
                 vs bytes / raw boto3 throughput
+  M2 overhead   training wall time with a checkpoint every K steps vs none (same process)
+  M5 restore    restore() from S3 (download + verify + load) vs boto3 download_file + torch.load,
+                and vs restore() from local disk
+  M6 redone     steps redone after SIGTERM and after SIGKILL of the worker
+  M7 runtime    steps/s under `python -m trainer run` vs bare torchrun, same script, 2 ranks
+  M8 launcher   `launch --help` and `launch --dry-run` vs `python -c pass`
+  M9 memory     peak RSS during a save minus before, vs the state's size
 """
 
 from __future__ import annotations
@@ -129,6 +136,166 @@ def m4_sigterm(mib: int, bucket: str, trials: int, grace: float, boto3_MiBps: fl
             "target_s": budget, "grace_s": grace}
 
 
+def m2_overhead(mib: int, bucket: str, upload_s: float, steps: int) -> dict:
+    """Same process, same model: N compute steps with a checkpoint every K steps vs none."""
+    model = build_model(mib)
+    x = torch.randn(256, 1024)
+
+    def step() -> None:
+        with torch.no_grad():
+            model(x)
+
+    step_s = best(step, 5)
+    k = max(2, int(2 * upload_s / step_s) + 1)  # interval >= 2x the upload time
+    ckpt = Checkpointer(model, uri=f"s3://{bucket}/m2", run_id="r", keep=1, every_steps=k)
+    ckpt.save(0, blocking=True)  # first save allocates the snapshot buffers; steady state is what recurs
+
+    def loop(with_ckpt: bool) -> None:
+        for i in range(1, steps + 1):
+            step()
+            if with_ckpt:
+                ckpt.step_end(i)
+        if with_ckpt:
+            ckpt.wait()
+
+    base, ours = [], []
+    for _ in range(2):  # interleaved
+        base.append(timed(lambda: loop(False)))
+        ours.append(timed(lambda: loop(True)))
+    b, o = min(base), min(ours)
+    return {"steps": steps, "every_k": k, "step_s": step_s, "no_ckpt_s": b, "ckpt_s": o, "overhead": o / b - 1,
+            "target": 0.02}
+
+
+def m5_restore(mib: int, tmp: str, bucket: str, reps: int) -> dict:
+    s3 = boto3.client("s3")
+    model = build_model(mib)
+    Checkpointer(model, uri=f"s3://{bucket}/m5", run_id="r").save(1, blocking=True)
+    Checkpointer(model, uri=os.path.join(tmp, "m5"), run_id="r").save(1, blocking=True)
+    key = f"m5/r/{contract.step_dir_name(1)}/state.pt"
+    target = build_model(mib)
+
+    def raw() -> None:
+        s3.download_file(bucket, key, os.path.join(tmp, "m5.pt"))
+        target.load_state_dict(torch.load(os.path.join(tmp, "m5.pt"), weights_only=False)["model"])
+
+    ours_s3 = best(lambda: Checkpointer(target, uri=f"s3://{bucket}/m5", run_id="r").restore(), reps)
+    raw_s3 = best(raw, reps)
+    local = best(lambda: Checkpointer(target, uri=os.path.join(tmp, "m5"), run_id="r").restore(), reps)
+    return {"ours_s3_s": ours_s3, "boto3_download_load_s": raw_s3, "ours_local_s": local,
+            "ratio_vs_boto3": ours_s3 / raw_s3, "ratio_vs_local": ours_s3 / local, "target_vs_local": 1.5}
+
+
+def m6_redone(bucket: str, env: dict, trials: int) -> dict:
+    """Steps the rerun must redo: last step completed before the fault minus the committed step."""
+    out = {}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        redone = []
+        for t in range(trials):
+            run_id = f"m6-{sig.name}-{t}-{uuid.uuid4().hex[:6]}"
+            cmd = [sys.executable, "-m", "trainer", "run", "--checkpoint", f"s3://{bucket}/m6", "--run-id", run_id,
+                   "--checkpoint-every-steps", "20", os.path.join(REPO, "bench", "workload.py"), "--mib", "16",
+                   "--steps", "1000000", "--step-ms", "20", "--print-steps"]
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    text=True)
+            last = 0
+            deadline = time.monotonic() + 1.5 + (t % 7) * 0.17
+            for line in proc.stdout:
+                if line.startswith("STEP "):
+                    last = int(line.split()[1])
+                if last and time.monotonic() > deadline:
+                    break
+            if sig == signal.SIGTERM:
+                proc.send_signal(sig)
+            else:
+                worker = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), run_id)]
+                for pid in worker:
+                    os.kill(pid, signal.SIGKILL)
+            for line in proc.stdout:
+                if line.startswith("STEP "):
+                    last = int(line.split()[1])
+            proc.wait(60)
+            body = boto3.client("s3").get_object(Bucket=bucket, Key=f"m6/{run_id}/{contract.LATEST_NAME}")["Body"]
+            redone.append(last - int(body.read()))
+        out[sig.name] = {"trials": trials, "mean": statistics.mean(redone), "max": max(redone),
+                         "target": 1 if sig == signal.SIGTERM else 10}
+    return out
+
+
+def _is_worker_of(pid: int, run_id: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return False
+    return b"trainer.worker" in cmd and f"KUBETRAIN_RUN_ID={run_id}".encode() in env
+
+
+def m7_runtime(steps: int) -> dict:
+    workload = [os.path.join(REPO, "bench", "workload.py"), "--mib", "16", "--steps", str(steps), "--step-ms", "0",
+                "--compute", "64"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def rate(cmd: list[str]) -> float:
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600).stdout
+        return float(next(line.split()[1] for line in out.splitlines() if line.startswith("STEPS_PER_S")))
+
+    with tempfile.TemporaryDirectory() as d:
+        bare, ours = [], []
+        for _ in range(2):  # interleaved
+            bare.append(rate([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              *workload, "--no-checkpointer"]))
+            ours.append(rate([sys.executable, "-m", "trainer", "run", "--nproc-per-node", "2", "--checkpoint", d,
+                              "--checkpoint-every-steps", "0", *workload]))
+    return {"bare_torchrun_steps_per_s": max(bare), "ours_steps_per_s": max(ours), "ratio": max(ours) / max(bare),
+            "target": 0.99}
+
+
+def m8_launcher(reps: int) -> dict:
+    launch = [sys.executable, "-m", "launcher.cli"]
+    example = os.path.join(REPO, "examples", "train.py")
+    cases = {"python -c pass": [sys.executable, "-c", "pass"], "launch --help": launch + ["--help"],
+             "launch --dry-run": launch + [example, "--gpus", "16", "--checkpoint", "s3://b/c", "--dry-run"]}
+    out = {}
+    for name, cmd in cases.items():
+        out[name] = best(lambda: subprocess.run(cmd, cwd=REPO, capture_output=True, check=True), reps)
+    return out
+
+
+def m9_memory(mib: int, bucket: str) -> dict:
+    """Peak RSS of this process during save(blocking) to S3, minus RSS before it."""
+    import threading
+
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+    model = build_model(mib)
+    ckpt = Checkpointer(model, uri=f"s3://{bucket}/m9", run_id="r", keep=1)
+    out = {}
+    for label, step in (("first_save", 1), ("steady_save", 2)):
+        before = rss()
+        peak = [before]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], rss())
+                time.sleep(0.001)
+
+        t = threading.Thread(target=sample)
+        t.start()
+        ckpt.save(step, blocking=True)
+        done.set()
+        t.join()
+        out[f"{label}_MiB"] = (peak[0] - before) / MiB
+    out["state_MiB"] = mib
+    out["target_MiB"] = mib + 256
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="64 MiB, 3 trials: a smoke run")
@@ -155,7 +322,14 @@ def main() -> None:
             r["M1"] = m1_stall(mib, tmp, reps)
             r["M3"] = m3_upload(mib, tmp, bucket, reps)
             r["M4"] = m4_sigterm(mib, bucket, trials, 30.0, r["M3"]["boto3_MiBps"], dict(os.environ))
+            r["M2"] = m2_overhead(mib, bucket, r["M3"]["ours_s"], 30 if args.quick else 120)
+            r["M5"] = m5_restore(mib, tmp, bucket, reps)
+            r["M9"] = m9_memory(mib, bucket)
             print_size(mib, r)
+        results["M6"] = m6_redone(bucket, dict(os.environ), 2 if args.quick else 10)
+        results["M7"] = m7_runtime(100 if args.quick else 400)
+        results["M8"] = m8_launcher(reps)
+        print_global(results)
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, time.strftime("%Y%m%d-%H%M%S") + ".json")
     with open(out, "w") as f:
@@ -174,6 +348,25 @@ def print_size(mib: int, r: dict) -> None:
           f"  ours/DCP {m3['ratio_vs_dcp']:.2f} (target >= 1.5)")
     print(f"M4 SIGTERM->committed  median {m4['median_s']:.2f} s, max {m4['max_s']:.2f} s over {m4['trials']} trials,"
           f" success {m4['success_rate'] * 100:.0f}%  (target 100%, <= {m4['target_s']:.2f} s)")
+    m2, m5, m9 = r["M2"], r["M5"], r["M9"]
+    print(f"M2 total overhead      {m2['overhead'] * 100:+.1f}%  ({m2['steps']} steps of {m2['step_s'] * 1000:.0f} ms, "
+          f"a checkpoint every {m2['every_k']})  (target <= 2%)")
+    print(f"M5 restore from S3     {m5['ours_s3_s']:.2f} s vs boto3 download+load {m5['boto3_download_load_s']:.2f} s "
+          f"(x{m5['ratio_vs_boto3']:.2f}); vs local disk {m5['ours_local_s']:.2f} s (x{m5['ratio_vs_local']:.2f}, "
+          f"target <= 1.5)")
+    print(f"M9 peak RSS growth     first save {m9['first_save_MiB']:.0f} MiB, later saves {m9['steady_save_MiB']:.0f} MiB"
+          f"  (target <= {m9['target_MiB']} MiB)")
+
+
+def print_global(results: dict) -> None:
+    m6, m7, m8 = results["M6"], results["M7"], results["M8"]
+    print("\n== across sizes ==")
+    for sig, v in m6.items():
+        print(f"M6 steps redone {sig:<8} mean {v['mean']:.1f}, max {v['max']} over {v['trials']} trials "
+              f"(target <= {v['target']}; checkpoint every 20 steps)")
+    print(f"M7 runtime overhead    {m7['ours_steps_per_s']:.1f} vs bare torchrun {m7['bare_torchrun_steps_per_s']:.1f} "
+          f"steps/s  ratio {m7['ratio']:.3f} (target >= 0.99)")
+    print("M8 launcher            " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in m8.items()))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ step time is set by --step-ms rather than by this machine's CPU. Prints
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
+import torch.distributed as dist
 
 from trainer import Checkpointer
 
@@ -31,20 +33,42 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--mib", type=int, default=64)
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--step-ms", type=float, default=50)
+    p.add_argument("--step-ms", type=float, default=50, help="sleep per step (0: compute only)")
+    p.add_argument("--compute", type=int, default=0, help="batch rows pushed through the model per step")
+    p.add_argument("--print-steps", action="store_true", help="print STEP n after each completed step")
+    p.add_argument("--no-checkpointer", action="store_true", help="the baseline: no kubetrain API at all")
     args = p.parse_args()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("gloo")
     model = build_model(args.mib)
-    ckpt = Checkpointer(model)
-    start = ckpt.restore()
+    ckpt = None if args.no_checkpointer else Checkpointer(model)
+    start = ckpt.restore() if ckpt else 0
+    x = torch.randn(args.compute, 1024) if args.compute else None
+    t0 = time.perf_counter()
     for step in range(start, args.steps):
         with torch.no_grad():
+            if x is not None:
+                model(x)
             for param in model.parameters():
                 param.mul_(0.9999)
-        time.sleep(args.step_ms / 1000)
+        if dist.is_initialized():
+            t = torch.ones(1)
+            dist.all_reduce(t)  # the gradient all-reduce a DDP step would do, in miniature
+        if args.step_ms:
+            time.sleep(args.step_ms / 1000)
         if step == start:
             print("READY", flush=True)
-        ckpt.step_end(step + 1)
-    ckpt.close(final_step=args.steps)
+            t0 = time.perf_counter()
+        if ckpt:
+            ckpt.step_end(step + 1)
+        if args.print_steps:
+            print(f"STEP {step + 1}", flush=True)
+    elapsed = time.perf_counter() - t0
+    if ckpt:
+        ckpt.close(final_step=args.steps)
+    n = args.steps - start - 1
+    if n > 0:
+        print(f"STEPS_PER_S {n / elapsed:.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,9 @@ def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list
     if torchrun_rc == 0:
         return Outcome(ExitCode.OK, "finished")
     failures = list((result or {}).get("failures", []))
-    user = sorted((e for e in errors if not e.get("comm_error")), key=lambda e: e.get("time", 0))
+    user = sorted((e for e in errors if not e.get("comm_error") and not e.get("infra_error")),
+                  key=lambda e: e.get("time", 0))
+    infra = sorted((e for e in errors if e.get("infra_error")), key=lambda e: e.get("time", 0))
     killed = [f for f in failures if (f.get("exitcode") or 0) < 0
               and -f["exitcode"] not in (signal.SIGTERM, signal.SIGINT)]
     if killed and not user:
@@ -129,6 +131,9 @@ def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list
     if user:
         e = user[0]
         return Outcome(ExitCode.USER_ERROR, f"rank {e['rank']} raised {e['type']}: {e['message']}", e.get("traceback"))
+    if infra:  # checkpoint storage kept failing: retry later rather than fail the job for good
+        e = infra[0]
+        return Outcome(ExitCode.INFRA, f"rank {e['rank']}: {e['type']}: {e['message']}")
     if killed:
         f = killed[0]
         return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")

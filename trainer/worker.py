@@ -25,6 +25,10 @@ COMM_ERROR_HINTS = ("Connection closed by peer", "Connection reset by peer", "Br
                     "connection refused", "Socket Timeout", "NCCL communicator was aborted")
 
 
+#: Raised by our checkpoint and storage layers: the object store, not the user's code.
+INFRA_ERROR_TYPES = ("CheckpointError", "StorageError")
+
+
 def is_comm_error(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}"
     return type(exc).__name__ in COMM_ERROR_TYPES or any(h.lower() in text.lower() for h in COMM_ERROR_HINTS)
@@ -49,7 +53,8 @@ def main(argv: list[str]) -> int:
     except BaseException as e:  # KeyboardInterrupt too: it is this rank's end
         control = os.environ.get(contract.ENV_CONTROL_DIR)
         record = {"rank": int(rank), "type": type(e).__name__, "message": str(e), "time": time.time(),
-                  "traceback": traceback.format_exc(), "comm_error": is_comm_error(e)}
+                  "traceback": traceback.format_exc(), "comm_error": is_comm_error(e),
+                  "infra_error": type(e).__name__ in INFRA_ERROR_TYPES}
         if control:
             path = os.path.join(control, f"{contract.CONTROL_ERROR_PREFIX}{rank}.json")
             with open(path, "w") as f:

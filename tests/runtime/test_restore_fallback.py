@@ -138,10 +138,9 @@ def test_a_failed_upload_is_reported_leaves_latest_alone_and_raises_after_max_fa
     assert open(os.path.join(str(tmp_path), "r", contract.LATEST_NAME)).read().strip() == "10"
     ckpt.save(30)
     ckpt.wait()
-    with pytest.raises(CheckpointError, match="2 checkpoints in a row failed"):
-        ckpt.step_end(31)
-    with pytest.raises(CheckpointError, match="disk on fire"):
-        ckpt.save(40, blocking=True)
+    ckpt.step_end(31)  # training goes on between saves
+    with pytest.raises(CheckpointError, match="2 checkpoints in a row failed.*disk on fire"):
+        ckpt.save(40)
 
 
 def test_scheduler_extra_and_rng_come_back(tmp_path):

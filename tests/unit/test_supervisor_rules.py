@@ -62,9 +62,11 @@ def err(rank, comm, t, typ="ValueError"):
     (dict(result={"agent_error": "RendezvousTimeoutError"}, torchrun_rc=201), 201),
     (dict(result={"failures": [fail(0, -15, "SIGTERM")]}, stop_reason="SIGTERM"), 143),
     (dict(torchrun_rc=-9), 137),
+    (dict(result={"failures": [fail(0, 1)]}, errors=[{**err(0, False, 1.0, "CheckpointError"), "infra_error": True}]),
+     201),
 ], ids=["ok", "preempted", "finished-despite-stop", "hang", "sigkill-beats-comm-error", "user-error-beats-sigterm",
         "first-user-error", "sys-exit-code-kept", "comm-only-is-infra", "rendezvous-is-infra",
-        "stop-without-commit", "torchrun-killed"])
+        "stop-without-commit", "torchrun-killed", "storage-outage-is-infra"])
 def test_classify(kw, code):
     assert outcome(**kw).code == code
 

@@ -124,6 +124,10 @@ class Checkpointer:
                  keep: int | None = None, async_upload: bool = True, max_failures: int | None = None) -> None:
         self.config = CheckpointConfig.from_env(os.environ, uri=uri, run_id=run_id, every_steps=every_steps,
                                                 every_seconds=every_seconds, keep=keep, max_failures=max_failures)
+        if int(os.environ.get("WORLD_SIZE") or 1) > 1 and not dist.initialized():
+            raise CheckpointError("WORLD_SIZE > 1 but torch.distributed is not initialized: call "
+                                  "torch.distributed.init_process_group() before creating the Checkpointer, or every "
+                                  "rank would save as rank 0")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.extra = dict(extra or {})
         self.per_rank = dict(per_rank or {})
@@ -200,7 +204,6 @@ class Checkpointer:
         ranks save this step synchronously, commit it, and leave the process
         (exit 0 under the supervisor, which then exits 143; 143 otherwise).
         """
-        self._raise_if_failing()
         self._heartbeat(step)
         c = self.config
         time_due = c.every_seconds > 0 and time.monotonic() - self._last_save_time >= c.every_seconds
@@ -213,6 +216,7 @@ class Checkpointer:
     def save(self, step: int, *, blocking: bool = False) -> None:
         """Snapshot now; write and commit in the background unless `blocking`."""
         self.wait()
+        # After wait() every rank has the outcome of the same saves, so all raise together.
         self._raise_if_failing()
         job = self._stage(step)
         self._last_save_time = time.monotonic()
