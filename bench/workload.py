@@ -59,10 +59,10 @@ def main() -> None:
         if step == start:
             print("READY", flush=True)
             t0 = time.perf_counter()
+        if args.print_steps:  # before step_end: a preemption exits from inside it
+            print(f"STEP {step + 1}", flush=True)
         if ckpt:
             ckpt.step_end(step + 1)
-        if args.print_steps:
-            print(f"STEP {step + 1}", flush=True)
     elapsed = time.perf_counter() - t0
     if ckpt:
         ckpt.close(final_step=args.steps)

@@ -47,6 +47,11 @@ def connect(context: str | None = None) -> Api:
         except Exception:
             raise ClusterError("no cluster configured: set KUBECONFIG or ~/.kube/config, pass --context, "
                                "or run here with --local") from None
+    if not client.Configuration.get_default_copy().verify_ssl:
+        # The kubeconfig asked for insecure-skip-tls-verify; like kubectl, do not warn on every request.
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     return Api(core=client.CoreV1Api(), custom=client.CustomObjectsApi(), policy=client.PolicyV1Api(),
                ext=client.ApiextensionsV1Api(), scheduling=client.SchedulingV1Api())
 
@@ -140,7 +145,9 @@ def _create(api: Api, ns: str, obj: dict) -> dict:
 def _delete(api: Api, ns: str, kind: str, name: str) -> None:
     from kubernetes import client
 
-    body = client.V1DeleteOptions(propagation_policy="Foreground")
+    # Background: the object goes now and the garbage collector removes its pods after.
+    # Foreground would leave it behind, finalizer set, wherever no GC runs (and cancel would hang).
+    body = client.V1DeleteOptions(propagation_policy="Background")
     fn = {"PyTorchJob": lambda: api.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
                                                                            body=body),
           "ConfigMap": lambda: api.core.delete_namespaced_config_map(name, ns, body=body),
@@ -223,6 +230,13 @@ def describe_pod(pod: Any) -> dict:
     return out
 
 
+def runtime_progress(api: Api, ns: str, pod: Any) -> dict:
+    """What the runtime in this pod logged about resuming and preemption (last 500 lines)."""
+    text = _call(f"reading logs of {pod.metadata.name}", lambda: api.core.read_namespaced_pod_log(
+        pod.metadata.name, ns, container=contract.CONTAINER_NAME, tail_lines=500), missing_ok=True)
+    return contract.parse_runtime_log((text or "").splitlines())
+
+
 def restart_events(api: Api, ns: str, name: str) -> list[dict]:
     events = _call("listing events", lambda: api.core.list_namespaced_event(
         ns, field_selector=f"involvedObject.name={name}")).items
@@ -232,7 +246,15 @@ def restart_events(api: Api, ns: str, name: str) -> list[dict]:
 
 def print_status(api: Api, ns: str, name: str, *, output: str = "text") -> int:
     job = get_job(api, ns, name)
-    pods = [describe_pod(p) for p in job_pods(api, ns, name)]
+    pods = []
+    for p in job_pods(api, ns, name):
+        info = describe_pod(p)
+        if p.status.phase in ("Running", "Succeeded", "Failed"):
+            try:
+                info.update(runtime_progress(api, ns, p))
+            except ClusterError:
+                pass  # logs are a bonus here; the status above stands without them
+        pods.append(info)
     backoff = ((job.get("spec") or {}).get("runPolicy") or {}).get("backoffLimit")
     events = restart_events(api, ns, name)
     restarts = sum(e["count"] for e in events if "Restart" in e["reason"])
@@ -251,6 +273,10 @@ def print_status(api: Api, ns: str, name: str, *, output: str = "text") -> int:
         print(f"  {c['type']:<10} {c['status']:<5} {c.get('reason') or ''}: {c.get('message') or ''}")
     for p in pods:
         exit_text = f"  last exit {p['exit_code']}: {p['exit_meaning']}" if "exit_code" in p else ""
+        if p.get("preempted_at") is not None:
+            exit_text += f"; preempted at step {p['preempted_at']}"
+        if p.get("resumed_from") is not None:
+            exit_text += f"; resumed from step {p['resumed_from']}"
         print(f"  {p['replica']:<10} {p['phase'] or '?':<10} node={p['node'] or '-'}{exit_text}")
     for e in events:
         print(f"  event {e['reason']} x{e['count']}: {e['message']}")

@@ -133,7 +133,8 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="[kubetrain] %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="[kubetrain] %(message)s")
+    logging.getLogger("kubetrain").setLevel(logging.INFO)  # ours at INFO; botocore & co. only when they warn
     try:
         if argv and argv[0] in ("-h", "--help"):
             build_parser(os.environ).print_help()

@@ -165,6 +165,27 @@ def parse_step_dir_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+# --- runtime log lines that the launcher reads back (launch status) ---------------
+
+#: Logged by rank 0 after restore(); the launcher parses it, so both use this text.
+LOG_RESUMED = "resuming after step {step}"
+#: Logged by rank 0 once the preemption checkpoint committed.
+LOG_PREEMPTED = "preempted: checkpoint step {step} committed"
+_RESUMED_RE = re.compile(r"resuming after step (\d+)")
+_PREEMPTED_RE = re.compile(r"preempted: checkpoint step (\d+) committed")
+
+
+def parse_runtime_log(lines: list[str]) -> dict[str, int | None]:
+    """The last resume and preemption steps a runtime log reports."""
+    out: dict[str, int | None] = {"resumed_from": None, "preempted_at": None}
+    for line in lines:
+        if m := _RESUMED_RE.search(line):
+            out["resumed_from"] = int(m.group(1))
+        if m := _PREEMPTED_RE.search(line):
+            out["preempted_at"] = int(m.group(1))
+    return out
+
+
 # --- control files between the supervisor and its workers (one pod, local disk) ---
 
 CONTROL_STOP = "stop"  # written by the supervisor: please stop at the next step boundary

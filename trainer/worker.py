@@ -39,7 +39,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m trainer.worker SCRIPT [ARGS...]", file=sys.stderr)
         return int(contract.ExitCode.USAGE)
     rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.INFO, format=f"[kubetrain rank {rank}] %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=f"[kubetrain rank {rank}] %(message)s")
+    logging.getLogger("kubetrain").setLevel(logging.INFO)  # ours at INFO; botocore & co. only when they warn
     script = argv[0]
     sys.argv = list(argv)
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))

@@ -48,3 +48,10 @@ def test_the_contract_imports_neither_torch_nor_kubernetes():
 def test_termination_grace_period_never_undercuts_the_runtime_grace():
     for grace in (3, 30, 30.2, 600):
         assert contract.termination_grace_period_seconds(grace) >= grace
+
+
+def test_runtime_log_lines_parse_back():
+    lines = ["[kubetrain rank 0] restored step-000000040 from s3://b/r; " + contract.LOG_RESUMED.format(step=40),
+             "[kubetrain rank 0] " + contract.LOG_PREEMPTED.format(step=57) + "; exiting", "noise"]
+    assert contract.parse_runtime_log(lines) == {"resumed_from": 40, "preempted_at": 57}
+    assert contract.parse_runtime_log([]) == {"resumed_from": None, "preempted_at": None}

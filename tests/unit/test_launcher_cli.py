@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -25,6 +26,16 @@ FLAGS = ["--gpus", "--gpus-per-node", "--nodes", "--nproc", "--gpu-type", "--gpu
 VALUES = ["8", "0", "-1", "16", "2:4", "4:2", "x", "", "1.5", "nvidia.com/gpu", "NVIDIA-A100", "s3://b/c", "/data",
           "data:/data", "data:/data:ro", "a:b:c:d", "prefer", "require", "volcano", "None", "yaml", "json", "1e9",
           "K=V", "=V", "KUBETRAIN_X=1", "64Gi", "64GiB", "\x00", "ü", "--", "-", "nan", "inf", "9" * 30]
+
+
+@contextlib.contextmanager
+def in_dir(path):
+    cwd = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
 
 
 def run_main(argv, capsys):
@@ -56,12 +67,8 @@ def test_fuzzed_project_config_never_tracebacks(tmp_path_factory, capsys, config
 
     d = tmp_path_factory.mktemp("cfg")
     (d / "launch.yaml").write_text(yaml.safe_dump(config))
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
+    with in_dir(d):
         code, out, err = run_main([EXAMPLE, "--gpus", "8", "--checkpoint", "s3://b/c", "--dry-run"], capsys)
-    finally:
-        os.chdir(cwd)
     assert code in (0, 2), (config, err)
     if code == 2:
         assert len(err.strip().splitlines()) == 1, err
@@ -74,12 +81,8 @@ def test_fuzzed_project_config_never_tracebacks(tmp_path_factory, capsys, config
 ])
 def test_bad_pyproject_config_is_named(tmp_path, capsys, content, needle):
     (tmp_path / "pyproject.toml").write_text(content)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
+    with in_dir(tmp_path):
         code, _, err = run_main([EXAMPLE, "--gpus", "8", "--checkpoint", "s3://b/c", "--dry-run"], capsys)
-    finally:
-        os.chdir(cwd)
     assert code == 2 and needle in err and "pyproject.toml" in err
 
 

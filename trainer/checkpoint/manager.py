@@ -183,8 +183,8 @@ class Checkpointer:
                 self.last_committed = self.restored_step = step
                 self._last_save_time = time.monotonic()
                 if self.rank == 0:
-                    log.info("restored %s from %s; resuming after step %d",
-                             contract.step_dir_name(step), self.run_uri, step)
+                    log.info("restored %s from %s; %s", contract.step_dir_name(step), self.run_uri,
+                             contract.LOG_RESUMED.format(step=step))
                 self._heartbeat(step, force=True)
                 return step
             self._discard(loaded)
@@ -477,7 +477,7 @@ class Checkpointer:
             with open(os.path.join(self._control_dir, contract.CONTROL_PREEMPTED), "w") as f:
                 json.dump({"step": step, "time": time.time()}, f)
         if self.rank == 0:
-            log.warning("preempted: checkpoint %s committed; exiting", contract.step_dir_name(step))
+            log.warning("%s; exiting", contract.LOG_PREEMPTED.format(step=step))
         # Under the supervisor every rank exits 0 so torchrun does not tear down
         # ranks still finishing; the supervisor turns that into 143.
         raise SystemExit(0 if self._control_dir is not None else int(contract.ExitCode.PREEMPTED))
