@@ -31,7 +31,10 @@ def free_port() -> int:
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
     """Start `moto_server` on a free loopback port; yield its endpoint URL."""
-    exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+    # This interpreter's own moto first: a moto_server elsewhere on PATH may be another version, or none.
+    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    if not os.path.exists(exe):
+        exe = shutil.which("moto_server") or exe
     if not os.path.exists(exe):
         raise RuntimeError("moto_server is not installed: pip install 'moto[server]'")
     port = free_port()

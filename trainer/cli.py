@@ -85,15 +85,6 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
     from trainer.supervisor import RunConfig
 
     args = build_parser(env).parse_args(argv)
-    if args.code:
-        from trainer.codebundle import unpack
-
-        workdir = unpack(args.code, args.code_sha256, args.workdir)
-        if os.path.isabs(args.script) or ".." in args.script.split("/"):
-            raise UsageError(f"script {args.script!r} must be a relative path inside the --code bundle")
-        os.chdir(workdir)  # the script runs from its own tree, as it did on the user's machine
-    if not os.path.isfile(args.script):
-        raise UsageError(f"script {args.script!r} does not exist or is not a file")
     if args.nproc_per_node is not None and args.nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
     for name in ("checkpoint_every_steps", "keep"):
@@ -116,7 +107,7 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
 
     storage = open_storage(uri)  # raises UsageError for an unknown scheme, a missing bucket, ...
     if storage.is_local:
-        uri = storage.uri  # absolute: the workers may run elsewhere in the tree
+        uri = storage.uri  # absolute, before any chdir below: the workers may run elsewhere
     if args.preemption_url:
         from trainer.preemption import notice_format
 
@@ -124,6 +115,15 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
             notice_format(args.preemption_url)
         except ValueError as e:
             raise UsageError(str(e)) from None
+    if args.code:
+        if os.path.isabs(args.script) or ".." in args.script.split("/"):
+            raise UsageError(f"script {args.script!r} must be a relative path inside the --code bundle")
+        from trainer.codebundle import unpack
+
+        workdir = unpack(args.code, args.code_sha256, args.workdir)
+        os.chdir(workdir)  # the script runs from its own tree, as it did on the user's machine
+    if not os.path.isfile(args.script):
+        raise UsageError(f"script {args.script!r} does not exist or is not a file")
     return RunConfig(script=args.script, script_args=tuple(args.script_args), nproc_per_node=args.nproc_per_node,
                      checkpoint_uri=uri, run_id=run_id, every_steps=args.checkpoint_every_steps,
                      every_seconds=args.checkpoint_every_seconds, keep=args.keep, grace_seconds=args.grace_seconds,

@@ -132,3 +132,67 @@ def install_crd(api) -> None:
             return
         time.sleep(0.2)
     raise RuntimeError("the PyTorchJob CRD did not become Established")
+
+
+def _start(d, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+    log = open(d / f"{name}.log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def operator_cluster(kubeconfig, tmp_path_factory):
+    """On top of the API server: controller-manager, scheduler, kwok's fake GPU nodes, the training operator.
+
+    Yields the kubeconfig. The PyTorchJob CRD is the operator's (installed first).
+    """
+    bin_dir = _cluster_bin()
+    d = tmp_path_factory.mktemp("operator-cluster")
+    sa_key = os.path.join(os.path.dirname(kubeconfig), "sa.key")
+    procs = [
+        _start(d, "controller-manager", [os.path.join(bin_dir, "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
+                                         "--leader-elect=false", "--bind-address=127.0.0.1",
+                                         f"--secure-port={_free_port()}", f"--service-account-private-key-file={sa_key}",
+                                         "--use-service-account-credentials=false", "--controllers=*"]),
+        _start(d, "scheduler", [os.path.join(bin_dir, "kube-scheduler"), f"--kubeconfig={kubeconfig}",
+                                "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={_free_port()}"]),
+        _start(d, "kwok", [os.path.join(bin_dir, "kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
+                           "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                           f"--config={os.path.join(REPO, 'k8s', 'kwok', 'stages.yaml')}",
+                           f"--server-address=127.0.0.1:{_free_port()}", "--node-ip=127.0.0.1"]),
+    ]
+    try:
+        from kubernetes import client, config
+
+        api_client = config.new_client_from_config(config_file=kubeconfig)
+        core = client.CoreV1Api(api_client)
+        for node in yaml.safe_load_all(open(os.path.join(REPO, "k8s", "kwok", "nodes.yaml"))):
+            status = node.pop("status")
+            created = core.create_node(node)
+            core.patch_node_status(created.metadata.name, {"status": status})
+        install_crd(type("Api", (), {"ext": client.ApiextensionsV1Api(api_client)})())
+        procs.append(_start(d, "training-operator", [
+            os.path.join(bin_dir, "training-operator"), "--enable-scheme=pytorchjob", "--leader-elect=false",
+            f"--metrics-bind-address=127.0.0.1:{_free_port()}", f"--health-probe-bind-address=127.0.0.1:{_free_port()}",
+            "--monitoring-port=0"],
+            env={"KUBECONFIG": kubeconfig}))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            nodes = core.list_node().items
+            if nodes and all(any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+                             for n in nodes):
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"kwok nodes not Ready; see {d}/kwok.log")
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{p.args[0]} exited with {p.returncode}; logs in {d}")
+        yield kubeconfig
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
