@@ -35,10 +35,14 @@ class Api:
 
 def connect(context: str | None = None) -> Api:
     """Clients from the kubeconfig (or in-cluster config); ClusterError when neither is there."""
+    import os
+
     from kubernetes import client, config
 
     try:
-        config.load_kube_config(context=context)
+        # Pass the path read now: the client's own default is KUBECONFIG as it was at import time.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config"),
+                                context=context)
     except Exception as kube_error:  # config.ConfigException, missing file, bad context
         if context:
             raise ClusterError(f"kubeconfig context {context!r}: {kube_error}") from None

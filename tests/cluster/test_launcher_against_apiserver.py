@@ -23,8 +23,14 @@ def launch(capsys, *argv: str) -> tuple[int, str, str]:
 def namespace(api, *, gpu_quota: str | None = None) -> str:
     name = f"t-{uuid.uuid4().hex[:8]}"
     api.core.create_namespace({"metadata": {"name": name}})
-    # The controller-manager would create it; pod admission looks it up.
-    api.core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
+    # Pod admission looks it up; the controller-manager creates it where one runs.
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        api.core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
+    except ApiException as e:
+        if e.status != 409:
+            raise
     hard = {}
     if gpu_quota is not None:
         hard["requests.nvidia.com/gpu"] = gpu_quota

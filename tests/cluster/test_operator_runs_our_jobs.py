@@ -37,11 +37,13 @@ def test_sixteen_gpus_on_two_nodes_run_to_success(api, capsys):
                             "-n", ns, "--name", "e2e")
     assert code == 0, err
 
-    def running_pods():
+    def started_pods():
+        # Each pod runs 10 s under kwok, and the worker starts a little after the master:
+        # "started" is Running or already Succeeded.
         pods = api.core.list_namespaced_pod(ns, label_selector=f"{contract.OPERATOR_JOB_NAME_LABEL}=e2e").items
-        return pods if len(pods) == 2 and all(p.status.phase == "Running" for p in pods) else None
+        return pods if len(pods) == 2 and all(p.status.phase in ("Running", "Succeeded") for p in pods) else None
 
-    pods = wait(running_pods, 90, "two Running pods")
+    pods = wait(started_pods, 90, "two started pods")
     assert {p.spec.node_name for p in pods} == {"gpu-ondemand-0", "gpu-ondemand-1"}  # 8 GPUs each, not spot/MIG
     for p in pods:
         env = {e.name: e.value for e in p.spec.containers[0].env}
@@ -52,7 +54,7 @@ def test_sixteen_gpus_on_two_nodes_run_to_success(api, capsys):
     assert api.core.list_namespaced_service(ns, label_selector=f"{contract.OPERATOR_JOB_NAME_LABEL}=e2e").items
 
     code, out, _ = launch(capsys, "status", "e2e", "-n", ns)
-    assert code == 0 and "Running" in out
+    assert code == 0 and (f"{ns}/e2e: Running" in out or f"{ns}/e2e: Succeeded" in out), out
 
     def succeeded():
         job = api.custom.get_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs", "e2e")
@@ -61,3 +63,60 @@ def test_sixteen_gpus_on_two_nodes_run_to_success(api, capsys):
     wait(succeeded, 90, "the job to succeed")
     code, out, _ = launch(capsys, "status", "e2e", "-n", ns)
     assert code == 0 and f"{ns}/e2e: Succeeded" in out
+
+
+def exit_pod(api, ns: str, pod, code: int) -> None:
+    """Report the container exiting with `code`, as the kubelet would."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    api.core.patch_namespaced_pod_status(pod.metadata.name, ns, {"status": {
+        "phase": "Failed",
+        "containerStatuses": [{"name": contract.CONTAINER_NAME, "image": pod.spec.containers[0].image,
+                               "imageID": "", "ready": False, "restartCount": 0,
+                               "state": {"terminated": {"exitCode": code, "reason": "Error",
+                                                        "startedAt": now, "finishedAt": now}}}]}})
+
+
+def held_job(api, capsys) -> tuple[str, str]:
+    """A one-pod job that kwok leaves Running (k8s/kwok/stages.yaml): the test reports its exits."""
+    ns = namespace(api)
+    code, _, err = launch(capsys, EXAMPLE, "--gpus", "8", "--checkpoint", "s3://b/c", "-n", ns, "--name", "held",
+                          "--max-restarts", "3")
+    assert code == 0, err
+    return ns, f"{contract.OPERATOR_JOB_NAME_LABEL}=held"
+
+
+def running_pod(api, ns: str, selector: str, exclude: str | None = None):
+    pods = [p for p in api.core.list_namespaced_pod(ns, label_selector=selector).items
+            if p.status.phase == "Running" and p.metadata.uid != exclude and not p.metadata.deletion_timestamp]
+    return pods[0] if pods else None
+
+
+def job_conditions(api, ns: str) -> dict:
+    job = api.custom.get_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs", "held")
+    return {c["type"]: c["status"] for c in job.get("status", {}).get("conditions", [])}
+
+
+def test_exit_143_is_restarted_and_status_counts_the_retry(api, capsys):
+    import json
+
+    ns, selector = held_job(api, capsys)
+    first = wait(lambda: running_pod(api, ns, selector), 90, "the master pod")
+    exit_pod(api, ns, first, 143)  # preempted, checkpoint committed: retryable
+    second = wait(lambda: running_pod(api, ns, selector, exclude=first.metadata.uid), 90,
+                  "the operator to recreate the pod")
+    assert second.metadata.name == first.metadata.name
+    code, out, _ = launch(capsys, "status", "held", "-n", ns, "-o", "json")
+    status = json.loads(out)
+    assert code == 0 and status["restarts"] >= 1 and status["retries_left"] <= 2, status["events"]
+
+
+@pytest.mark.xfail(strict=True, reason="training-operator v1.7.0 leaves a job whose pod exited 1 'Restarting' "
+                   "forever instead of Failed (kubeflow/trainer#2044, fixed in v1.8); the cluster tier must move "
+                   "to v1.8, whose webhook needs its certificate set up")
+def test_exit_1_fails_the_job_for_good(api, capsys):
+    ns, selector = held_job(api, capsys)
+    pod = wait(lambda: running_pod(api, ns, selector), 90, "the master pod")
+    exit_pod(api, ns, pod, 1)  # the script raised: permanent
+    wait(lambda: job_conditions(api, ns).get("Failed") == "True", 20, "the job to fail")
+    code, out, _ = launch(capsys, "status", "held", "-n", ns)
+    assert code == 0 and f"{ns}/held: Failed" in out and "last exit 1: user error" in out
