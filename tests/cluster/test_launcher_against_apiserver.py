@@ -104,6 +104,7 @@ def test_a_quota_too_small_is_refused_before_anything_is_created(cluster, capsys
     assert leftovers(cluster, ns, "big") == NOTHING
     code, _, err = launch(capsys, EXAMPLE, "--gpus", "8", "--checkpoint", "s3://b/c", "-n", ns, "--name", "fits")
     assert code == 0, err
+    assert launch(capsys, "cancel", "fits", "-n", ns)[0] == 0  # its pods would hold GPU nodes in later tests
 
 
 @pytest.mark.parametrize("flags,needle", [

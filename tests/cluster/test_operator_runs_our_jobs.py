@@ -43,7 +43,12 @@ def test_sixteen_gpus_on_two_nodes_run_to_success(api, capsys):
         pods = api.core.list_namespaced_pod(ns, label_selector=f"{contract.OPERATOR_JOB_NAME_LABEL}=e2e").items
         return pods if len(pods) == 2 and all(p.status.phase in ("Running", "Succeeded") for p in pods) else None
 
-    pods = wait(started_pods, 90, "two started pods")
+    try:
+        pods = wait(started_pods, 90, "two started pods")
+    except AssertionError:
+        everywhere = [(p.metadata.namespace, p.metadata.name, p.status.phase, p.spec.node_name)
+                      for p in api.core.list_pod_for_all_namespaces().items]
+        raise AssertionError(f"two pods of e2e did not start; all pods: {everywhere}") from None
     assert {p.spec.node_name for p in pods} == {"gpu-ondemand-0", "gpu-ondemand-1"}  # 8 GPUs each, not spot/MIG
     for p in pods:
         env = {e.name: e.value for e in p.spec.containers[0].env}
@@ -76,13 +81,18 @@ def exit_pod(api, ns: str, pod, code: int) -> None:
                                                         "startedAt": now, "finishedAt": now}}}]}})
 
 
-def held_job(api, capsys) -> tuple[str, str]:
-    """A one-pod job that kwok leaves Running (k8s/kwok/stages.yaml): the test reports its exits."""
+@pytest.fixture
+def held_job(api, capsys):
+    """A one-pod job that kwok leaves Running (k8s/kwok/stages.yaml): the test reports its exits.
+
+    Cancelled afterwards, so that its pod does not hold a GPU node for later tests.
+    """
     ns = namespace(api)
     code, _, err = launch(capsys, EXAMPLE, "--gpus", "8", "--checkpoint", "s3://b/c", "-n", ns, "--name", "held",
                           "--max-restarts", "3")
     assert code == 0, err
-    return ns, f"{contract.OPERATOR_JOB_NAME_LABEL}=held"
+    yield ns, f"{contract.OPERATOR_JOB_NAME_LABEL}=held"
+    launch(capsys, "cancel", "held", "-n", ns)
 
 
 def running_pod(api, ns: str, selector: str, exclude: str | None = None):
@@ -96,10 +106,10 @@ def job_conditions(api, ns: str) -> dict:
     return {c["type"]: c["status"] for c in job.get("status", {}).get("conditions", [])}
 
 
-def test_exit_143_is_restarted_and_status_counts_the_retry(api, capsys):
+def test_exit_143_is_restarted_and_status_counts_the_retry(api, capsys, held_job):
     import json
 
-    ns, selector = held_job(api, capsys)
+    ns, selector = held_job
     first = wait(lambda: running_pod(api, ns, selector), 90, "the master pod")
     exit_pod(api, ns, first, 143)  # preempted, checkpoint committed: retryable
     second = wait(lambda: running_pod(api, ns, selector, exclude=first.metadata.uid), 90,
@@ -113,8 +123,8 @@ def test_exit_143_is_restarted_and_status_counts_the_retry(api, capsys):
 @pytest.mark.xfail(strict=True, reason="training-operator v1.7.0 leaves a job whose pod exited 1 'Restarting' "
                    "forever instead of Failed (kubeflow/trainer#2044, fixed in v1.8); the cluster tier must move "
                    "to v1.8, whose webhook needs its certificate set up")
-def test_exit_1_fails_the_job_for_good(api, capsys):
-    ns, selector = held_job(api, capsys)
+def test_exit_1_fails_the_job_for_good(api, capsys, held_job):
+    ns, selector = held_job
     pod = wait(lambda: running_pod(api, ns, selector), 90, "the master pod")
     exit_pod(api, ns, pod, 1)  # the script raised: permanent
     wait(lambda: job_conditions(api, ns).get("Failed") == "True", 20, "the job to fail")
