@@ -2,14 +2,16 @@
 
 Paths are `str`, never `Path`: `Path` turns `s3://b/k` into `s3:/b/k`.
 
-Large files (the shards) go through `write_file` / `fetch`, which hash what
-they move so the checkpoint layer can record and verify checksums without a
-second pass over the bytes. Small files (manifest, `latest`) go through
-`write_small` / `read_small`, which replace the object atomically.
+Large files (the shards) go through `write_file`, which hashes the bytes as
+they are written so the manifest's checksums cost no second pass, and
+`fetch`, which gives the checkpoint layer a local copy to verify. Small files
+(manifest, `latest`) go through `write_small` / `read_small`, which replace
+the object atomically.
 
-For s3:// the whole backend is boto3: bench/storage_s3.py measured boto3's
-transfer manager against s3fs on the same bytes (see BENCHMARKS.md), and one
-client keeps one retry policy. Everything else goes through fsspec.
+For s3:// the whole backend is boto3: bench/run.py (M3) measured s3fs's
+put_file at 0.55-0.75 of boto3's transfer manager on the same bytes (see
+BENCHMARKS.md), and one client keeps one retry policy. Everything else goes
+through fsspec.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ A save blocks training only while the state is copied off the live tensors
 background thread, at most one save in flight. The final save and the
 preemption save are synchronous. A failed upload is logged at once with its
 cause, leaves `latest` untouched, and raises `CheckpointError` from the next
-call after `max_failures` failures in a row, or at once for a synchronous save.
+save after `max_failures` failures in a row (on every rank alike), or at once
+for a synchronous save. Under the supervisor that exits 201: retryable.
 """
 
 from __future__ import annotations
