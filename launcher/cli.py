@@ -211,7 +211,12 @@ def submit(argv: list[str], env: Mapping[str, str], now: float) -> int:
     client.preflight(api, spec)
     if code_uri:
         client.upload_bundle(code_uri, bundle.data)
-    client.create_all(api, spec.namespace, objects)
+    try:
+        client.create_all(api, spec.namespace, objects)
+    except BaseException:
+        if code_uri:  # nothing half-created: not on the cluster, not in the bucket
+            client.remove_bundle(code_uri)
+        raise
     print(f"created PyTorchJob {spec.namespace}/{name}: {spec.nodes} pod(s) x "
           f"{spec.resources.gpus_per_node or spec.nproc_per_node} {'GPU' if spec.resources.gpus_per_node else 'rank'}(s)")
     print(f"  launch status {name} -n {spec.namespace}   |   launch logs {name} -n {spec.namespace} -f")

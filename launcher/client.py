@@ -190,6 +190,16 @@ def upload_bundle(uri: str, data: bytes) -> None:
         raise ClusterError(f"uploading the code bundle to {uri}: {e}") from None
 
 
+def remove_bundle(uri: str) -> None:
+    try:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        fs.rm_file(path)
+    except Exception as e:  # the failure that brought us here matters more
+        print(f"launch: warning: could not remove the code bundle {uri}: {e}", file=sys.stderr)
+
+
 # --- status, logs, cancel, list ----------------------------------------------------------
 
 
