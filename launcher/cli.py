@@ -21,6 +21,7 @@ import time
 from typing import Any, Mapping, NoReturn
 
 from launcher.errors import KubetrainError, SpecError
+from launcher.spec import JobSpec, Resources
 from trainer import contract
 from trainer.errors import one_line
 
@@ -31,6 +32,11 @@ DEFAULT_IMAGE = "kubetrain/runtime:0.1.0"  # built from images/Dockerfile
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise SpecError(f"{message} (see `{self.prog} --help`)")
+
+
+def _default(cls: type, field: str) -> Any:
+    """A spec field's default, for help texts: the dataclass is the one place it lives."""
+    return cls.__dataclass_fields__[field].default
 
 
 def _submit_parser() -> argparse.ArgumentParser:
@@ -46,10 +52,10 @@ def _submit_parser() -> argparse.ArgumentParser:
     g.add_argument("--nproc", type=int, default=None, help="ranks per pod for CPU jobs (GPU jobs: one per GPU)")
     g.add_argument("--gpu-type", default=None, help="require nodes labelled nvidia.com/gpu.product=TYPE")
     g.add_argument("--gpu-resource", default=None, help="GPU resource name, e.g. nvidia.com/mig-1g.10gb "
-                   "(default nvidia.com/gpu)")
+                   f"(default {_default(Resources, 'gpu_resource')})")
     g.add_argument("--cpu", default=None, help="CPU request per pod (e.g. 8)")
     g.add_argument("--memory", default=None, help="memory request and limit per pod (e.g. 64Gi)")
-    g.add_argument("--shm", default=None, help="/dev/shm size per pod (default 2Gi)")
+    g.add_argument("--shm", default=None, help=f"/dev/shm size per pod (default {_default(Resources, 'shm')})")
     g = p.add_argument_group("where")
     g.add_argument("--local", action="store_true", help="run here under `python -m trainer run`, no cluster")
     g.add_argument("--image", default=None, help=f"runtime image (default {DEFAULT_IMAGE}; env {contract.ENV_IMAGE})")
@@ -67,9 +73,9 @@ def _submit_parser() -> argparse.ArgumentParser:
                    f"terminationGracePeriodSeconds (default {contract.DEFAULT_GRACE_SECONDS:.0f})")
     g.add_argument("--hang-timeout", type=float, default=None, help="exit retryably after this many seconds "
                    "without step progress (default off)")
-    g.add_argument("--max-restarts", type=int, default=None, help="operator retries (backoffLimit; default 3)")
+    g.add_argument("--max-restarts", type=int, default=None, help=f"operator retries (backoffLimit; default {_default(JobSpec, 'max_restarts')})")
     g.add_argument("--max-runtime", type=int, default=None, help="activeDeadlineSeconds")
-    g.add_argument("--ttl", type=int, default=None, help="ttlSecondsAfterFinished (default 7 days)")
+    g.add_argument("--ttl", type=int, default=None, help=f"ttlSecondsAfterFinished (default {_default(JobSpec, 'ttl_seconds_after_finished')})")
     g.add_argument("--clean-pod-policy", default=None, choices=("None", "Running", "All"))
     g = p.add_argument_group("scheduling")
     g.add_argument("--spot", nargs="?", const="prefer", default=None, choices=("prefer", "require"),
@@ -117,9 +123,9 @@ def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mappi
     """Flags over project defaults → a validated JobSpec."""
     from launcher.spec import JobSpec, Resources, Volume, parse_nodes, split_gpus
 
-    def pick(flag: str, key: str | None = None, default: Any = None) -> Any:
+    def pick(flag: str) -> Any:
         v = getattr(args, flag)
-        return v if v is not None else defaults.get(key or flag, default)
+        return v if v is not None else defaults.get(flag)
 
     gpus = args.gpus or 0
     per_flag = pick("gpus_per_node")
@@ -145,23 +151,25 @@ def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mappi
         k, v = item.split("=", 1)
         env_pairs.append((k, v))
     cpu = pick("cpu")
-    resources = Resources(gpus_per_node=per, gpu_resource=pick("gpu_resource", default="nvidia.com/gpu"),
-                          gpu_type=pick("gpu_type"), cpu=str(cpu) if cpu is not None else None,
-                          memory=pick("memory"), shm=pick("shm", default="2Gi"))
+
+    def given(**kw: Any) -> dict[str, Any]:
+        # Only what was asked for: every default lives once, on the spec dataclasses.
+        return {k: v for k, v in kw.items() if v is not None}
+
+    resources = Resources(gpus_per_node=per, **given(
+        gpu_resource=pick("gpu_resource"), gpu_type=pick("gpu_type"), cpu=str(cpu) if cpu is not None else None,
+        memory=pick("memory"), shm=pick("shm")))
     return JobSpec(
-        script=args.script, script_args=tuple(script_args), image=pick("image"),
-        namespace=pick("namespace", default="default"), nodes=nodes, min_nodes=min_nodes, nproc_per_node=nproc,
-        resources=resources, checkpoint_uri=pick("checkpoint"),
-        checkpoint_every_steps=pick("checkpoint_every_steps", default=contract.DEFAULT_CHECKPOINT_EVERY_STEPS),
-        grace_seconds=pick("grace_seconds", default=contract.DEFAULT_GRACE_SECONDS),
-        hang_timeout=pick("hang_timeout", default=contract.DEFAULT_HANG_TIMEOUT), spot=pick("spot"),
-        priority_class=pick("priority_class"), gang=pick("gang"), max_restarts=pick("max_restarts", default=3),
-        active_deadline_seconds=pick("max_runtime", "max_runtime"),
-        ttl_seconds_after_finished=pick("ttl", default=7 * 24 * 3600),
-        clean_pod_policy=pick("clean_pod_policy", default="Running"),
-        volumes=tuple(Volume.parse(v) for v in (pick("pvc", default=[]) or [])),
-        secret_env=tuple(pick("secret_env", default=[]) or []), env=tuple(env_pairs),
-        service_account=pick("service_account"))
+        script=args.script, script_args=tuple(script_args), nodes=nodes, min_nodes=min_nodes, nproc_per_node=nproc,
+        resources=resources,
+        volumes=tuple(Volume.parse(v) for v in (pick("pvc") or [])),
+        secret_env=tuple(pick("secret_env") or []), env=tuple(env_pairs),
+        **given(image=pick("image"), namespace=pick("namespace"), checkpoint_uri=pick("checkpoint"),
+                checkpoint_every_steps=pick("checkpoint_every_steps"), grace_seconds=pick("grace_seconds"),
+                hang_timeout=pick("hang_timeout"), spot=pick("spot"), priority_class=pick("priority_class"),
+                gang=pick("gang"), max_restarts=pick("max_restarts"), active_deadline_seconds=pick("max_runtime"),
+                ttl_seconds_after_finished=pick("ttl"), clean_pod_policy=pick("clean_pod_policy"),
+                service_account=pick("service_account")))
 
 
 def _dump(objects: list[dict], fmt: str) -> str:
