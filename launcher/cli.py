@@ -121,7 +121,7 @@ def default_name(script: str, now: float) -> str:
 
 def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mapping[str, Any]):
     """Flags over project defaults → a validated JobSpec."""
-    from launcher.spec import JobSpec, Resources, Volume, parse_nodes, split_gpus
+    from launcher.spec import Volume, parse_env, parse_nodes, split_gpus
 
     def pick(flag: str) -> Any:
         v = getattr(args, flag)
@@ -144,12 +144,6 @@ def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mappi
     nproc = per if per else (args.nproc or 1)
     if per and args.nproc is not None and args.nproc != per:
         raise SpecError(f"--nproc {args.nproc} differs from --gpus-per-node {per}; GPU jobs run one rank per GPU")
-    env_pairs = []
-    for item in args.env:
-        if "=" not in item:
-            raise SpecError(f"--env {item!r}: expected NAME=VALUE")
-        k, v = item.split("=", 1)
-        env_pairs.append((k, v))
     cpu = pick("cpu")
 
     def given(**kw: Any) -> dict[str, Any]:
@@ -163,7 +157,7 @@ def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mappi
         script=args.script, script_args=tuple(script_args), nodes=nodes, min_nodes=min_nodes, nproc_per_node=nproc,
         resources=resources,
         volumes=tuple(Volume.parse(v) for v in (pick("pvc") or [])),
-        secret_env=tuple(pick("secret_env") or []), env=tuple(env_pairs),
+        secret_env=tuple(pick("secret_env") or []), env=parse_env(args.env),
         **given(image=pick("image"), namespace=pick("namespace"), checkpoint_uri=pick("checkpoint"),
                 checkpoint_every_steps=pick("checkpoint_every_steps"), grace_seconds=pick("grace_seconds"),
                 hang_timeout=pick("hang_timeout"), spot=pick("spot"), priority_class=pick("priority_class"),

@@ -16,6 +16,7 @@ import sys
 from typing import Any, Mapping
 
 from launcher.errors import SpecError
+from launcher.spec import parse_env
 from trainer import contract
 
 #: Flags that only mean something on a cluster; --local refuses them rather than ignore them.
@@ -67,15 +68,13 @@ def local_command(args: argparse.Namespace, script_args: list[str], defaults: Ma
             value = defaults.get(flag)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
-    env_pairs = [e.split("=", 1) for e in args.env]
-    if any(len(p) != 2 for p in env_pairs):
-        raise SpecError("--env expects NAME=VALUE")
+    parse_env(args.env)  # refuse a malformed --env before anything starts
     return cmd + [args.script, *script_args]
 
 
 def run_local(args: argparse.Namespace, script_args: list[str], defaults: Mapping[str, Any]) -> int:
     cmd = local_command(args, script_args, defaults, local_gpu_count() if args.gpus else 0)
-    env = {**os.environ, **dict(e.split("=", 1) for e in args.env)}
+    env = {**os.environ, **dict(parse_env(args.env))}
     proc = subprocess.Popen(cmd, env=env)
 
     # Ctrl-C reaches the runtime directly (same terminal process group); it decides

@@ -207,6 +207,17 @@ def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
+def parse_env(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """`--env NAME=VALUE` items → pairs; SpecError names the bad one."""
+    pairs = []
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"--env {item!r}: expected NAME=VALUE")
+        k, v = item.split("=", 1)
+        pairs.append((k, v))
+    return tuple(pairs)
+
+
 def parse_nodes(text: str) -> tuple[int | None, int]:
     """`--nodes N` or `--nodes MIN:MAX` → (min or None, max)."""
     try:

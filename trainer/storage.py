@@ -390,7 +390,7 @@ class S3Storage(Storage):
         try:
             self.client.download_file(self.bucket, self._key(path), local, Config=self.transfer)
         except bex.ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            if _missing(e):
                 raise FileNotFoundError(path) from e
             raise
 
@@ -405,7 +405,7 @@ class S3Storage(Storage):
             try:
                 return self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
             except bex.ClientError as e:
-                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                if _missing(e):
                     return None
                 raise
 
@@ -447,6 +447,11 @@ class S3Storage(Storage):
         for i in range(0, len(keys), 1000):
             batch = {"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True}
             self._retry(lambda: self.client.delete_objects(Bucket=self.bucket, Delete=batch), f"remove {path}")
+
+
+def _missing(error) -> bool:
+    """Whether a botocore ClientError says the object does not exist."""
+    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey")
 
 
 class _Pipe:

@@ -227,6 +227,8 @@ class Supervisor:
         started = time.time()
         # Own session: a terminal's Ctrl-C reaches only us, and we decide what the ranks see.
         self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control), start_new_session=True)
+        first_rank = _node_ranks_start(self.env, nproc)
+        local_ranks = list(range(first_rank, first_rank + nproc))
         stop_sent_at: float | None = None
         workers_deadline = hard_deadline = None
         hang: str | None = None
@@ -253,9 +255,8 @@ class Supervisor:
                 self._kill_group(signal.SIGKILL)
                 hard_deadline = None
             if cfg.hang_timeout > 0 and stop_sent_at is None and hang is None:
-                stalled = stalled_ranks(_read_progress(control), list(range(_node_ranks_start(self.env, nproc),
-                                        _node_ranks_start(self.env, nproc) + nproc)),
-                                        now=time.time(), started=started, timeout=cfg.hang_timeout)
+                stalled = stalled_ranks(_read_progress(control), local_ranks, now=time.time(), started=started,
+                                        timeout=cfg.hang_timeout)
                 if stalled:
                     hang = "no step progress for %.0fs on %s" % (cfg.hang_timeout, ", ".join(
                         f"rank {r} (last step {s if s is not None else 'none'}, {age:.0f}s ago)"

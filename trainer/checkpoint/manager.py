@@ -94,7 +94,7 @@ class CheckpointConfig:
                              contract.DEFAULT_CHECKPOINT_EVERY_STEPS),
             every_seconds=pick("every_seconds", contract.ENV_CHECKPOINT_EVERY_SECONDS, float, 0.0),
             keep=pick("keep", contract.ENV_CHECKPOINT_KEEP, int, contract.DEFAULT_CHECKPOINT_KEEP),
-            max_failures=overrides.get("max_failures") or 3,
+            **({"max_failures": overrides["max_failures"]} if overrides.get("max_failures") else {}),
         )
 
 
