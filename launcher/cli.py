@@ -26,6 +26,9 @@ from trainer import contract
 from trainer.errors import one_line
 
 VERBS = ("status", "logs", "cancel", "list")
+# Verbs with a module (and parser) of their own, imported only when used so `launch --help` stays fast.
+# Each module has `main(argv, env) -> int` and raises KubetrainError for bad input.
+MODULE_VERBS = {"schedule": "launcher.schedule", "chaos": "launcher.chaos"}
 DEFAULT_IMAGE = "kubetrain/runtime:0.1.0"  # built from images/Dockerfile
 
 
@@ -42,7 +45,7 @@ def _default(cls: type, field: str) -> Any:
 def _submit_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="launch", description="Run a PyTorch training script on Kubernetes as a PyTorchJob, or here "
                 "with --local. Script arguments go after `--`.", epilog="other verbs: launch status JOB | logs JOB "
-                "[-f] | cancel JOB | list  (each has --help)",
+                "[-f] | cancel JOB | list | schedule ... | chaos ...  (each has --help)",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("script", help="the training script (its folder ships with --code-dir)")
     g = p.add_argument_group("size")
@@ -251,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if argv else int(contract.ExitCode.USAGE)
         if argv[0] in VERBS:
             return run_verb(argv[0], argv[1:], os.environ)
+        if argv[0] in MODULE_VERBS:
+            import importlib
+
+            return importlib.import_module(MODULE_VERBS[argv[0]]).main(argv[1:], os.environ)
         return submit(argv, os.environ, time.time())
     except KubetrainError as e:
         print(f"launch: error: {one_line(str(e))}", file=sys.stderr)
