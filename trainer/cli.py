@@ -52,6 +52,9 @@ _FLAGS: list[tuple[str, str, Callable, object, str]] = [
      "a tar.gz code bundle (path or URI) to unpack and run SCRIPT from; `launch` sets this"),
     ("--code-sha256", contract.ENV_CODE_SHA256, str, None, "refuse a --code bundle with another sha256"),
     ("--workdir", contract.ENV_WORKDIR, str, None, "where to unpack --code (default: a new temp dir)"),
+    ("--warm-start-from", contract.ENV_WARM_START_FROM, str, None,
+     "when this run has no checkpoint yet, load the model weights of another run's newest committed step: a run "
+     f"folder URI, or '{contract.WARM_START_LATEST}' for the previous run of this run's schedule under --checkpoint"),
 ]
 
 EPILOG = f"""exit codes: 0 finished; 1 the script raised (not retried); 2 bad flags;
@@ -75,6 +78,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             except ValueError:
                 raise UsageError(f"{env_name}={raw!r} is not a valid {conv.__name__}; fix or unset it")
         run.add_argument(flag, type=conv, default=default, help=f"{text} [env {env_name}]")
+    run.add_argument("--warm-start-optimizer", action="store_true",
+                     default=env.get(contract.ENV_WARM_START_OPTIMIZER) == "1",
+                     help=f"with --warm-start-from, restore the optimizer too (default: a fresh one) "
+                          f"[env {contract.ENV_WARM_START_OPTIMIZER}=1]")
     run.add_argument("script", help="the training script (a .py file)")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     return parser
@@ -102,6 +109,9 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
     run_id = args.run_id or os.path.splitext(os.path.basename(args.script))[0]
     if not _RUN_ID_RE.match(run_id):
         raise UsageError(f"--run-id {run_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")
+    if args.warm_start_from == contract.WARM_START_LATEST and contract.parse_scheduled_run_name(run_id) is None:
+        raise UsageError(f"--warm-start-from {contract.WARM_START_LATEST} needs the run id of a scheduled run, "
+                         f"SCHEDULE-MINUTES (e.g. nightly-29403360), got {run_id!r}; pass a run folder URI instead")
     uri = args.checkpoint
     from trainer.storage import open_storage
 
@@ -128,7 +138,8 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
                      checkpoint_uri=uri, run_id=run_id, every_steps=args.checkpoint_every_steps,
                      every_seconds=args.checkpoint_every_seconds, keep=args.keep, grace_seconds=args.grace_seconds,
                      hang_timeout=args.hang_timeout, preemption_url=args.preemption_url,
-                     preemption_poll_seconds=args.preemption_poll_seconds)
+                     preemption_poll_seconds=args.preemption_poll_seconds,
+                     warm_start_from=args.warm_start_from or None, warm_start_optimizer=args.warm_start_optimizer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,16 @@ ENV_CODE_SHA256 = "KUBETRAIN_CODE_SHA256"
 ENV_WORKDIR = "KUBETRAIN_WORKDIR"
 #: Set by the supervisor for its workers; not a user setting.
 ENV_CONTROL_DIR = "KUBETRAIN_CONTROL_DIR"
+#: Initialise a run that has no checkpoint of its own from another run's newest committed
+#: step: a run folder URI, or WARM_START_LATEST (the previous run of the same schedule).
+ENV_WARM_START_FROM = "KUBETRAIN_WARM_START_FROM"
+#: "1": restore the optimizer too on a warm start (default: weights only, a fresh optimizer).
+ENV_WARM_START_OPTIMIZER = "KUBETRAIN_WARM_START_OPTIMIZER"
+WARM_START_LATEST = "latest"
+# The in-cluster submitter of a schedule (`python -m launcher.submit`, run by its CronJob).
+ENV_SCHEDULE = "KUBETRAIN_SCHEDULE"  # which schedule's stored spec to submit
+ENV_RUN_NAME = "KUBETRAIN_RUN_NAME"  # the run's name: its Job's name, through the downward API
+ENV_SUBMIT_POLL_SECONDS = "KUBETRAIN_SUBMIT_POLL_SECONDS"
 # Launcher-side settings (launch flags / project config), read by the launcher only.
 ENV_IMAGE = "KUBETRAIN_IMAGE"
 ENV_NAMESPACE = "KUBETRAIN_NAMESPACE"
@@ -57,6 +67,10 @@ OPERATOR_ENV = (
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubetrain"
 LABEL_JOB = "kubetrain.dev/job"
+#: Every object of a schedule, and every run it started.
+LABEL_SCHEDULE = "kubetrain.dev/schedule"
+#: Set by the Job controller on a Job's pods (Kubernetes >= 1.27).
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 #: Set by the Kubeflow training operator on every pod of a job.
 OPERATOR_JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 OPERATOR_REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
@@ -165,10 +179,30 @@ def parse_step_dir_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+# --- scheduled runs: <schedule>-<minutes since the epoch> ------------------------------
+# The CronJob controller names each Job <cronjob>-<scheduled time in Unix minutes>; a run
+# (its PyTorchJob and checkpoint folder) takes its Job's name, so runs sort by time and a
+# retried submitter pod finds its run again. `launch schedule trigger` names its Jobs alike.
+
+_SCHEDULED_RUN_RE = re.compile(r"^(?P<schedule>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)-(?P<minutes>[0-9]{8,})$")
+
+
+def scheduled_run_name(schedule: str, unix_seconds: float) -> str:
+    return f"{schedule}-{int(unix_seconds) // 60}"
+
+
+def parse_scheduled_run_name(name: str) -> tuple[str, int] | None:
+    """(schedule, minutes) of a scheduled run's name, or None for any other name."""
+    m = _SCHEDULED_RUN_RE.match(name)
+    return (m.group("schedule"), int(m.group("minutes"))) if m else None
+
+
 # --- runtime log lines that the launcher reads back (launch status) ---------------
 
 #: Logged by rank 0 after restore(); the launcher parses it, so both use this text.
 LOG_RESUMED = "resuming after step {step}"
+#: Logged by rank 0 when a run without a checkpoint of its own starts from another run's.
+LOG_WARM_START = "warm start from {uri} step {step}"
 #: Logged by rank 0 once the preemption checkpoint committed.
 LOG_PREEMPTED = "preempted: checkpoint step {step} committed"
 _RESUMED_RE = re.compile(r"resuming after step (\d+)")

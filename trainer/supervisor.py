@@ -50,6 +50,8 @@ class RunConfig:
     hang_timeout: float = contract.DEFAULT_HANG_TIMEOUT
     preemption_url: str | None = None
     preemption_poll_seconds: float = contract.DEFAULT_PREEMPTION_POLL_SECONDS
+    warm_start_from: str | None = None
+    warm_start_optimizer: bool = False
 
 
 def torchrun_shutdown_timeout(grace_seconds: float) -> int:
@@ -91,6 +93,9 @@ def worker_env(cfg: RunConfig, base: Mapping[str, str], control_dir: str) -> dic
         contract.ENV_CONTROL_DIR: control_dir,
         "PYTHONUNBUFFERED": "1",
     })
+    if cfg.warm_start_from:  # the Checkpointer in each worker reads these
+        env[contract.ENV_WARM_START_FROM] = cfg.warm_start_from
+        env[contract.ENV_WARM_START_OPTIMIZER] = "1" if cfg.warm_start_optimizer else "0"
     # torchrun sets this to 1 for several ranks anyway, with a banner; same value, no banner.
     env.setdefault("OMP_NUM_THREADS", "1")
     return env

@@ -68,6 +68,9 @@ class CheckpointConfig:
     every_seconds: float = 0.0
     keep: int = contract.DEFAULT_CHECKPOINT_KEEP
     max_failures: int = 3
+    #: When the run has no checkpoint yet: a run folder URI, or WARM_START_LATEST (see restore()).
+    warm_start_from: str | None = None
+    warm_start_optimizer: bool = False
 
     def __post_init__(self) -> None:
         if self.every_steps < 0:
@@ -94,6 +97,9 @@ class CheckpointConfig:
                              contract.DEFAULT_CHECKPOINT_EVERY_STEPS),
             every_seconds=pick("every_seconds", contract.ENV_CHECKPOINT_EVERY_SECONDS, float, 0.0),
             keep=pick("keep", contract.ENV_CHECKPOINT_KEEP, int, contract.DEFAULT_CHECKPOINT_KEEP),
+            warm_start_from=pick("warm_start_from", contract.ENV_WARM_START_FROM, str, None),
+            warm_start_optimizer=pick("warm_start_optimizer", contract.ENV_WARM_START_OPTIMIZER,
+                                      lambda v: v == "1", False),
             **({"max_failures": overrides["max_failures"]} if overrides.get("max_failures") else {}),
         )
 
@@ -122,9 +128,12 @@ class Checkpointer:
                  scheduler: Any | None = None, *, extra: Mapping[str, Stateful] | None = None,
                  per_rank: Mapping[str, Stateful] | None = None, uri: str | None = None,
                  run_id: str | None = None, every_steps: int | None = None, every_seconds: float | None = None,
-                 keep: int | None = None, async_upload: bool = True, max_failures: int | None = None) -> None:
+                 keep: int | None = None, async_upload: bool = True, max_failures: int | None = None,
+                 warm_start_from: str | None = None, warm_start_optimizer: bool | None = None) -> None:
         self.config = CheckpointConfig.from_env(os.environ, uri=uri, run_id=run_id, every_steps=every_steps,
-                                                every_seconds=every_seconds, keep=keep, max_failures=max_failures)
+                                                every_seconds=every_seconds, keep=keep, max_failures=max_failures,
+                                                warm_start_from=warm_start_from,
+                                                warm_start_optimizer=warm_start_optimizer)
         if int(os.environ.get("WORLD_SIZE") or 1) > 1 and not dist.initialized():
             raise CheckpointError("WORLD_SIZE > 1 but torch.distributed is not initialized: call "
                                   "torch.distributed.init_process_group() before creating the Checkpointer, or every "
@@ -169,7 +178,12 @@ class Checkpointer:
             self._control_dir is not None and os.path.exists(os.path.join(self._control_dir, contract.CONTROL_STOP)))
 
     def restore(self) -> int:
-        """Load the newest checkpoint that verifies on every rank; return its step (0 if none)."""
+        """Load the newest checkpoint that verifies on every rank; return its step (0 if none).
+
+        A run with no usable checkpoint of its own and a `warm_start_from` loads that
+        run's newest committed model weights (and optimizer only if asked) and returns 0:
+        a new run on new data, not a resume, so its scheduler, RNG and data position start fresh.
+        """
         self._heartbeat(0, force=True)
         candidates: list[int] = []
         if self.rank == 0:
@@ -194,9 +208,64 @@ class Checkpointer:
                 log.warning("rank %d: checkpoint %s is not usable: %s; falling back to %s", self.rank,
                             contract.step_dir_name(step), reason,
                             contract.step_dir_name(nxt) if nxt is not None else "a fresh start")
+        if self.config.warm_start_from:
+            self._warm_start()
+            return 0
         if self.rank == 0:
             log.info("no usable checkpoint under %s; starting from step 0", self.run_uri)
         return 0
+
+    def _warm_start_runs(self) -> list[str]:
+        """Rank 0: run folders to warm-start from, best first."""
+        source = self.config.warm_start_from
+        assert source
+        if source != contract.WARM_START_LATEST:
+            return [source.rstrip("/")]
+        mine = contract.parse_scheduled_run_name(self.config.run_id)
+        if mine is None:
+            raise CheckpointError(f"warm start from {source!r} needs a scheduled run id (SCHEDULE-MINUTES), "
+                                  f"got {self.config.run_id!r}")
+        earlier = []
+        for name in self.storage.list_names(self.storage.uri):
+            other = contract.parse_scheduled_run_name(name.rstrip("/").rsplit("/", 1)[-1])
+            if other is not None and other[0] == mine[0] and other[1] < mine[1]:
+                earlier.append(other[1])
+        # Newest first: a previous run that never committed a step is passed over for the one before it.
+        return [join(self.storage.uri, f"{mine[0]}-{m}") for m in sorted(set(earlier), reverse=True)]
+
+    def _warm_start(self) -> None:
+        """Load the newest committed step of the first warm-start run that has one, on every rank alike."""
+        runs: list[tuple[str, list[int]]] = []
+        if self.rank == 0:
+            for run_uri in self._warm_start_runs():
+                storage = open_storage(run_uri)
+                latest = layout.parse_latest(storage.read_small(join(run_uri, contract.LATEST_NAME)))
+                steps = layout.restore_candidates(latest, layout.steps_in_listing(storage.list_names(run_uri)))
+                if steps:
+                    runs.append((run_uri, steps))
+        runs = dist.broadcast_object(runs, self._control_group)
+        for run_uri, steps in runs:
+            storage = open_storage(run_uri)
+            for step in steps:
+                loaded, reason = self._try_load(step, run_uri=run_uri, storage=storage, per_rank=False)
+                if dist.all_true(reason is None, self._control_group):
+                    assert loaded is not None
+                    self._apply(loaded, warm=True)
+                    if self.rank == 0:
+                        log.info("%s (%s); starting from step 0", contract.LOG_WARM_START.format(uri=run_uri, step=step),
+                                 "weights and optimizer" if self.config.warm_start_optimizer else
+                                 "weights only, a fresh optimizer")
+                    return
+                self._discard(loaded)
+                if reason is not None:
+                    log.warning("rank %d: warm-start checkpoint %s/%s is not usable: %s", self.rank, run_uri,
+                                contract.step_dir_name(step), reason)
+        if self.config.warm_start_from != contract.WARM_START_LATEST:
+            # Asked for a particular run: starting from scratch instead would not be what was asked.
+            raise CheckpointError(f"warm start: no usable committed checkpoint under {self.config.warm_start_from}")
+        if self.rank == 0:
+            log.info("warm start: no earlier run of this schedule under %s has a committed checkpoint; "
+                     "starting from scratch", self.storage.uri)
 
     def step_end(self, step: int) -> None:
         """Call after each optimizer step with the number of steps completed.
@@ -380,12 +449,17 @@ class Checkpointer:
 
     # --- restoring ------------------------------------------------------------
 
-    def _try_load(self, step: int) -> tuple[_Loaded | None, str | None]:
-        """Fetch and verify this rank's files of `step`; (loaded, None) or (partial, reason)."""
-        step_uri = join(self.run_uri, contract.step_dir_name(step))
+    def _try_load(self, step: int, *, run_uri: str | None = None, storage: Storage | None = None,
+                  per_rank: bool = True) -> tuple[_Loaded | None, str | None]:
+        """Fetch and verify this rank's files of `step`; (loaded, None) or (partial, reason).
+
+        Another run's folder for a warm start: `run_uri` and its `storage`, without per-rank state.
+        """
+        step_uri = join(run_uri or self.run_uri, contract.step_dir_name(step))
+        storage = storage or self.storage
         loaded = _Loaded(step=step, replicated=None, per_rank=None, dcp_dir=None)
         try:
-            raw = self.storage.read_small(join(step_uri, contract.MANIFEST_NAME))
+            raw = storage.read_small(join(step_uri, contract.MANIFEST_NAME))
             if raw is None:
                 return loaded, "no manifest.json (the save never committed)"
             try:
@@ -393,10 +467,13 @@ class Checkpointer:
             except (ValueError, KeyError, TypeError) as e:
                 return loaded, f"manifest.json is invalid: {e}"
             if REPLICATED_FILE in manifest.files:
-                loaded.replicated = self._fetch_verified(step_uri, REPLICATED_FILE, manifest.files[REPLICATED_FILE])
+                loaded.replicated = self._fetch_verified(step_uri, REPLICATED_FILE, manifest.files[REPLICATED_FILE],
+                                                         storage=storage)
             mine = rank_file(self.rank)
-            if mine in manifest.files:
-                loaded.per_rank = self._fetch_verified(step_uri, mine, manifest.files[mine])
+            if not per_rank:
+                pass  # a warm start takes no RNG streams or data position from another run
+            elif mine in manifest.files:
+                loaded.per_rank = self._fetch_verified(step_uri, mine, manifest.files[mine], storage=storage)
             elif manifest.world_size != self.world_size:
                 log.warning("rank %d: %s was saved by %d ranks, this run has %d: RNG and data position of "
                             "this rank start fresh", self.rank, contract.step_dir_name(step),
@@ -407,7 +484,7 @@ class Checkpointer:
                 loaded.dcp_dir = tempfile.mkdtemp(dir=spool_dir(), prefix=f"dcp-load-r{self.rank}-")
                 for name, info in manifest.files.items():
                     if name.startswith(SHARDED_DIR + "/"):
-                        self._fetch_verified(step_uri, name, info,
+                        self._fetch_verified(step_uri, name, info, storage=storage,
                                              copy_to=os.path.join(loaded.dcp_dir, name.split("/", 1)[1]))
             return loaded, None
         except _Corrupt as e:
@@ -417,8 +494,9 @@ class Checkpointer:
         except Exception as e:
             return loaded, f"{type(e).__name__}: {e}"
 
-    def _fetch_verified(self, step_uri: str, name: str, expected: FileInfo, copy_to: str | None = None) -> Any:
-        with self.storage.fetch(join(step_uri, name)) as local:
+    def _fetch_verified(self, step_uri: str, name: str, expected: FileInfo, copy_to: str | None = None,
+                        storage: Storage | None = None) -> Any:
+        with (storage or self.storage).fetch(join(step_uri, name)) as local:
             got = file_info(local)
             if got.size != expected.size:
                 raise _Corrupt(f"{name} has {got.size} bytes, the manifest says {expected.size} (truncated?)")
@@ -430,7 +508,13 @@ class Checkpointer:
             # Our own, checksum-verified file: it holds RNG tuples and user state, not only tensors.
             return torch.load(local, map_location="cpu", weights_only=False)
 
-    def _apply(self, loaded: _Loaded) -> None:
+    def _apply(self, loaded: _Loaded, *, warm: bool = False) -> None:
+        """Load `loaded` into the live objects.
+
+        `warm` (a warm start): the model, and the optimizer only with warm_start_optimizer;
+        never the LR scheduler, extra or per-rank state, which belong to the run that saved them.
+        """
+        weights_only = warm and not self.config.warm_start_optimizer
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
         rep = loaded.replicated or {}
@@ -438,16 +522,19 @@ class Checkpointer:
             import torch.distributed.checkpoint as dcp
 
             msd, osd = self._model_optim_state()
-            target = {"model": msd, "optimizer": osd}
+            target = {"model": msd} if weights_only else {"model": msd, "optimizer": osd}
             dcp.load(target, storage_reader=dcp.FileSystemReader(loaded.dcp_dir), process_group=self._control_group)
-            msd, osd = target["model"], target["optimizer"]
+            msd, osd = target["model"], target.get("optimizer")
         else:
-            msd, osd = rep.get("model"), rep.get("optimizer")
+            msd, osd = rep.get("model"), None if weights_only else rep.get("optimizer")
         if self.model is not None and msd is not None:
             if self.optimizer is not None and osd is not None:
                 set_state_dict(self.model, self.optimizer, model_state_dict=msd, optim_state_dict=osd)
             else:
                 set_model_state_dict(self.model, msd)
+        if warm:
+            self._discard(loaded)
+            return
         if self.scheduler is not None and "scheduler" in rep:
             self.scheduler.load_state_dict(rep["scheduler"])
         for k, v in self.extra.items():
