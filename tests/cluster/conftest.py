@@ -1,8 +1,16 @@
-"""A real control plane on 127.0.0.1: etcd and kube-apiserver built by cluster/build.
+"""A real control plane on 127.0.0.1, every binary built by cluster/build.
 
-Enough for the launcher's cluster I/O (preflight, create-all-or-none, list,
-status, cancel) against the real API, its admission and its validation. The
-operator, scheduler and kwok nodes are the cluster-tier issue's next step.
+`kubeconfig`: etcd and kube-apiserver, enough for the launcher's cluster I/O
+(preflight, create-all-or-none, list, status, cancel) against the real API, its
+admission and its validation. `operator_cluster` adds the controller-manager, the
+scheduler, kwok's fake GPU nodes (k8s/kwok/) and the training operator with its
+webhook, all as plain processes.
+
+kwok runs directly rather than through `kwokctl create cluster --runtime binary`:
+kwokctl would start its own etcd/apiserver/controller-manager/scheduler with its
+own flags and ports, and fetch missing binaries from the internet; we need our
+flags on them (toleration defaults, kubelet address type, webhook), one process
+per component the tests can read the log of, and nothing downloaded at test time.
 """
 
 from __future__ import annotations
@@ -134,6 +142,79 @@ def install_crd(api) -> None:
     raise RuntimeError("the PyTorchJob CRD did not become Established")
 
 
+# The training operator v1.8's webhook, run out of cluster. Its cert rotator
+# (open-policy-agent/cert-controller, set up in the operator's pkg/cert) keeps a CA and a
+# serving cert in this Secret and injects the CA into this ValidatingWebhookConfiguration;
+# it only *updates* both, so they must exist before it starts. It keeps a valid pair (CA
+# SAN = its CA name, serving SAN = <service>.<namespace>.svc, both valid past its 90-day
+# lookahead) instead of generating its own, so ours, which also carries 127.0.0.1, stays.
+OPERATOR_NAMESPACE = "kubeflow"  # MY_POD_NAMESPACE; the operator's default too
+WEBHOOK_SECRET = "training-operator-webhook-cert"  # --webhook-secret-name's default
+WEBHOOK_CONFIG = "validator.training-operator.kubeflow.org"
+WEBHOOK_CA_NAME = "training-operator-ca"
+WEBHOOK_DNS_NAME = f"training-operator.{OPERATOR_NAMESPACE}.svc"  # --webhook-service-name's default
+# The rotator only checks that tls.crt exists in this fixed folder; the webhook server
+# itself reads $TMPDIR/k8s-webhook-server/serving-certs, which the fixture points at its own.
+ROTATOR_CERT_DIR = "/tmp/k8s-webhook-server/serving-certs"
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def webhook_certs(d) -> dict[str, bytes]:
+    """A CA and a serving cert for the operator's webhook: ca.crt, ca.key, tls.crt, tls.key (PEM)."""
+    d.mkdir(parents=True, exist_ok=True)
+    # PKCS#1 keys ("-traditional"): the rotator parses ca.key with x509.ParsePKCS1PrivateKey.
+    _openssl("genrsa", "-traditional", "-out", str(d / "ca.key"), "2048")
+    _openssl("req", "-x509", "-new", "-key", str(d / "ca.key"), "-days", "3650", "-subj", f"/CN={WEBHOOK_CA_NAME}",
+             "-addext", f"subjectAltName=DNS:{WEBHOOK_CA_NAME}", "-out", str(d / "ca.crt"))
+    _openssl("genrsa", "-traditional", "-out", str(d / "tls.key"), "2048")
+    _openssl("req", "-new", "-key", str(d / "tls.key"), "-subj", f"/CN={WEBHOOK_DNS_NAME}", "-out", str(d / "tls.csr"))
+    (d / "ext.cnf").write_text(f"subjectAltName=DNS:{WEBHOOK_DNS_NAME},IP:127.0.0.1\n"
+                               "extendedKeyUsage=serverAuth\n")
+    _openssl("x509", "-req", "-in", str(d / "tls.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
+             "-CAcreateserial", "-days", "365", "-extfile", str(d / "ext.cnf"), "-out", str(d / "tls.crt"))
+    return {name: (d / name).read_bytes() for name in ("ca.crt", "ca.key", "tls.crt", "tls.key")}
+
+
+def install_webhook(core, admission, certs: dict[str, bytes], port: int) -> None:
+    """The Secret the rotator keeps, and the PyTorchJob webhook called at 127.0.0.1 (the operator is out of cluster)."""
+    import base64
+
+    core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+    core.create_namespaced_secret(OPERATOR_NAMESPACE, {
+        "metadata": {"name": WEBHOOK_SECRET},
+        "data": {k: base64.b64encode(v).decode() for k, v in certs.items()}})
+    # As the operator's manifests/base/webhook, for the one scheme we enable.
+    admission.create_validating_webhook_configuration({
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "validator.pytorchjob.training-operator.kubeflow.org",
+            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+            "clientConfig": {"url": f"https://127.0.0.1:{port}/validate-kubeflow-org-v1-pytorchjob",
+                             "caBundle": base64.b64encode(certs["ca.crt"]).decode()},
+            "rules": [{"apiGroups": ["kubeflow.org"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                       "resources": ["pytorchjobs"]}]}]})
+
+
+def _serving_cert_dirs(d, certs: dict[str, bytes]):
+    """Write the serving pair where the webhook server reads it; return the operator's TMPDIR."""
+    tmp = d / "operator-tmp"
+    folder = tmp / "k8s-webhook-server" / "serving-certs"  # controller-runtime's default CertDir
+    folder.mkdir(parents=True)
+    for name in ("tls.crt", "tls.key"):
+        (folder / name).write_bytes(certs[name])
+    # Shared by every operator on this machine and only tested for existence: any tls.crt will do.
+    os.makedirs(ROTATOR_CERT_DIR, exist_ok=True)
+    if not os.path.exists(os.path.join(ROTATOR_CERT_DIR, "tls.crt")):
+        staged = os.path.join(ROTATOR_CERT_DIR, f".tls.crt.{os.getpid()}")
+        with open(staged, "wb") as f:
+            f.write(certs["tls.crt"])
+        os.replace(staged, os.path.join(ROTATOR_CERT_DIR, "tls.crt"))
+    return tmp
+
+
 def _start(d, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
     log = open(d / f"{name}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
@@ -170,11 +251,19 @@ def operator_cluster(kubeconfig, tmp_path_factory):
             created = core.create_node(node)
             core.patch_node_status(created.metadata.name, {"status": status})
         install_crd(type("Api", (), {"ext": client.ApiextensionsV1Api(api_client)})())
-        procs.append(_start(d, "training-operator", [
+        certs = webhook_certs(d / "webhook")
+        webhook_port, probe_port = _free_port(), _free_port()
+        install_webhook(core, client.AdmissionregistrationV1Api(api_client), certs, webhook_port)
+        # The webhook server binds every interface on --webhook-server-port: v1.8 has no flag for its host.
+        operator = _start(d, "training-operator", [
             os.path.join(bin_dir, "training-operator"), "--enable-scheme=pytorchjob", "--leader-elect=false",
-            f"--metrics-bind-address=127.0.0.1:{_free_port()}", f"--health-probe-bind-address=127.0.0.1:{_free_port()}",
-            "--monitoring-port=0"],
-            env={"KUBECONFIG": kubeconfig}))
+            f"--metrics-bind-address=127.0.0.1:{_free_port()}", f"--health-probe-bind-address=127.0.0.1:{probe_port}",
+            f"--webhook-server-port={webhook_port}"],
+            env={"KUBECONFIG": kubeconfig, "MY_POD_NAMESPACE": OPERATOR_NAMESPACE,
+                 "TMPDIR": str(_serving_cert_dirs(d, certs))})
+        procs.append(operator)
+        # Ready once its certs are in place and its webhook serves (the operator's own readyz check).
+        _wait_ready(f"http://127.0.0.1:{probe_port}/readyz", operator, f"training-operator (log: {d}/training-operator.log)")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             nodes = core.list_node().items

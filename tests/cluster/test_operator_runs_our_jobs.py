@@ -120,9 +120,6 @@ def test_exit_143_is_restarted_and_status_counts_the_retry(api, capsys, held_job
     assert code == 0 and status["restarts"] >= 1 and status["retries_left"] <= 2, status["events"]
 
 
-@pytest.mark.xfail(strict=True, reason="training-operator v1.7.0 leaves a job whose pod exited 1 'Restarting' "
-                   "forever instead of Failed (kubeflow/trainer#2044, fixed in v1.8); the cluster tier must move "
-                   "to v1.8, whose webhook needs its certificate set up")
 def test_exit_1_fails_the_job_for_good(api, capsys, held_job):
     ns, selector = held_job
     pod = wait(lambda: running_pod(api, ns, selector), 90, "the master pod")
@@ -130,3 +127,22 @@ def test_exit_1_fails_the_job_for_good(api, capsys, held_job):
     wait(lambda: job_conditions(api, ns).get("Failed") == "True", 20, "the job to fail")
     code, out, _ = launch(capsys, "status", "held", "-n", ns)
     assert code == 0 and f"{ns}/held: Failed" in out and "last exit 1: user error" in out
+
+
+def test_the_operator_webhook_refuses_a_job_the_crd_schema_admits(api, capsys):
+    # The control for the webhook wiring in conftest: with failurePolicy Fail, every job above went
+    # through it; this one passes the CRD's schema but not the operator's own rules.
+    import json
+
+    from kubernetes.client.exceptions import ApiException
+
+    ns = namespace(api)
+    code, out, err = launch(capsys, EXAMPLE, "--gpus", "8", "--checkpoint", "s3://b/c", "-n", ns, "--name", "renamed",
+                            "--dry-run", "-o", "json")
+    assert code == 0, err
+    job = next(o for o in json.loads(out) if o["kind"] == "PyTorchJob")
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["name"] = "not-pytorch"
+    with pytest.raises(ApiException) as refused:
+        api.custom.create_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs", job)
+    assert "validator.pytorchjob.training-operator.kubeflow.org" in refused.value.body
+    assert "must have at least one container with name pytorch" in refused.value.body
