@@ -169,6 +169,23 @@ def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mappi
                 service_account=pick("service_account")))
 
 
+def pack_code(args: argparse.Namespace, defaults: Mapping[str, Any], script: str, name: str):
+    """(bundle, CodeRef): the code in a ConfigMap, or under --code-uri when it is too big for one."""
+    from launcher.code import make_bundle
+    from launcher.render import CodeRef
+
+    bundle = make_bundle(script, code_dir=args.code_dir or defaults.get("code_dir"))
+    code_uri = None
+    if not bundle.fits_configmap:
+        prefix = args.code_uri or defaults.get("code_uri")
+        if not prefix:
+            raise SpecError(f"the code bundle is {len(bundle.data) // 1024} KiB, over the ConfigMap limit; pass "
+                            "--code-uri s3://BUCKET/PREFIX to ship it through the object store, or shrink --code-dir")
+        code_uri = f"{prefix.rstrip('/')}/{name}/{bundle.sha256[:16]}.tar.gz"
+    return bundle, CodeRef(sha256=bundle.sha256, entrypoint=bundle.entrypoint,
+                           configmap_data=bundle.data if code_uri is None else None, uri=code_uri)
+
+
 def _dump(objects: list[dict], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(objects if len(objects) != 1 else objects[0], indent=2, sort_keys=True)
@@ -193,19 +210,10 @@ def submit(argv: list[str], env: Mapping[str, str], now: float) -> int:
     from launcher.spec import check_dns_label
 
     check_dns_label(name, "--name", max_len=52)  # the operator appends -master-0 / -worker-N to it
-    from launcher.code import make_bundle
-    from launcher.render import CodeRef, spec_to_objects
+    from launcher.render import spec_to_objects
 
-    bundle = make_bundle(spec.script, code_dir=args.code_dir or defaults.get("code_dir"))
-    code_uri = None
-    if not bundle.fits_configmap:
-        prefix = args.code_uri or defaults.get("code_uri")
-        if not prefix:
-            raise SpecError(f"the code bundle is {len(bundle.data) // 1024} KiB, over the ConfigMap limit; pass "
-                            "--code-uri s3://BUCKET/PREFIX to ship it through the object store, or shrink --code-dir")
-        code_uri = f"{prefix.rstrip('/')}/{name}/{bundle.sha256[:16]}.tar.gz"
-    code = CodeRef(sha256=bundle.sha256, entrypoint=bundle.entrypoint,
-                   configmap_data=bundle.data if code_uri is None else None, uri=code_uri)
+    bundle, code = pack_code(args, defaults, spec.script, name)
+    code_uri = code.uri
     objects = spec_to_objects(spec, name=name, code=code, image=spec.image or DEFAULT_IMAGE)
     if args.dry_run:
         print(_dump(objects, args.output), end="" if args.output == "yaml" else "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import threading
 import time
@@ -258,10 +259,59 @@ def restart_events(api: Api, ns: str, name: str) -> list[dict]:
             if e.reason and ("Restart" in e.reason or "Fail" in e.reason or "Evict" in e.reason)]
 
 
+#: Why a pod went away other than by exiting, by the reason of the event on the pod. The
+#: operator recreates it (same name); this does not count against the job's backoffLimit.
+POD_LOSS_CAUSES = {
+    "TaintManagerEviction": "evicted: its node was tainted NoExecute (not ready, unreachable, out of service)",
+    "NodeNotReady": "its node became not ready",
+    "Preempted": "preempted by a higher-priority pod",
+    "Evicted": "evicted by the kubelet (node pressure)",
+}
+# The operator's event on the job each time it sees a container exit.
+_EXITED = re.compile(r"Pod: [^.\s]+\.(\S+) exited with code (-?\d+)")
+
+
+def _events(api: Api, ns: str, involved: str) -> list[Any]:
+    return _call("listing events", lambda: api.core.list_namespaced_event(
+        ns, field_selector=f"involvedObject.name={involved}")).items
+
+
+def replica_pod_names(job: dict, pods: list[Any]) -> list[str]:
+    """Every pod name the job has had: the operator names them <job>-<replica type>-<index>, and reuses the name."""
+    name = job["metadata"]["name"]
+    specs = (job.get("spec") or {}).get("pytorchReplicaSpecs") or {}
+    names = {f"{name}-{rtype.lower()}-{i}" for rtype, s in specs.items() for i in range(s.get("replicas") or 1)}
+    return sorted(names | {p.metadata.name for p in pods})
+
+
+def restart_causes(api: Api, ns: str, job: dict, pods: list[Any]) -> list[dict]:
+    """Each distinct reason a pod of the job ended early: its exit code's meaning, an eviction, a preemption."""
+    prefix = job["metadata"]["name"] + "-"
+    causes: dict[tuple[str, str], dict] = {}
+    for e in _events(api, ns, job["metadata"]["name"]):
+        m = e.reason == "ExitedWithCode" and _EXITED.search(e.message or "")
+        if m and int(m.group(2)) != 0:
+            code = int(m.group(2))
+            cause = f"exit {code}: {contract.describe_exit_code(code)}"
+            causes.setdefault((m.group(1), cause), {"pod": m.group(1), "cause": cause, "exit_code": code,
+                                                    "retried": contract.is_retryable(code)})
+    for pod in replica_pod_names(job, pods):
+        for e in _events(api, ns, pod):
+            # The taint manager uses the same reason when it cancels an eviction.
+            if e.reason in POD_LOSS_CAUSES and not (e.message or "").startswith("Cancelling"):
+                c = causes.setdefault((pod, POD_LOSS_CAUSES[e.reason]), {
+                    "pod": pod, "cause": POD_LOSS_CAUSES[e.reason], "retried": True, "count": 0})
+                c["count"] += e.count or 1
+    for c in causes.values():
+        c["replica"] = c["pod"][len(prefix):] if c["pod"].startswith(prefix) else c["pod"]
+    return list(causes.values())
+
+
 def print_status(api: Api, ns: str, name: str, *, output: str = "text") -> int:
     job = get_job(api, ns, name)
     pods = []
-    for p in job_pods(api, ns, name):
+    listed = job_pods(api, ns, name)
+    for p in listed:
         info = describe_pod(p)
         if p.status.phase in ("Running", "Succeeded", "Failed"):
             try:
@@ -277,7 +327,7 @@ def print_status(api: Api, ns: str, name: str, *, output: str = "text") -> int:
                           for c in (job.get("status") or {}).get("conditions") or []],
            "replicas": (job.get("status") or {}).get("replicaStatuses") or {},
            "pods": pods, "restarts": restarts, "retries_left": None if backoff is None else max(backoff - restarts, 0),
-           "events": events}
+           "causes": restart_causes(api, ns, job, listed), "events": events}
     if output == "json":
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
@@ -292,12 +342,21 @@ def print_status(api: Api, ns: str, name: str, *, output: str = "text") -> int:
         if p.get("resumed_from") is not None:
             exit_text += f"; resumed from step {p['resumed_from']}"
         print(f"  {p['replica']:<10} {p['phase'] or '?':<10} node={p['node'] or '-'}{exit_text}")
+    for c in doc["causes"]:
+        then = ("retried" if c["retried"] else "not retried") if "exit_code" in c else f"x{c['count']}, pod recreated"
+        print(f"  cause {c['replica']:<10} {c['cause']} ({then})")
     for e in events:
         print(f"  event {e['reason']} x{e['count']}: {e['message']}")
     return 0
 
 
-def _stream_pod(api: Api, ns: str, pod: Any, follow: bool, lock: threading.Lock) -> None:
+#: Once the job has finished, log streams still open after this long are closed: a kubelet ends
+#: them when the container exits, but one on a lost node (or kwok's, which never end) would
+#: keep `launch logs -f` waiting forever.
+LOG_DRAIN_SECONDS = 5.0
+
+
+def _stream_pod(api: Api, ns: str, pod: Any, follow: bool, lock: threading.Lock, streams: list) -> None:
     prefix = f"[{pod_label(pod)}] "
     name = pod.metadata.name
     while follow:  # a Pending pod has no log yet: wait for it rather than return
@@ -309,10 +368,15 @@ def _stream_pod(api: Api, ns: str, pod: Any, follow: bool, lock: threading.Lock)
         name, ns, container=contract.CONTAINER_NAME, follow=follow, _preload_content=False), missing_ok=True)
     if stream is None:
         return
-    for line in _lines(stream):
-        with lock:
-            sys.stdout.write(prefix + line + "\n")
-            sys.stdout.flush()
+    streams.append(stream)
+    try:
+        for line in _lines(stream):
+            with lock:
+                sys.stdout.write(prefix + line + "\n")
+                sys.stdout.flush()
+    except Exception:
+        if not stream.closed:  # closed by stream_logs after the drain: the end, not an error
+            raise
 
 
 def _lines(stream: Any) -> Iterator[str]:
@@ -332,21 +396,32 @@ def stream_logs(api: Api, ns: str, name: str, *, follow: bool) -> int:
     lock = threading.Lock()
     seen: set[str] = set()
     threads: list[threading.Thread] = []
+    streams: list[Any] = []
     while True:
         for pod in job_pods(api, ns, name):
             if pod.metadata.uid not in seen:
                 seen.add(pod.metadata.uid)
-                t = threading.Thread(target=_stream_pod, args=(api, ns, pod, follow, lock), daemon=True)
+                t = threading.Thread(target=_stream_pod, args=(api, ns, pod, follow, lock, streams), daemon=True)
                 t.start()
                 threads.append(t)
         if not follow:
             break
-        if job_state(get_job(api, ns, name)) in ("Succeeded", "Failed") and not any(t.is_alive() for t in threads):
+        if job_state(get_job(api, ns, name)) in ("Succeeded", "Failed"):
+            _drain(threads, streams)
             break
         time.sleep(2)
     for t in threads:
         t.join()
     return 0
+
+
+def _drain(threads: list[threading.Thread], streams: list[Any]) -> None:
+    """Let the streams of a finished job end on their own for LOG_DRAIN_SECONDS, then close the rest."""
+    deadline = time.monotonic() + LOG_DRAIN_SECONDS
+    for t in threads:
+        t.join(max(deadline - time.monotonic(), 0))
+    for stream in streams:
+        stream.close()
 
 
 def cancel(api: Api, ns: str, name: str) -> int:
@@ -374,3 +449,159 @@ def print_list(api: Api, ns: str, *, output: str = "text") -> int:
         for r in rows:
             print(f"{r['name']:<60} {r['state']:<10} {r['created']}")
     return 0
+
+
+# --- schedules: CronJobs, their Jobs, the submitter's RBAC and stored spec ------------------
+
+
+def _batch(api: Api) -> Any:
+    from kubernetes import client
+
+    return client.BatchV1Api(api.core.api_client)
+
+
+def _rbac(api: Api) -> Any:
+    from kubernetes import client
+
+    return client.RbacAuthorizationV1Api(api.core.api_client)
+
+
+def _schedule_calls(api: Api, ns: str, kind: str) -> tuple[Callable, Callable, Callable]:
+    """(create(obj), replace(name, obj), delete(name)) for the kinds a schedule is made of."""
+    b, r, c = _batch(api), _rbac(api), api.core
+    return {
+        "ServiceAccount": (lambda o: c.create_namespaced_service_account(ns, o),
+                           lambda n, o: c.replace_namespaced_service_account(n, ns, o),
+                           lambda n: c.delete_namespaced_service_account(n, ns)),
+        "Role": (lambda o: r.create_namespaced_role(ns, o), lambda n, o: r.replace_namespaced_role(n, ns, o),
+                 lambda n: r.delete_namespaced_role(n, ns)),
+        "RoleBinding": (lambda o: r.create_namespaced_role_binding(ns, o),
+                        lambda n, o: r.replace_namespaced_role_binding(n, ns, o),
+                        lambda n: r.delete_namespaced_role_binding(n, ns)),
+        "CronJob": (lambda o: b.create_namespaced_cron_job(ns, o), lambda n, o: b.replace_namespaced_cron_job(n, ns, o),
+                    lambda n: b.delete_namespaced_cron_job(n, ns, propagation_policy="Background")),
+        "ConfigMap": (lambda o: c.create_namespaced_config_map(ns, o),
+                      lambda n, o: c.replace_namespaced_config_map(n, ns, o),
+                      lambda n: c.delete_namespaced_config_map(n, ns)),
+    }[kind]
+
+
+#: Shared by every schedule of a namespace: an existing one is brought up to date, never deleted by a rollback.
+_SHARED_KINDS = ("ServiceAccount", "Role", "RoleBinding")
+
+
+def create_schedule(api: Api, ns: str, objects: list[dict]) -> None:
+    """The submitter's RBAC (created or updated), the CronJob, then its stored spec owned by it; all or none."""
+    created: list[tuple[str, str]] = []
+    owner: dict | None = None  # the CronJob, once created: it owns the stored spec
+    try:
+        for obj in objects:
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            create, replace, _ = _schedule_calls(api, ns, kind)
+            if obj["kind"] == "ConfigMap" and owner is not None:
+                obj = {**obj, "metadata": {**obj["metadata"], "ownerReferences": [owner]}}
+            try:
+                got = _call(f"creating {kind} {name}", lambda: create(obj))
+                created.append((kind, name))
+            except ClusterError as e:
+                if e.status != 409 or kind not in _SHARED_KINDS:
+                    if e.status == 409:
+                        raise SpecError(f"a {kind} {name!r} exists in namespace {ns} already; pick another --name or "
+                                        f"`launch schedule delete {name} -n {ns}`") from None
+                    raise
+                if kind != "ServiceAccount":  # keep the token controller's fields; the rest is ours
+                    _call(f"updating {kind} {name}", lambda: replace(name, obj))
+                continue
+            if kind == "CronJob":
+                meta = got.metadata
+                owner = {"apiVersion": "batch/v1", "kind": "CronJob", "name": meta.name, "uid": meta.uid,
+                         "controller": True, "blockOwnerDeletion": True}
+    except BaseException:
+        for kind, name in reversed(created):
+            try:
+                _call(f"deleting {kind} {name}", lambda: _schedule_calls(api, ns, kind)[2](name), missing_ok=True)
+            except ClusterError as e:
+                print(f"launch: warning: could not roll back {kind} {name}: {e}", file=sys.stderr)
+        raise
+
+
+def get_cronjob(api: Api, ns: str, name: str) -> dict:
+    got = _call(f"reading CronJob {name}", lambda: _batch(api).read_namespaced_cron_job(name, ns), missing_ok=True)
+    if got is None:
+        raise SpecError(f"no schedule {name!r} in namespace {ns} (see `launch schedule list -n {ns}`)")
+    return api.core.api_client.sanitize_for_serialization(got)
+
+
+def _job_finished(job: Any) -> bool:
+    return any(c.type in ("Complete", "Failed") and c.status == "True" for c in (job.status.conditions or []))
+
+
+def active_runs(api: Api, ns: str, schedule: str, *, besides: str | None = None) -> list[str]:
+    """Runs of `schedule` still going: unfinished Jobs (its submitters) and PyTorchJobs, by name."""
+    selector = f"{contract.LABEL_SCHEDULE}={schedule}"
+    names = set()
+    jobs = _call("listing PyTorchJobs", lambda: api.custom.list_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, label_selector=selector))["items"]
+    names |= {j["metadata"]["name"] for j in jobs if job_state(j) not in ("Succeeded", "Failed")}
+    if besides is None:  # the user's view; the submitter may not list Jobs and needs only the PyTorchJobs
+        batch_jobs = _call("listing Jobs", lambda: _batch(api).list_namespaced_job(ns, label_selector=selector)).items
+        names |= {j.metadata.name for j in batch_jobs if not _job_finished(j)}
+    names.discard(besides)
+    return sorted(names)
+
+
+def find_job(api: Api, ns: str, name: str) -> dict | None:
+    """The PyTorchJob, or None when there is none."""
+    return _call(f"reading PyTorchJob {name}", lambda: api.custom.get_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name), missing_ok=True)
+
+
+def create_job(api: Api, ns: str, job: dict) -> None:
+    _call(f"creating Job {job['metadata']['name']}", lambda: _batch(api).create_namespaced_job(ns, job))
+
+
+def list_schedules(api: Api, ns: str) -> list[dict]:
+    """Each schedule with its last runs, from the CronJobs and the Jobs they started."""
+    selector = f"{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"
+    cronjobs = _call("listing CronJobs", lambda: _batch(api).list_namespaced_cron_job(ns, label_selector=selector)).items
+    jobs = _call("listing Jobs", lambda: _batch(api).list_namespaced_job(ns, label_selector=selector)).items
+    rows = []
+    for cj in sorted(cronjobs, key=lambda c: c.metadata.name):
+        name = cj.metadata.name
+        mine = sorted((j for j in jobs if (j.metadata.labels or {}).get(contract.LABEL_SCHEDULE) == name),
+                      key=lambda j: j.metadata.name)
+        runs = [{"name": j.metadata.name, "state": _job_state(j)} for j in mine]
+        rows.append({"name": name, "schedule": cj.spec.schedule, "time_zone": cj.spec.time_zone,
+                     "suspended": bool(cj.spec.suspend),
+                     "last_schedule": cj.status.last_schedule_time.isoformat() if cj.status and
+                     cj.status.last_schedule_time else None, "runs": runs})
+    return rows
+
+
+def _job_state(job: Any) -> str:
+    for c in job.status.conditions or []:
+        if c.status == "True" and c.type in ("Complete", "Failed"):
+            return "Succeeded" if c.type == "Complete" else "Failed"
+    return "Active"
+
+
+def delete_schedule(api: Api, ns: str, name: str) -> None:
+    """The CronJob; its stored spec and Jobs go with it (owned). Runs already started keep running."""
+    get_cronjob(api, ns, name)
+    _call(f"deleting CronJob {name}", lambda: _schedule_calls(api, ns, "CronJob")[2](name), missing_ok=True)
+    # Where no garbage collector runs the owned ConfigMap would stay: delete it by name too.
+    from launcher.schedule_render import stored_configmap_name
+
+    cm = stored_configmap_name(name)
+    _call(f"deleting ConfigMap {cm}", lambda: _schedule_calls(api, ns, "ConfigMap")[2](cm), missing_ok=True)
+
+
+def read_configmap(api: Api, ns: str, name: str) -> Any:
+    """The ConfigMap, or None when there is none."""
+    return _call(f"reading ConfigMap {name}", lambda: api.core.read_namespaced_config_map(name, ns), missing_ok=True)
+
+
+def namespace_quota_room(api: Api, ns: str, resource: str) -> float | None:
+    """Room left for `resource` under the namespace's ResourceQuotas (reads nothing cluster-scoped)."""
+    quotas = _call(f"listing ResourceQuotas in {ns}", lambda: api.core.list_namespaced_resource_quota(ns)).items
+    return gpu_quota_room(quotas, resource)

@@ -1,0 +1,200 @@
+"""`launch schedule`: retrain on a cron schedule, each run a PyTorchJob submitted in-cluster.
+
+    launch schedule train.py --cron "0 3 * * *" --time-zone Europe/Berlin --gpus 8 --checkpoint s3://b/ckpts \\
+        --warm-start-from latest                      # the same flags as `launch`
+    launch schedule train.py --cron @daily ... --dry-run -o yaml   # every object, nothing created
+    launch schedule train.py --cron @daily ... --chart-values      # a values file for k8s/chart
+    launch schedule list | delete NAME | trigger NAME
+
+It creates the submitter's ServiceAccount, Role and RoleBinding (once per
+namespace), a CronJob (concurrencyPolicy Forbid) and a ConfigMap holding the
+job spec and the code. Each run's pod runs `python -m launcher.submit`, which
+creates the PyTorchJob NAME-MINUTES, waits for it and exits with its result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from typing import Any, Mapping
+
+from launcher.errors import ClusterError, SpecError
+from trainer import contract
+
+VERBS = ("list", "delete", "trigger")
+
+
+def _create_parser() -> argparse.ArgumentParser:
+    from launcher.cli import _submit_parser
+    from launcher.schedule_spec import MAX_NAME, ScheduleSpec
+
+    def default(field: str) -> Any:
+        return ScheduleSpec.__dataclass_fields__[field].default
+
+    # `launch`'s own parser, so the job flags cannot drift; only what differs is changed.
+    p = _submit_parser()
+    p.prog = "launch schedule"
+    p.description = ("Retrain on a cron schedule: a CronJob whose pod submits SCRIPT as a PyTorchJob (the same flags "
+                     "as `launch`), waits for it and exits with its result. Script arguments go after `--`.")
+    p.epilog = "other verbs: launch schedule list | delete NAME | trigger NAME  (each has --help)"
+    actions = {a.dest: a for a in p._actions}  # argparse has no public way to re-word an inherited flag
+    actions["local"].help = argparse.SUPPRESS  # refused below: a schedule runs on the cluster
+    actions["name"].help = (f"schedule name, at most {MAX_NAME} characters (default: SCRIPT); "
+                            "each run is NAME-MINUTES (the Unix minute it was started for)")
+    g = p.add_argument_group("schedule")
+    g.add_argument("--cron", required=True, help="when to run, cron syntax: \"0 3 * * *\" (03:00 daily), @daily, ...")
+    g.add_argument("--time-zone", default=None, help="IANA zone for --cron, e.g. Europe/Berlin "
+                   "(default: the controller's, UTC on managed clusters)")
+    g.add_argument("--warm-start-from", default=None, metavar="latest|URI",
+                   help=f"initialise each run from the newest committed weights of the previous run of this schedule "
+                        f"('{contract.WARM_START_LATEST}') or of a run folder URI")
+    g.add_argument("--warm-start-optimizer", action="store_true", help="restore the optimizer too (default: fresh)")
+    g.add_argument("--starting-deadline", type=int, default=None, help="skip a run that could not start this many "
+                   f"seconds after its time (default {default('starting_deadline_seconds')})")
+    g.add_argument("--keep-history", type=int, default=None, help="finished runs (Jobs) kept, of each outcome "
+                   f"(default {default('successful_history')})")
+    g.add_argument("--chart-values", action="store_true",
+                   help="print a values file for the Helm chart in k8s/chart holding this schedule; create nothing")
+    return p
+
+
+def _verb_parser(verb: str) -> argparse.ArgumentParser:
+    from launcher.cli import _Parser
+
+    p = _Parser(prog=f"launch schedule {verb}", description={
+        "list": "Schedules in the namespace, with their runs (Jobs) and how each ended.",
+        "delete": "Delete the schedule (its CronJob and stored spec); runs already started keep running.",
+        "trigger": "Start a run now, as the CronJob would; skipped (exit 1) while another run of it is active.",
+    }[verb])
+    if verb != "list":
+        p.add_argument("schedule", help="the schedule's name")
+    if verb == "list":
+        p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--namespace", "-n", default=None)
+    p.add_argument("--context", default=None)
+    return p
+
+
+def _defaults(env: Mapping[str, str]) -> dict[str, Any]:
+    from launcher.config import find_config, load_config, merged_defaults
+
+    path = find_config(os.getcwd())
+    return merged_defaults(load_config(path) if path else {}, env)
+
+
+def default_schedule_name(script: str) -> str:
+    from launcher.schedule_spec import MAX_NAME
+
+    stem = re.sub(r"[^a-z0-9-]+", "-", os.path.splitext(os.path.basename(script))[0].lower()).strip("-")
+    return stem[:MAX_NAME].strip("-") or "retrain"
+
+
+def chart_values(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """Values for k8s/chart holding this schedule: its CronJob and stored spec, namespaced by the release."""
+    keep = [dict(o, metadata={k: v for k, v in o["metadata"].items() if k != "namespace"})
+            for o in objects if o["kind"] in ("CronJob", "ConfigMap")]
+    return {"schedules": {name: {"objects": keep}}}
+
+
+def create(argv: list[str], env: Mapping[str, str]) -> int:
+    from launcher.cli import DEFAULT_IMAGE, _dump, build_spec, pack_code, split_script_args
+    from launcher.schedule_render import schedule_to_objects
+    from launcher.schedule_spec import ScheduleSpec
+
+    flags, script_args = split_script_args(argv)
+    args = _create_parser().parse_args(flags)
+    if args.local:
+        raise SpecError("--local runs once, here: use `launch SCRIPT --local`; a schedule runs on the cluster")
+    defaults = _defaults(env)
+    job = build_spec(args, script_args, defaults)
+    name = args.name or default_schedule_name(job.script)
+    given = {k: v for k, v in {"time_zone": args.time_zone, "warm_start_from": args.warm_start_from,
+                                "starting_deadline_seconds": args.starting_deadline,
+                                "successful_history": args.keep_history, "failed_history": args.keep_history}.items()
+             if v is not None}
+    schedule = ScheduleSpec(name=name, cron=args.cron, job=job, warm_start_optimizer=args.warm_start_optimizer,
+                            **given)
+    bundle, code = pack_code(args, defaults, job.script, name)
+    objects = schedule_to_objects(schedule, image=job.image or DEFAULT_IMAGE, code=code)
+    if args.chart_values:
+        import yaml
+
+        print(yaml.safe_dump(chart_values(objects, name), sort_keys=True), end="")
+        return 0
+    if args.dry_run:
+        print(_dump(objects, args.output), end="" if args.output == "yaml" else "\n")
+        return 0
+    from launcher import client
+
+    api = client.connect(context=args.context or defaults.get("context"))
+    client.preflight(api, job)
+    if code.uri:
+        client.upload_bundle(code.uri, bundle.data)
+    try:
+        client.create_schedule(api, job.namespace, objects)
+    except BaseException:
+        if code.uri:  # nothing half-created: not on the cluster, not in the bucket
+            client.remove_bundle(code.uri)
+        raise
+    ns = job.namespace
+    tz = f" ({schedule.time_zone})" if schedule.time_zone else ""
+    print(f"created schedule {ns}/{name}: \"{schedule.cron}\"{tz}, each run a PyTorchJob {name}-MINUTES of "
+          f"{job.nodes} pod(s)" + (f", warm-started from {schedule.warm_start_from}" if schedule.warm_start_from else ""))
+    print(f"  launch schedule trigger {name} -n {ns}   |   launch schedule list -n {ns}")
+    return 0
+
+
+def run_verb(verb: str, argv: list[str], env: Mapping[str, str], now: float) -> int:
+    from launcher import client
+
+    args = _verb_parser(verb).parse_args(argv)
+    defaults = _defaults(env)
+    ns = args.namespace or defaults.get("namespace") or "default"
+    api = client.connect(context=args.context or defaults.get("context"))
+    if verb == "list":
+        rows = client.list_schedules(api, ns)
+        if args.output == "json":
+            print(json.dumps(rows, indent=2))
+        for r in rows if args.output == "text" else []:
+            when = r["schedule"] + (f" ({r['time_zone']})" if r["time_zone"] else "")
+            runs = ", ".join(f"{j['name']} {j['state']}" for j in r["runs"][-3:]) or "no runs yet"
+            print(f"{r['name']:<44} {when:<32} {'suspended ' if r['suspended'] else ''}{runs}")
+        return 0
+    name = args.schedule
+    if verb == "delete":
+        client.delete_schedule(api, ns, name)
+        print(f"deleted schedule {ns}/{name} (runs already started keep running; `launch list -n {ns}`)")
+        return 0
+    from launcher.schedule_render import cronjob_to_job
+
+    cronjob = client.get_cronjob(api, ns, name)
+    active = client.active_runs(api, ns, name)
+    if active:
+        # A Job created here bypasses the CronJob controller, so Forbid is honoured here (and by the submitter).
+        print(f"launch: skipped: run {active[0]} of schedule {name} is still active (concurrencyPolicy Forbid)",
+              file=sys.stderr)
+        return 1
+    run = contract.scheduled_run_name(name, now)
+    try:
+        client.create_job(api, ns, cronjob_to_job(cronjob, name=run))
+    except ClusterError as e:
+        if e.status == 409:
+            raise SpecError(f"run {run} exists already (one run per minute); try again in a minute") from None
+        raise
+    print(f"triggered run {ns}/{run}: its Job submits PyTorchJob {run}")
+    print(f"  launch status {run} -n {ns}   |   launch schedule list -n {ns}")
+    return 0
+
+
+def main(argv: list[str], env: Mapping[str, str]) -> int:
+    """`launch schedule ...`; raises KubetrainError for bad input (launch's main prints it)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        _create_parser().print_help()
+        return 0 if argv else int(contract.ExitCode.USAGE)
+    if argv[0] in VERBS:
+        return run_verb(argv[0], argv[1:], env, time.time())
+    return create(argv, env)

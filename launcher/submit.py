@@ -1,0 +1,142 @@
+"""`python -m launcher.submit`: one run of a schedule, in the pod its CronJob starts.
+
+Reads the schedule's stored spec (a ConfigMap), creates the run's PyTorchJob
+with `launch`'s own builders, waits for it, and exits with its result (see
+`SubmitExit`): the CronJob's history then shows each failed retrain as a
+failed Job. The run is named after the pod's Job (SCHEDULE-MINUTES), so a pod
+the Job retries finds its run again instead of starting a second one.
+
+Settings come from the pod's environment (trainer.contract names them);
+credentials are the pod's service account token (in-cluster config), or
+KUBECONFIG when it runs elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import sys
+import time
+from typing import Callable, Mapping
+
+from launcher.errors import ClusterError, SpecError
+from launcher.schedule_spec import Stored, SubmitExit, stored_from_dict
+from trainer import contract
+from trainer.errors import one_line
+
+log = logging.getLogger("kubetrain.submit")
+DEFAULT_POLL_SECONDS = 10.0
+
+
+def _setting(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name)
+    if not value:
+        raise SpecError(f"{name} is not set; the CronJob sets it (launch schedule renders it)")
+    return value
+
+
+def read_stored(api, ns: str, schedule: str) -> Stored:
+    from launcher import client
+    from launcher.schedule_render import STORED_KEY, stored_configmap_name
+
+    name = stored_configmap_name(schedule)
+    cm = client.read_configmap(api, ns, name)
+    if cm is None or STORED_KEY not in (cm.data or {}):
+        raise SpecError(f"ConfigMap {ns}/{name} with the schedule's spec is missing; re-create the schedule")
+    raw = (cm.binary_data or {}).get(contract.CODE_BUNDLE_NAME)
+    try:
+        doc = json.loads(cm.data[STORED_KEY])
+    except ValueError as e:
+        raise SpecError(f"ConfigMap {ns}/{name}: {STORED_KEY} is not JSON: {e}") from None
+    return stored_from_dict(doc, code_data=base64.b64decode(raw) if raw else None)
+
+
+def submit_run(api, ns: str, schedule: str, run_name: str) -> bool:
+    """Create the run's objects unless they exist; False when the run is skipped (another one is active)."""
+    from launcher import client
+    from launcher.schedule_render import run_to_objects
+
+    if client.find_job(api, ns, run_name) is not None:
+        log.info("PyTorchJob %s/%s exists (an earlier try of this Job created it); waiting for it", ns, run_name)
+        return True
+    others = client.active_runs(api, ns, schedule, besides=run_name)
+    if others:
+        # The CronJob's own Forbid sees only its Jobs; a run whose Job already ended may still train.
+        log.warning("skipped: run %s of schedule %s is still active (concurrencyPolicy Forbid)", others[0], schedule)
+        return False
+    stored = read_stored(api, ns, schedule)
+    job = stored.schedule.job
+    if job.total_gpus:
+        room = client.namespace_quota_room(api, ns, job.resources.gpu_resource)
+        if room is not None and room < job.total_gpus:
+            raise SpecError(f"namespace {ns} has room for {room:g} {job.resources.gpu_resource} under its "
+                            f"ResourceQuota, the run asks for {job.total_gpus}")
+    client.create_all(api, ns, run_to_objects(stored, run_name=run_name, namespace=ns))
+    warm = stored.schedule.warm_start_from
+    log.info("created PyTorchJob %s/%s: %d pod(s)%s", ns, run_name, job.nodes,
+             f", warm start from {warm}" if warm else "")
+    return True
+
+
+def wait_for(api, ns: str, run_name: str, *, poll_seconds: float, sleep: Callable[[float], None]) -> int:
+    """Poll the run's PyTorchJob until it finishes; its result as a SubmitExit."""
+    from launcher import client
+
+    last = None
+    while True:
+        job = client.find_job(api, ns, run_name)
+        if job is None:
+            log.error("PyTorchJob %s/%s was deleted before it finished", ns, run_name)
+            return int(SubmitExit.JOB_FAILED)
+        state = client.job_state(job)
+        if state != last:
+            log.info("PyTorchJob %s/%s: %s", ns, run_name, state)
+            last = state
+        if state in ("Succeeded", "Failed"):
+            if state == "Failed":
+                cond = next((c for c in reversed((job.get("status") or {}).get("conditions") or [])
+                             if c.get("type") == "Failed"), {})
+                log.error("the run failed: %s: %s (launch status %s -n %s)", cond.get("reason"), cond.get("message"),
+                          run_name, ns)
+                return int(SubmitExit.JOB_FAILED)
+            return int(SubmitExit.OK)
+        sleep(poll_seconds)
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
+         sleep: Callable[[float], None] = time.sleep) -> int:
+    env = os.environ if env is None else env
+    logging.basicConfig(level=logging.INFO, format="[kubetrain-submit] %(message)s", stream=sys.stdout)
+    try:
+        if argv:
+            raise SpecError(f"python -m launcher.submit takes no arguments, got {argv}; it reads "
+                            f"{contract.ENV_SCHEDULE}, {contract.ENV_RUN_NAME} and {contract.ENV_NAMESPACE}")
+        schedule = _setting(env, contract.ENV_SCHEDULE)
+        run_name = _setting(env, contract.ENV_RUN_NAME)
+        ns = _setting(env, contract.ENV_NAMESPACE)
+        parsed = contract.parse_scheduled_run_name(run_name)
+        if parsed is None or parsed[0] != schedule:
+            raise SpecError(f"run name {run_name!r} is not {schedule}-MINUTES: start runs from the CronJob or with "
+                            f"`launch schedule trigger {schedule}`")
+        try:
+            poll = float(env.get(contract.ENV_SUBMIT_POLL_SECONDS) or DEFAULT_POLL_SECONDS)
+        except ValueError:
+            raise SpecError(f"{contract.ENV_SUBMIT_POLL_SECONDS} must be a number of seconds") from None
+        from launcher import client
+
+        api = client.connect()
+        if not submit_run(api, ns, schedule, run_name):
+            return int(SubmitExit.OK)
+        return wait_for(api, ns, run_name, poll_seconds=poll, sleep=sleep)
+    except SpecError as e:
+        log.error("error: %s", one_line(str(e)))
+        return int(SubmitExit.BAD_SPEC)
+    except ClusterError as e:
+        log.error("error: %s (the Job retries this pod)", one_line(str(e)))
+        return int(SubmitExit.CLUSTER)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
