@@ -36,7 +36,7 @@ import torch
 
 from trainer import contract, dist
 from trainer.checkpoint import layout, state as st
-from trainer.errors import CheckpointError
+from trainer.errors import CheckpointError, one_line
 from trainer.storage import FileInfo, Storage, file_info, join, open_storage, spool_dir
 
 log = logging.getLogger("kubetrain.checkpoint")
@@ -157,6 +157,8 @@ class Checkpointer:
         self._signalled = threading.Event()
         self._install_signal_handlers()
         self._thread: threading.Thread | None = None
+        #: Allocates the snapshot buffers once training runs (see _preallocate); joined before a snapshot.
+        self._allocator: threading.Thread | None = None
         self._pruner: threading.Thread | None = None
         #: Host buffers of the last snapshot, reused by the next (see state.snapshot).
         self._buffers: dict[str, dict] = {}
@@ -275,6 +277,8 @@ class Checkpointer:
         (exit 0 under the supervisor, which then exits 143; 143 otherwise).
         """
         self._heartbeat(step)
+        if self._allocator is None:
+            self._preallocate(step)
         c = self.config
         time_due = c.every_seconds > 0 and time.monotonic() - self._last_save_time >= c.every_seconds
         stop, due = dist.all_reduce_max([int(self.stop_requested), int(time_due)], self._control_group)
@@ -333,8 +337,8 @@ class Checkpointer:
             return get_model_state_dict(self.model), None
         return get_state_dict(self.model, self.optimizer)
 
-    def _stage(self, step: int) -> _SaveJob:
-        t0 = time.monotonic()
+    def _to_snapshot(self, step: int) -> tuple[Any, Any, dict[str, Any]]:
+        """(replicated, sharded, per-rank) state of this rank: what a save copies to host memory."""
         msd, osd = self._model_optim_state()
         sharded = st.is_sharded(msd) or st.is_sharded(osd)
         replicated = None
@@ -345,10 +349,40 @@ class Checkpointer:
             if not sharded:
                 replicated["model"], replicated["optimizer"] = msd, osd
         per_rank = {"step": step, "rng": st.rng_state(), "state": {k: v.state_dict() for k, v in self.per_rank.items()}}
+        return replicated, {"model": msd, "optimizer": osd} if sharded else None, per_rank
+
+    def _preallocate(self, step: int) -> None:
+        """Allocate the snapshot buffers on a background thread after the first step.
+
+        After it, not in restore(): a lazily built optimizer state (Adam's) exists
+        only once a step ran. The shapes are read here, on the training thread; the
+        thread only allocates, so it never races the optimizer.
+        """
+        replicated, sharded, _ = self._to_snapshot(step)
+        b = self._buffers
+        specs = [(st.buffer_specs(replicated), b.setdefault("replicated", {}))]
+        if sharded is not None:
+            specs.append((st.buffer_specs(sharded), b.setdefault("sharded", {})))
+
+        def run() -> None:
+            try:
+                for spec, buffers in specs:
+                    st.allocate(spec, buffers)
+            except Exception as e:  # noqa: BLE001 - the first snapshot allocates what is missing
+                log.warning("rank %d: could not preallocate checkpoint buffers (%s); the first save will", self.rank,
+                            one_line(str(e)))
+
+        self._allocator = threading.Thread(target=run, name="kubetrain-prealloc", daemon=True)
+        self._allocator.start()
+
+    def _stage(self, step: int) -> _SaveJob:
+        t0 = time.monotonic()
+        if self._allocator is not None:
+            self._allocator.join()
+        replicated, sharded, per_rank = self._to_snapshot(step)
         b = self._buffers
         job = _SaveJob(step=step, replicated=st.snapshot(replicated, b.setdefault("replicated", {})),
-                       sharded=st.snapshot({"model": msd, "optimizer": osd}, b.setdefault("sharded", {}))
-                       if sharded else None,
+                       sharded=st.snapshot(sharded, b.setdefault("sharded", {})) if sharded is not None else None,
                        per_rank=st.snapshot(per_rank), started=t0)
         log.debug("rank %d: snapshot of step %d took %.3fs", self.rank, step, time.monotonic() - t0)
         return job

