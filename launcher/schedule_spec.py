@@ -135,18 +135,20 @@ class Stored:
 
 
 def stored_to_dict(schedule: ScheduleSpec, *, image: str, code: CodeRef) -> dict[str, Any]:
+    """Without the namespace: a run goes where its schedule lives (the same stored spec in any namespace)."""
     sched = {f.name: getattr(schedule, f.name) for f in dataclasses.fields(schedule) if f.name != "job"}
-    return {"format": STORED_FORMAT, "schedule": sched, "job": job_spec_to_dict(schedule.job), "image": image,
+    job = {k: v for k, v in job_spec_to_dict(schedule.job).items() if k != "namespace"}
+    return {"format": STORED_FORMAT, "schedule": sched, "job": job, "image": image,
             "code": {"sha256": code.sha256, "entrypoint": code.entrypoint, "uri": code.uri}}
 
 
-def stored_from_dict(doc: Any, *, code_data: bytes | None) -> Stored:
-    """SpecError when the stored document is not one this launcher wrote."""
+def stored_from_dict(doc: Any, *, code_data: bytes | None, namespace: str = "default") -> Stored:
+    """SpecError when the stored document is not one this launcher wrote; its runs go to `namespace`."""
     if not isinstance(doc, dict) or doc.get("format") != STORED_FORMAT:
         raise SpecError(f"stored schedule: unknown format {doc.get('format') if isinstance(doc, dict) else doc!r}; "
                         f"expected {STORED_FORMAT} (re-create the schedule with this launcher)")
     try:
-        job = job_spec_from_dict(doc["job"])
+        job = job_spec_from_dict({**doc["job"], "namespace": namespace})
         schedule = ScheduleSpec(job=job, **doc["schedule"])
         code = doc["code"]
         ref = CodeRef(sha256=code["sha256"], entrypoint=code["entrypoint"],

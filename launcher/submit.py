@@ -50,7 +50,7 @@ def read_stored(api, ns: str, schedule: str) -> Stored:
         doc = json.loads(cm.data[STORED_KEY])
     except ValueError as e:
         raise SpecError(f"ConfigMap {ns}/{name}: {STORED_KEY} is not JSON: {e}") from None
-    return stored_from_dict(doc, code_data=base64.b64decode(raw) if raw else None)
+    return stored_from_dict(doc, code_data=base64.b64decode(raw) if raw else None, namespace=ns)
 
 
 def submit_run(api, ns: str, schedule: str, run_name: str) -> bool:
