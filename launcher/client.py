@@ -260,13 +260,14 @@ def restart_events(api: Api, ns: str, name: str) -> list[dict]:
 
 
 #: Why a pod went away other than by exiting, by the reason of the event on the pod. The
-#: operator recreates it (same name); this does not count against the job's backoffLimit.
+#: operator recreates it (same name); like a Job's disruptions, it does not spend the retry budget.
 POD_LOSS_CAUSES = {
     "TaintManagerEviction": "evicted: its node was tainted NoExecute (not ready, unreachable, out of service)",
-    "NodeNotReady": "its node became not ready",
+    "NodeNotReady": "its node became not ready",  # context: the eviction that follows is the loss
     "Preempted": "preempted by a higher-priority pod",
     "Evicted": "evicted by the kubelet (node pressure)",
 }
+_NOT_A_LOSS = {"NodeNotReady"}
 # The operator's event on the job each time it sees a container exit.
 _EXITED = re.compile(r"Pod: [^.\s]+\.(\S+) exited with code (-?\d+)")
 
@@ -274,6 +275,20 @@ _EXITED = re.compile(r"Pod: [^.\s]+\.(\S+) exited with code (-?\d+)")
 def _events(api: Api, ns: str, involved: str) -> list[Any]:
     return _call("listing events", lambda: api.core.list_namespaced_event(
         ns, field_selector=f"involvedObject.name={involved}")).items
+
+
+def pod_recreations(api: Api, ns: str, name: str) -> int:
+    """How often the operator created a pod again under a name it had used: one per restart, whatever the cause.
+
+    Its Restarting events are no count: it sends several per restart, and one for an eviction too.
+    Events are all Kubernetes keeps of past pods; client-go's spam filter (25 per object, then one
+    per 5 minutes) and the API server's event TTL (1 h) make this a lower bound for busy or old jobs.
+    """
+    created: dict[str, int] = {}
+    for e in _events(api, ns, name):
+        if e.reason == "SuccessfulCreatePod":  # "Created pod: <name>", aggregated with a count
+            created[e.message] = created.get(e.message, 0) + (e.count or 1)
+    return sum(n - 1 for n in created.values())
 
 
 def replica_pod_names(job: dict, pods: list[Any]) -> list[str]:
@@ -300,7 +315,7 @@ def restart_causes(api: Api, ns: str, job: dict, pods: list[Any]) -> list[dict]:
             # The taint manager uses the same reason when it cancels an eviction.
             if e.reason in POD_LOSS_CAUSES and not (e.message or "").startswith("Cancelling"):
                 c = causes.setdefault((pod, POD_LOSS_CAUSES[e.reason]), {
-                    "pod": pod, "cause": POD_LOSS_CAUSES[e.reason], "retried": True, "count": 0})
+                    "pod": pod, "cause": POD_LOSS_CAUSES[e.reason], "reason": e.reason, "retried": True, "count": 0})
                 c["count"] += e.count or 1
     for c in causes.values():
         c["replica"] = c["pod"][len(prefix):] if c["pod"].startswith(prefix) else c["pod"]
@@ -321,13 +336,16 @@ def print_status(api: Api, ns: str, name: str, *, output: str = "text") -> int:
         pods.append(info)
     backoff = ((job.get("spec") or {}).get("runPolicy") or {}).get("backoffLimit")
     events = restart_events(api, ns, name)
-    restarts = sum(e["count"] for e in events if "Restart" in e["reason"])
+    causes = restart_causes(api, ns, job, listed)
+    restarts = pod_recreations(api, ns, name)
+    losses = sum(c.get("count", 0) for c in causes if c.get("reason") not in _NOT_A_LOSS)
+    spent = max(restarts - losses, 0)  # restarts after the pod's own exit
     doc = {"name": name, "namespace": ns, "state": job_state(job),
            "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
                           for c in (job.get("status") or {}).get("conditions") or []],
            "replicas": (job.get("status") or {}).get("replicaStatuses") or {},
-           "pods": pods, "restarts": restarts, "retries_left": None if backoff is None else max(backoff - restarts, 0),
-           "causes": restart_causes(api, ns, job, listed), "events": events}
+           "pods": pods, "restarts": restarts, "retries_left": None if backoff is None else max(backoff - spent, 0),
+           "causes": causes, "events": events}
     if output == "json":
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
@@ -356,10 +374,40 @@ def print_status(api: Api, ns: str, name: str, *, output: str = "text") -> int:
 LOG_DRAIN_SECONDS = 5.0
 
 
-def _stream_pod(api: Api, ns: str, pod: Any, follow: bool, lock: threading.Lock, streams: list) -> None:
+@dataclasses.dataclass
+class _Streams:
+    """What the per-pod log threads of one `launch logs` share."""
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # one line at a time on stdout
+    open: list = dataclasses.field(default_factory=list)  # the HTTP responses being read
+    drained: threading.Event = dataclasses.field(default_factory=threading.Event)  # set: close, stop, no error
+
+    def drain(self, threads: list[threading.Thread]) -> None:
+        """Let the streams of a finished job end on their own for LOG_DRAIN_SECONDS, then close the rest."""
+        deadline = time.monotonic() + LOG_DRAIN_SECONDS
+        for t in threads:
+            t.join(max(deadline - time.monotonic(), 0))
+        self.drained.set()
+        for stream in list(self.open):
+            _abort(stream)
+
+
+def _abort(stream: Any) -> None:
+    """Close a response another thread is blocked reading: close() alone does not wake a blocked recv()."""
+    import socket
+
+    sock = getattr(getattr(stream, "connection", None), "sock", None)  # urllib3's HTTPResponse -> socket
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+    stream.close()
+
+
+def _stream_pod(api: Api, ns: str, pod: Any, follow: bool, shared: _Streams) -> None:
     prefix = f"[{pod_label(pod)}] "
     name = pod.metadata.name
-    while follow:  # a Pending pod has no log yet: wait for it rather than return
+    while follow and not shared.drained.is_set():  # a Pending pod has no log yet: wait for it rather than return
         p = _call(f"reading pod {name}", lambda: api.core.read_namespaced_pod(name, ns), missing_ok=True)
         if p is None or p.status.phase not in ("Pending", None):
             break
@@ -368,14 +416,16 @@ def _stream_pod(api: Api, ns: str, pod: Any, follow: bool, lock: threading.Lock,
         name, ns, container=contract.CONTAINER_NAME, follow=follow, _preload_content=False), missing_ok=True)
     if stream is None:
         return
-    streams.append(stream)
+    shared.open.append(stream)
+    if shared.drained.is_set():  # drained while this one was opening
+        _abort(stream)
     try:
         for line in _lines(stream):
-            with lock:
+            with shared.lock:
                 sys.stdout.write(prefix + line + "\n")
                 sys.stdout.flush()
     except Exception:
-        if not stream.closed:  # closed by stream_logs after the drain: the end, not an error
+        if not shared.drained.is_set():  # after the drain, a broken read is the end we asked for
             raise
 
 
@@ -393,35 +443,26 @@ def _lines(stream: Any) -> Iterator[str]:
 def stream_logs(api: Api, ns: str, name: str, *, follow: bool) -> int:
     """Every pod's log, merged with a replica prefix; with follow, new pods are picked up as they appear."""
     get_job(api, ns, name)
-    lock = threading.Lock()
+    shared = _Streams()
     seen: set[str] = set()
     threads: list[threading.Thread] = []
-    streams: list[Any] = []
     while True:
         for pod in job_pods(api, ns, name):
             if pod.metadata.uid not in seen:
                 seen.add(pod.metadata.uid)
-                t = threading.Thread(target=_stream_pod, args=(api, ns, pod, follow, lock, streams), daemon=True)
+                t = threading.Thread(target=_stream_pod, args=(api, ns, pod, follow, shared), daemon=True)
                 t.start()
                 threads.append(t)
         if not follow:
             break
         if job_state(get_job(api, ns, name)) in ("Succeeded", "Failed"):
-            _drain(threads, streams)
+            shared.drain(threads)
             break
         time.sleep(2)
     for t in threads:
         t.join()
     return 0
 
-
-def _drain(threads: list[threading.Thread], streams: list[Any]) -> None:
-    """Let the streams of a finished job end on their own for LOG_DRAIN_SECONDS, then close the rest."""
-    deadline = time.monotonic() + LOG_DRAIN_SECONDS
-    for t in threads:
-        t.join(max(deadline - time.monotonic(), 0))
-    for stream in streams:
-        stream.close()
 
 
 def cancel(api: Api, ns: str, name: str) -> int:
@@ -536,17 +577,27 @@ def _job_finished(job: Any) -> bool:
     return any(c.type in ("Complete", "Failed") and c.status == "True" for c in (job.status.conditions or []))
 
 
-def active_runs(api: Api, ns: str, schedule: str, *, besides: str | None = None) -> list[str]:
-    """Runs of `schedule` still going: unfinished Jobs (its submitters) and PyTorchJobs, by name."""
+def active_runs(api: Api, ns: str, schedule: str, *, mine: str | None = None) -> list[str]:
+    """Runs of `schedule` still going, by name: unfinished PyTorchJobs, and unfinished Jobs (their submitters).
+
+    The CronJob controller does not count a Job made by `launch schedule trigger` (or kubectl) as
+    active, so its own Forbid can start a run beside one; the submitter of run `mine` asks here
+    too. Of two submitters started together the older Job goes on: with `mine`, only Jobs
+    created before it count.
+    """
     selector = f"{contract.LABEL_SCHEDULE}={schedule}"
-    names = set()
     jobs = _call("listing PyTorchJobs", lambda: api.custom.list_namespaced_custom_object(
         GROUP, VERSION, ns, PLURAL, label_selector=selector))["items"]
-    names |= {j["metadata"]["name"] for j in jobs if job_state(j) not in ("Succeeded", "Failed")}
-    if besides is None:  # the user's view; the submitter may not list Jobs and needs only the PyTorchJobs
-        batch_jobs = _call("listing Jobs", lambda: _batch(api).list_namespaced_job(ns, label_selector=selector)).items
-        names |= {j.metadata.name for j in batch_jobs if not _job_finished(j)}
-    names.discard(besides)
+    names = {j["metadata"]["name"] for j in jobs if job_state(j) not in ("Succeeded", "Failed")}
+    batch_jobs = _call("listing Jobs", lambda: _batch(api).list_namespaced_job(ns, label_selector=selector)).items
+    own = next((j for j in batch_jobs if j.metadata.name == mine), None)
+
+    def older(j: Any) -> bool:
+        return own is None or (j.metadata.creation_timestamp, j.metadata.name) < (
+            own.metadata.creation_timestamp, own.metadata.name)
+
+    names |= {j.metadata.name for j in batch_jobs if not _job_finished(j) and older(j)}
+    names.discard(mine)
     return sorted(names)
 
 

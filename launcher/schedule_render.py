@@ -24,13 +24,15 @@ SUBMITTER = "kubetrain-submitter"  # the ServiceAccount, Role and RoleBinding, o
 SUBMITTER_CONTAINER = "submitter"
 STORED_KEY = "schedule.json"
 #: The submitter reads its schedule, creates one PyTorchJob (with its code ConfigMap and PDB,
-#: deleting them again if the creation fails half-way), watches it, and checks the quota.
-#: Nothing cluster-scoped, no Secrets, no pods, nothing in another namespace.
+#: deleting them again if the creation fails half-way), watches it, checks the quota, and lists
+#: the schedule's Jobs and PyTorchJobs (Forbid). Nothing cluster-scoped, no Secrets, no pods,
+#: nothing in another namespace.
 SUBMITTER_RULES: tuple[dict[str, Any], ...] = (
     {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": ["create", "get", "list", "delete"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "delete"]},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "delete"]},
     {"apiGroups": [""], "resources": ["resourcequotas"], "verbs": ["list"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list"]},
 )
 
 

@@ -61,9 +61,9 @@ def submit_run(api, ns: str, schedule: str, run_name: str) -> bool:
     if client.find_job(api, ns, run_name) is not None:
         log.info("PyTorchJob %s/%s exists (an earlier try of this Job created it); waiting for it", ns, run_name)
         return True
-    others = client.active_runs(api, ns, schedule, besides=run_name)
+    others = client.active_runs(api, ns, schedule, mine=run_name)
     if others:
-        # The CronJob's own Forbid sees only its Jobs; a run whose Job already ended may still train.
+        # The CronJob's own Forbid sees only the Jobs it made, and a run whose Job ended may still train.
         log.warning("skipped: run %s of schedule %s is still active (concurrencyPolicy Forbid)", others[0], schedule)
         return False
     stored = read_stored(api, ns, schedule)

@@ -227,7 +227,7 @@ ALLOWED = [
     ("list", "kubeflow.org", "pytorchjobs", None), ("delete", "kubeflow.org", "pytorchjobs", None),
     ("get", "", "configmaps", None), ("create", "", "configmaps", None), ("delete", "", "configmaps", None),
     ("create", "policy", "poddisruptionbudgets", None), ("delete", "policy", "poddisruptionbudgets", None),
-    ("list", "", "resourcequotas", None),
+    ("list", "", "resourcequotas", None), ("list", "batch", "jobs", None),
 ]
 DENIED = [
     ("create", "kubeflow.org", "pytorchjobs", "default"),  # another namespace
@@ -278,3 +278,54 @@ def test_the_submitter_can_do_what_it_needs_in_its_namespace_and_nothing_else(
            for v, g, r, n in ALLOWED + DENIED}
     want = {f"{v} {g}/{r} in {n if n is not None else ns!r}": (v, g, r, n) in ALLOWED for v, g, r, n in ALLOWED + DENIED}
     assert got == want
+
+
+def test_a_scheduled_run_beside_a_triggered_one_is_skipped_by_its_submitter(api, operator_cluster, capsys, tmp_path):
+    from kubernetes import client
+
+    ns = namespace(api)
+    code, _, err = launch(capsys, "schedule", EXAMPLE, "--cron", "* * * * *", "--gpus", "8", "--checkpoint",
+                          "s3://b/c", "-n", ns, "--name", "minutely")
+    assert code == 0, err
+    first = trigger(capsys, ns, "minutely")  # its pod stays Pending: an active run
+    batch = client.BatchV1Api(api.core.api_client)
+
+    def scheduled_job():
+        return [j for j in batch.list_namespaced_job(ns).items if j.metadata.name != first]
+
+    # The CronJob controller does not count a Job it did not make as active (it only reports an
+    # UnexpectedJob event), so at the next minute it starts its own run despite Forbid...
+    scheduled = wait(scheduled_job, 75, "the CronJob controller's own Job")[0].metadata.name
+    # ...whose submitter sees the older active run and skips: still one run at a time.
+    r = run_submitter(job_pod(api, ns, scheduled), submitter_kubeconfig(api, operator_cluster, ns,
+                                                                        tmp_path / "sa-kubeconfig"))
+    assert r.returncode == SubmitExit.OK, r.stdout + r.stderr
+    assert f"skipped: run {first} of schedule minutely is still active" in r.stdout
+    assert api.custom.list_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs")["items"] == []
+    # The controller's own Job is active in its eyes: a trigger now is skipped by launch.
+    assert [a.name for a in batch.read_namespaced_cron_job("minutely", ns).status.active] == [scheduled]
+    code, _, err = launch(capsys, "schedule", "trigger", "minutely", "-n", ns)
+    assert code == 1 and "still active (concurrencyPolicy Forbid)" in err
+
+
+def test_delete_removes_the_schedule_and_a_failed_create_leaves_nothing_behind(api, capsys):
+    from kubernetes import client
+
+    ns = namespace(api)
+    batch = client.BatchV1Api(api.core.api_client)
+    # Something else holds the stored spec's name: the CronJob created before it is removed again.
+    api.core.create_namespaced_config_map(ns, {"metadata": {"name": "taken-schedule"}})
+    code, _, err = launch(capsys, "schedule", EXAMPLE, "--cron", "@daily", "--gpus", "8", "--checkpoint", "s3://b/c",
+                          "-n", ns, "--name", "taken")
+    assert code == 2 and "ConfigMap 'taken-schedule' exists" in err and err.count("\n") == 1
+    assert batch.list_namespaced_cron_job(ns).items == []
+
+    create_schedule(capsys, ns, "nightly")
+    create_schedule(capsys, ns, "weekly")  # the second shares (and refreshes) the namespace's submitter RBAC
+    code, out, _ = launch(capsys, "schedule", "delete", "nightly", "-n", ns)
+    assert code == 0 and f"deleted schedule {ns}/nightly" in out
+    assert [c.metadata.name for c in batch.list_namespaced_cron_job(ns).items] == ["weekly"]
+    assert "nightly-schedule" not in [c.metadata.name for c in api.core.list_namespaced_config_map(ns).items]
+    assert api.core.read_namespaced_service_account(SUBMITTER, ns)  # weekly still needs it
+    code, _, err = launch(capsys, "schedule", "delete", "nightly", "-n", ns)
+    assert code == 2 and "no schedule 'nightly'" in err
