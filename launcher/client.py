@@ -547,8 +547,9 @@ def create_schedule(api: Api, ns: str, objects: list[dict]) -> None:
             except ClusterError as e:
                 if e.status != 409 or kind not in _SHARED_KINDS:
                     if e.status == 409:
-                        raise SpecError(f"a {kind} {name!r} exists in namespace {ns} already; pick another --name or "
-                                        f"`launch schedule delete {name} -n {ns}`") from None
+                        schedule = obj["metadata"]["labels"].get(contract.LABEL_SCHEDULE, name)
+                        raise SpecError(f"a {kind} {name!r} exists in namespace {ns} already; pick another --name, "
+                                        f"or `launch schedule delete {schedule} -n {ns}` first") from None
                     raise
                 if kind != "ServiceAccount":  # keep the token controller's fields; the rest is ours
                     _call(f"updating {kind} {name}", lambda: replace(name, obj))

@@ -199,3 +199,18 @@ def test_the_schedule_modules_load_no_torch():
     code = ("import sys, launcher.schedule, launcher.submit, launcher.schedule_render, launcher.chart; "
             "assert 'torch' not in sys.modules, 'torch'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_a_stored_spec_round_trips_and_a_bundle_in_the_object_store_is_not_copied_into_it(capsys):
+    from launcher.render import CodeRef
+    from launcher.schedule_render import schedule_to_configmap
+
+    stored = stored_of(schedule(capsys, *CASES["spot-secret-pvc"]))
+    assert stored.code.configmap_data is not None
+    uri = CodeRef(sha256=stored.code.sha256, entrypoint="train.py", uri="s3://bucket/code/nightly/abc.tar.gz")
+    cm = schedule_to_configmap(stored.schedule, image=stored.image, code=uri)
+    assert "binaryData" not in cm
+    again = stored_from_dict(json.loads(cm["data"]["schedule.json"]), code_data=None, namespace="team-b")
+    assert again.schedule == dataclasses.replace(stored.schedule, job=dataclasses.replace(stored.schedule.job,
+                                                                                           namespace="team-b"))
+    assert again.code == uri and again.image == stored.image
