@@ -27,8 +27,16 @@ import pytest
 import yaml
 
 from tests.helpers import REPO
+from trainer import contract
 
 TOKEN = "kubetrain-test-admin-token"
+NODE_LOSS_TOLERATION_SECONDS = 2
+# kwok's chaos stages (k8s/kwok/stages.yaml) act on objects carrying these labels.
+KWOK_POD_FAIL = "pod-container-running-failed.stage.kwok.x-k8s.io"  # exit code in annotation <this>/exit-code
+KWOK_NODE_NOT_READY = "node-not-ready.stage.kwok.x-k8s.io"
+# kwok serves these pods' container logs from files the tests write (a ClusterLogs
+# config): pod held-master-0 in this namespace. CRI log format, one line each.
+LOGS_NAMESPACE, LOGS_POD = "kubetrain-logs", "held-master-0"
 
 
 def _free_port() -> int:
@@ -94,7 +102,13 @@ def kubeconfig(tmp_path_factory):
                             f"--service-account-key-file={d / 'sa.pub'}",
                             f"--service-account-signing-key-file={d / 'sa.key'}",
                             "--service-account-issuer=https://kubernetes.default.svc",
-                            "--service-cluster-ip-range=10.96.0.0/16", "--enable-priority-and-fairness=false"],
+                            "--service-cluster-ip-range=10.96.0.0/16", "--enable-priority-and-fairness=false",
+                            # Pods tolerate a not-ready/unreachable node this long (DefaultTolerationSeconds
+                            # admission; 300 s by default), so node-loss tests evict in seconds.
+                            f"--default-not-ready-toleration-seconds={NODE_LOSS_TOLERATION_SECONDS}",
+                            f"--default-unreachable-toleration-seconds={NODE_LOSS_TOLERATION_SECONDS}",
+                            # kwok's nodes are all 127.0.0.1 (their Hostname address resolves nowhere).
+                            "--kubelet-preferred-address-types=InternalIP"],
                            stdout=logs["apiserver"], stderr=subprocess.STDOUT)
     try:
         _wait_ready(f"https://127.0.0.1:{api_port}/readyz", api, "kube-apiserver")
@@ -221,7 +235,24 @@ def _start(d, name: str, cmd: list[str], env: dict | None = None) -> subprocess.
 
 
 @pytest.fixture(scope="session")
-def operator_cluster(kubeconfig, tmp_path_factory):
+def kwok_pod_log(tmp_path_factory):
+    """The file kwok serves as the log of LOGS_NAMESPACE/LOGS_POD's container (empty at first)."""
+    path = tmp_path_factory.mktemp("kwok-logs") / f"{LOGS_POD}.log"
+    path.touch()
+    return path
+
+
+def _kwok_logs_config(d, log_file) -> str:
+    path = d / "kwok-logs.yaml"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterLogs", "metadata": {"name": "held-master"},
+        "spec": {"selector": {"matchNamespaces": [LOGS_NAMESPACE], "matchNames": [LOGS_POD]},
+                 "logs": [{"containers": [contract.CONTAINER_NAME], "logsFile": str(log_file), "follow": True}]}}))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def operator_cluster(kubeconfig, tmp_path_factory, kwok_pod_log):
     """On top of the API server: controller-manager, scheduler, kwok's fake GPU nodes, the training operator.
 
     Yields the kubeconfig. The PyTorchJob CRD is the operator's (installed first).
@@ -229,6 +260,14 @@ def operator_cluster(kubeconfig, tmp_path_factory):
     bin_dir = _cluster_bin()
     d = tmp_path_factory.mktemp("operator-cluster")
     sa_key = os.path.join(os.path.dirname(kubeconfig), "sa.key")
+    certs = webhook_certs(d / "webhook")  # the webhook's, and kwok's "kubelet" serves TLS with them too
+    kwok_port = _free_port()
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(config_file=kubeconfig)
+    # Before the controller-manager: its REST mapper would learn the CRD only at its next 30 s
+    # refresh, and its disruption controller could not size our PDBs until then.
+    install_crd(type("Api", (), {"ext": client.ApiextensionsV1Api(api_client)})())
     procs = [
         _start(d, "controller-manager", [os.path.join(bin_dir, "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
                                          "--leader-elect=false", "--bind-address=127.0.0.1",
@@ -239,19 +278,18 @@ def operator_cluster(kubeconfig, tmp_path_factory):
         _start(d, "kwok", [os.path.join(bin_dir, "kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
                            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                            f"--config={os.path.join(REPO, 'k8s', 'kwok', 'stages.yaml')}",
-                           f"--server-address=127.0.0.1:{_free_port()}", "--node-ip=127.0.0.1"]),
+                           f"--config={_kwok_logs_config(d, kwok_pod_log)}",
+                           # The API server reaches each node's "kubelet" (logs) at InternalIP:node-port.
+                           f"--node-port={kwok_port}", f"--tls-cert-file={d / 'webhook' / 'tls.crt'}",
+                           f"--tls-private-key-file={d / 'webhook' / 'tls.key'}",
+                           f"--server-address=127.0.0.1:{kwok_port}", "--node-ip=127.0.0.1"]),
     ]
     try:
-        from kubernetes import client, config
-
-        api_client = config.new_client_from_config(config_file=kubeconfig)
         core = client.CoreV1Api(api_client)
         for node in yaml.safe_load_all(open(os.path.join(REPO, "k8s", "kwok", "nodes.yaml"))):
             status = node.pop("status")
             created = core.create_node(node)
             core.patch_node_status(created.metadata.name, {"status": status})
-        install_crd(type("Api", (), {"ext": client.ApiextensionsV1Api(api_client)})())
-        certs = webhook_certs(d / "webhook")
         webhook_port, probe_port = _free_port(), _free_port()
         install_webhook(core, client.AdmissionregistrationV1Api(api_client), certs, webhook_port)
         # The webhook server binds every interface on --webhook-server-port: v1.8 has no flag for its host.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
 
+from tests.cluster.conftest import KWOK_POD_FAIL
 from tests.cluster.test_launcher_against_apiserver import launch, namespace
 from tests.helpers import EXAMPLE
 from trainer import contract
@@ -71,28 +73,43 @@ def test_sixteen_gpus_on_two_nodes_run_to_success(api, capsys):
 
 
 def exit_pod(api, ns: str, pod, code: int) -> None:
-    """Report the container exiting with `code`, as the kubelet would."""
+    """Have kwok report the container exiting with `code`, as a kubelet would (its pod chaos stage)."""
+    api.core.patch_namespaced_pod(pod.metadata.name, ns, {"metadata": {
+        "labels": {KWOK_POD_FAIL: "true"}, "annotations": {f"{KWOK_POD_FAIL}/exit-code": str(code)}}})
+
+
+def complete_pod(api, ns: str, pod) -> None:
+    """Report the container finishing (exit 0), as a kubelet would."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     api.core.patch_namespaced_pod_status(pod.metadata.name, ns, {"status": {
-        "phase": "Failed",
+        "phase": "Succeeded",
         "containerStatuses": [{"name": contract.CONTAINER_NAME, "image": pod.spec.containers[0].image,
                                "imageID": "", "ready": False, "restartCount": 0,
-                               "state": {"terminated": {"exitCode": code, "reason": "Error",
+                               "state": {"terminated": {"exitCode": 0, "reason": "Completed",
                                                         "startedAt": now, "finishedAt": now}}}]}})
+
+
+@contextlib.contextmanager
+def held(api, capsys, *flags: str, ns: str | None = None):
+    """A one-pod job named "held", which kwok leaves Running (k8s/kwok/stages.yaml): the test ends it.
+
+    Yields (namespace, pod selector). Cancelled afterwards, so that its pod does not hold a GPU node
+    for later tests.
+    """
+    ns = ns or namespace(api)
+    code, _, err = launch(capsys, EXAMPLE, "--gpus", "8", "--checkpoint", "s3://b/c", "-n", ns, "--name", "held",
+                          "--max-restarts", "3", *flags)
+    assert code == 0, err
+    try:
+        yield ns, f"{contract.OPERATOR_JOB_NAME_LABEL}=held"
+    finally:
+        launch(capsys, "cancel", "held", "-n", ns)
 
 
 @pytest.fixture
 def held_job(api, capsys):
-    """A one-pod job that kwok leaves Running (k8s/kwok/stages.yaml): the test reports its exits.
-
-    Cancelled afterwards, so that its pod does not hold a GPU node for later tests.
-    """
-    ns = namespace(api)
-    code, _, err = launch(capsys, EXAMPLE, "--gpus", "8", "--checkpoint", "s3://b/c", "-n", ns, "--name", "held",
-                          "--max-restarts", "3")
-    assert code == 0, err
-    yield ns, f"{contract.OPERATOR_JOB_NAME_LABEL}=held"
-    launch(capsys, "cancel", "held", "-n", ns)
+    with held(api, capsys) as job:
+        yield job
 
 
 def running_pod(api, ns: str, selector: str, exclude: str | None = None):
@@ -117,7 +134,10 @@ def test_exit_143_is_restarted_and_status_counts_the_retry(api, capsys, held_job
     assert second.metadata.name == first.metadata.name
     code, out, _ = launch(capsys, "status", "held", "-n", ns, "-o", "json")
     status = json.loads(out)
-    assert code == 0 and status["restarts"] >= 1 and status["retries_left"] <= 2, status["events"]
+    assert code == 0 and status["restarts"] == 1 and status["retries_left"] == 2, status["events"]
+    assert {(c["replica"], c["exit_code"], c["retried"]) for c in status["causes"]} == {("master-0", 143, True)}
+    code, out, _ = launch(capsys, "status", "held", "-n", ns)
+    assert f"cause master-0   exit 143: {contract.describe_exit_code(143)} (retried)" in out, out
 
 
 def test_exit_1_fails_the_job_for_good(api, capsys, held_job):
@@ -127,6 +147,7 @@ def test_exit_1_fails_the_job_for_good(api, capsys, held_job):
     wait(lambda: job_conditions(api, ns).get("Failed") == "True", 20, "the job to fail")
     code, out, _ = launch(capsys, "status", "held", "-n", ns)
     assert code == 0 and f"{ns}/held: Failed" in out and "last exit 1: user error" in out
+    assert "cause master-0   exit 1: user error (not retried)" in out, out
 
 
 def test_the_operator_webhook_refuses_a_job_the_crd_schema_admits(api, capsys):
