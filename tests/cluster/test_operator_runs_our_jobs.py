@@ -167,3 +167,16 @@ def test_the_operator_webhook_refuses_a_job_the_crd_schema_admits(api, capsys):
         api.custom.create_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs", job)
     assert "validator.pytorchjob.training-operator.kubeflow.org" in refused.value.body
     assert "must have at least one container with name pytorch" in refused.value.body
+
+
+@pytest.mark.xfail(strict=True, reason="training-operator v1.8.1 does not enforce runPolicy.backoffLimit "
+                   "(`--max-restarts`) under restartPolicy ExitCode: it deletes and recreates the pod, and its "
+                   "PastBackoffLimit counts only the container restartCount of Running pods, which stays 0")
+def test_a_spent_retry_budget_fails_the_job(api, capsys, held_job):
+    ns, selector = held_job  # --max-restarts 3
+    previous = None
+    for attempt in range(4):
+        pod = wait(lambda: running_pod(api, ns, selector, exclude=previous), 90, f"run {attempt + 1}")
+        exit_pod(api, ns, pod, 143)
+        previous = pod.metadata.uid
+    wait(lambda: job_conditions(api, ns).get("Failed") == "True", 30, "the job to fail after 3 retries")
