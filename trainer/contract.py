@@ -35,8 +35,12 @@ ENV_CODE_URI = "KUBETRAIN_CODE_URI"
 ENV_CODE_SHA256 = "KUBETRAIN_CODE_SHA256"
 #: Where the bundle is unpacked (default: a fresh temp dir).
 ENV_WORKDIR = "KUBETRAIN_WORKDIR"
-#: Set by the supervisor for its workers; not a user setting.
+#: Set by the supervisor for its workers. Given to the supervisor itself (by `launch chaos`),
+#: it uses that folder rather than a temp one, so a caller can watch the ranks' progress.
 ENV_CONTROL_DIR = "KUBETRAIN_CONTROL_DIR"
+#: Fault injection for `launch chaos`: a folder whose files make the runtime misbehave on
+#: purpose (FAULT_* below). Unset in production; read only when set.
+ENV_FAULTS_DIR = "KUBETRAIN_FAULTS_DIR"
 #: Initialise a run that has no checkpoint of its own from another run's newest committed
 #: step: a run folder URI, or WARM_START_LATEST (the previous run of the same schedule).
 ENV_WARM_START_FROM = "KUBETRAIN_WARM_START_FROM"
@@ -227,3 +231,11 @@ CONTROL_PREEMPTED = "preempted.json"  # written by rank 0 after the stop checkpo
 CONTROL_PROGRESS_PREFIX = "progress-rank-"  # heartbeat of each local rank: "<step> <time>"
 CONTROL_ERROR_PREFIX = "error-rank-"  # the first exception of each rank, JSON
 CONTROL_RESULT = "result.json"  # torchrun's outcome, written by trainer._torchrun
+
+# --- fault-injection files in ENV_FAULTS_DIR (launch chaos) ---
+
+#: What `launch chaos --local` can do to a run (trainer/chaos.py says what each one is).
+CHAOS_KINDS = ("sigterm", "kill-worker", "kill-during-upload", "corrupt-checkpoint", "storage-outage")
+FAULT_STORAGE_OUTAGE = "storage-outage"  # while present, every checkpoint write fails as in an outage
+FAULT_SLOW_COMMIT = "slow-commit"  # holds seconds: rank 0 waits that long before writing a manifest,
+# which widens the window in which a kill leaves a partial (uncommitted) step behind

@@ -204,7 +204,9 @@ class Supervisor:
         self.request_stop(signal.Signals(signum).name)
 
     def run(self) -> int:
-        control = tempfile.mkdtemp(prefix="kubetrain-control-")
+        given = self.env.get(contract.ENV_CONTROL_DIR)  # `launch chaos` watches progress there
+        control = given or tempfile.mkdtemp(prefix="kubetrain-control-")
+        os.makedirs(control, exist_ok=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         poller = None
         if self.cfg.preemption_url:
@@ -220,7 +222,8 @@ class Supervisor:
             self._kill_group(signal.SIGKILL)
             for s, h in previous.items():
                 signal.signal(s, h)
-            shutil.rmtree(control, ignore_errors=True)
+            if not given:
+                shutil.rmtree(control, ignore_errors=True)
         self._report(outcome)
         return int(outcome.code)
 

@@ -36,7 +36,7 @@ import torch
 
 from trainer import contract, dist
 from trainer.checkpoint import layout, state as st
-from trainer.errors import CheckpointError, one_line
+from trainer.errors import CheckpointError, StorageError, one_line
 from trainer.storage import FileInfo, Storage, file_info, join, open_storage, spool_dir
 
 log = logging.getLogger("kubetrain.checkpoint")
@@ -46,7 +46,26 @@ SHARDED_DIR = "dcp"
 #: Seconds a checkpoint collective may wait for a slow rank before it fails.
 COORD_TIMEOUT_S = 1800.0
 #: Rate limit of the watchdog heartbeat file: it only needs second resolution.
-HEARTBEAT_EVERY_S = 1.0
+HEARTBEAT_EVERY_S = 0.25  # progress files for the watchdog and `launch chaos`: one small write per interval
+
+
+def _fault_file(name: str) -> str | None:
+    """The path of a fault-injection file when `launch chaos` has put it there, else None."""
+    folder = os.environ.get(contract.ENV_FAULTS_DIR)
+    path = os.path.join(folder, name) if folder else None
+    return path if path and os.path.exists(path) else None
+
+
+def _injected_outage() -> None:
+    if _fault_file(contract.FAULT_STORAGE_OUTAGE):
+        raise StorageError(f"injected storage outage ({contract.ENV_FAULTS_DIR}/{contract.FAULT_STORAGE_OUTAGE})")
+
+
+def _injected_slow_commit() -> None:
+    path = _fault_file(contract.FAULT_SLOW_COMMIT)
+    if path:
+        with open(path) as f:
+            time.sleep(float(f.read().strip() or 0))
 
 
 def rank_file(rank: int) -> str:
@@ -391,6 +410,7 @@ class Checkpointer:
         """Write this rank's files, then rank 0 commits; every rank learns the outcome."""
         step_uri = join(self.run_uri, contract.step_dir_name(job.step))
         try:
+            _injected_outage()
             files: dict[str, FileInfo] = {}
             if job.replicated is not None:
                 files[REPLICATED_FILE] = self.storage.write_file(
@@ -431,6 +451,7 @@ class Checkpointer:
             files.update(f)
         step_uri = join(self.run_uri, contract.step_dir_name(step))
         try:
+            _injected_slow_commit()
             manifest = layout.Manifest(step=step, world_size=self.world_size,
                                        kind="sharded" if any(k.startswith(SHARDED_DIR + "/") for k in files)
                                        else "replicated", files=files, created=time.time())

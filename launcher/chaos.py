@@ -1,0 +1,129 @@
+"""`launch chaos`: inject preemptions and node loss, and show that training survives them.
+
+    launch chaos train.py --local --nproc 2 --faults 5 [--seed S] [-- script args]
+    launch chaos JOB --kill-pod random|master|worker-N [--every 120s] [--count N]
+    launch chaos JOB --evict-with-grace 30 | --drain-node
+
+--local runs the script without and with faults and checks the invariants
+(trainer/chaos.py). Against a cluster it acts on one running PyTorchJob's own
+pods and nodes only, and reports how the job reacted (restarts, the step each
+restart resumed from) from the operator's status and the runtime's logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import sys
+from typing import Mapping
+
+from launcher.cli import _Parser, split_script_args
+from launcher.errors import SpecError
+from trainer import contract
+
+EPILOG = """exit codes: 0 every invariant held (--local) or every fault was done and the job recovered;
+1 an invariant failed or the job did not recover; 2 bad input."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="launch chaos", description=__doc__.split("\n\n")[0] + " Script arguments go after `--`.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", help="--local: the training script; else: the name of a running job")
+    g = p.add_argument_group("local: the script, without and with faults, compared")
+    g.add_argument("--local", action="store_true", help="run the script here under `python -m trainer run`")
+    g.add_argument("--nproc", type=int, default=2, help="ranks (default 2)")
+    g.add_argument("--faults", type=int, default=5, help="faults to inject (default 5)")
+    g.add_argument("--seed", type=int, default=None, help="fault steps and kinds (default: random, printed)")
+    g.add_argument("--kinds", default=None, help="comma-separated subset of: " + ", ".join(contract.CHAOS_KINDS))
+    g.add_argument("--checkpoint-every-steps", type=int, default=20, help="both runs' cadence (default 20)")
+    g.add_argument("--grace-seconds", type=float, default=30.0, help="SIGTERM to SIGKILL (default 30)")
+    g.add_argument("--tolerance", type=float, default=None, help="for scripts that are not deterministic: compare "
+                   "floating-point state within this rtol/atol, not bit for bit")
+    g.add_argument("--workdir", default=None, help="checkpoints and logs (default: a new temp folder)")
+    g.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole check (default 3600)")
+    g.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    g = p.add_argument_group("cluster: faults to one running PyTorchJob")
+    what = g.add_mutually_exclusive_group()
+    what.add_argument("--kill-pod", default=None, metavar="random|master|worker-N",
+                      help="delete a pod at once (grace 0), as a node loss would")
+    what.add_argument("--evict-with-grace", type=float, default=None, metavar="S",
+                      help="evict a random pod (Eviction API, PDB honoured) with S seconds of grace: a spot reclaim")
+    what.add_argument("--drain-node", action="store_true",
+                      help="cordon the node of a random pod of the job and evict the job's pods on it")
+    g.add_argument("--every", default="120s", help="time between faults: 90s, 2m (default 120s)")
+    g.add_argument("--count", type=int, default=1, help="faults to inject (default 1)")
+    g.add_argument("--wait", default="10m", help="how long to wait for the job to recover after the last fault")
+    g.add_argument("--namespace", "-n", default=None)
+    g.add_argument("--context", default=None)
+    return p
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """'90', '90s', '2m', '1h' -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m:
+        raise SpecError(f"{flag} {text!r} is not a duration like 90s, 2m or 1h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def main(argv: list[str], env: Mapping[str, str]) -> int:
+    flags, script_args = split_script_args(argv)
+    args = build_parser().parse_args(flags)
+    if args.local:
+        return _local(args, script_args)
+    if script_args:
+        raise SpecError("arguments after `--` are for a script; against a cluster, name a running job")
+    return _cluster(args, env)
+
+
+def _local(args: argparse.Namespace, script_args: list[str]) -> int:
+    if args.kill_pod or args.evict_with_grace is not None or args.drain_node:
+        raise SpecError("--kill-pod/--evict-with-grace/--drain-node act on a cluster job; drop them or drop --local")
+    from trainer import chaos
+    from trainer.errors import UsageError
+
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else contract.CHAOS_KINDS
+    try:
+        plan = chaos.ChaosPlan(script=args.target, script_args=tuple(script_args), nproc=args.nproc,
+                               faults=args.faults, seed=seed, kinds=kinds, every_steps=args.checkpoint_every_steps,
+                               grace_seconds=args.grace_seconds, tolerance=args.tolerance, workdir=args.workdir,
+                               timeout=args.timeout)
+        echo = (lambda line: print(line, file=sys.stderr, flush=True)) if args.output == "json" else \
+            (lambda line: print(line, flush=True))
+        report = chaos.run_chaos(plan, echo=echo)
+    except UsageError as e:
+        raise SpecError(str(e)) from None
+    print(chaos.report_json(report) if args.output == "json" else "\n" + chaos.format_report(report))
+    return 0 if report.ok else 1
+
+
+def _cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    if not (args.kill_pod or args.evict_with_grace is not None or args.drain_node):
+        raise SpecError("say what to do: --kill-pod random|master|worker-N, --evict-with-grace S or --drain-node "
+                        "(or --local to check a script here)")
+    if args.kill_pod and not re.fullmatch(r"random|master|worker-\d+", args.kill_pod):
+        raise SpecError(f"--kill-pod {args.kill_pod!r}: use random, master or worker-N")
+    if args.evict_with_grace is not None and args.evict_with_grace < 0:
+        raise SpecError("--evict-with-grace must be >= 0 seconds")
+    if args.count < 1:
+        raise SpecError(f"--count must be >= 1, got {args.count}")
+    every = parse_duration(args.every, "--every")
+    wait = parse_duration(args.wait, "--wait")
+    from launcher import client
+    from launcher.cluster_chaos import ChaosAction, run_cluster_chaos
+    from launcher.config import find_config, load_config, merged_defaults
+
+    config_path = find_config(os.getcwd())
+    defaults = merged_defaults(load_config(config_path) if config_path else {}, env)
+    namespace = args.namespace or defaults.get("namespace") or "default"
+    action = ChaosAction(kill_pod=args.kill_pod, evict_grace=args.evict_with_grace, drain_node=args.drain_node,
+                         every_s=every, count=args.count, wait_s=wait)
+    api = client.connect(context=args.context or defaults.get("context"))
+    return run_cluster_chaos(api, namespace, args.target, action, seed=args.seed)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:], os.environ))
