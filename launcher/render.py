@@ -60,9 +60,17 @@ def code_to_configmap(name: str, spec: JobSpec, code: CodeRef) -> dict[str, Any]
 
 
 def spec_to_pdb(spec: JobSpec, *, name: str) -> dict[str, Any]:
-    """At most one of the job's pods voluntarily disrupted at a time (drains go pod by pod)."""
+    """At most one of the job's pods voluntarily disrupted at a time (drains go pod by pod).
+
+    An integer minAvailable, not maxUnavailable: maxUnavailable makes the disruption
+    controller read the owner's scale subresource, and the PyTorchJob's counts only
+    Worker replicas, so a Master-only job could never be evicted (disruptionsAllowed 0,
+    seen in the cluster tier) and a Master+Worker job could lose both pods at once. An
+    elastic job may shrink to its minimum.
+    """
+    floor = spec.min_nodes if spec.min_nodes is not None else spec.nodes - 1
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(name, spec),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {contract.OPERATOR_JOB_NAME_LABEL: name}}}}
+            "spec": {"minAvailable": floor, "selector": {"matchLabels": {contract.OPERATOR_JOB_NAME_LABEL: name}}}}
 
 
 def runtime_env(spec: JobSpec, *, name: str, code: CodeRef | None) -> list[dict[str, Any]]:

@@ -140,9 +140,13 @@ def test_gang_scheduling_sets_the_policy_and_scheduler(capsys):
     assert pod_spec(objects)["schedulerName"] == "volcano"
 
 
-def test_the_pdb_selects_the_operators_pod_label_and_allows_one_disruption(capsys):
-    pdb = by_kind(dry_run(BASE + ["--gpus", "16"], capsys))["PodDisruptionBudget"]
-    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {contract.OPERATOR_JOB_NAME_LABEL: "job-a"}}}
+@pytest.mark.parametrize("flags,floor", [(["--gpus", "16"], 1), (["--gpus", "8"], 0), (["--gpus", "32"], 3),
+                                         (["--nodes", "2:4"], 2)])
+def test_the_pdb_selects_the_operators_pod_label_and_allows_one_disruption(capsys, flags, floor):
+    pdb = by_kind(dry_run(BASE + flags, capsys))["PodDisruptionBudget"]
+    # minAvailable, an integer: maxUnavailable would need the PyTorchJob's scale subresource (Workers only)
+    assert pdb["spec"] == {"minAvailable": floor,
+                           "selector": {"matchLabels": {contract.OPERATOR_JOB_NAME_LABEL: "job-a"}}}
 
 
 def test_yaml_output_has_no_anchors(capsys):

@@ -1,0 +1,194 @@
+"""`launch chaos JOB`: faults to one running PyTorchJob on any cluster, and how the job reacted.
+
+It touches only the job's own pods (and, for --drain-node, the node under one of
+them, which it cordons and uncordons again). After each fault it watches the
+operator recreate the pod and reads the step the runtime resumed from in the new
+pod's log (contract.LOG_RESUMED).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from typing import Any
+
+from launcher import client
+from launcher.errors import ClusterError, SpecError
+
+FINISHED = ("Succeeded", "Failed")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChaosAction:
+    kill_pod: str | None = None  # random | master | worker-N
+    evict_grace: float | None = None
+    drain_node: bool = False
+    every_s: float = 120.0
+    count: int = 1
+    wait_s: float = 600.0
+
+
+@dataclasses.dataclass
+class FaultResult:
+    n: int
+    what: str
+    pods: list[str]
+    uids: dict[str, str]
+    at: float
+    refused: str | None = None
+    recreated_s: float | None = None
+    running_s: float | None = None
+    resumed_from: int | None = None
+    note: str = ""
+
+
+def pick_pod(pods: list[Any], which: str, rng: random.Random) -> Any | None:
+    """The pod `--kill-pod random|master|worker-N` names among the job's live pods."""
+    if not pods:
+        return None
+    if which == "random":
+        return rng.choice(pods)
+    label = "master-0" if which == "master" else which  # pod_label: <replica type>-<index>
+    return next((p for p in pods if client.pod_label(p) == label), None)
+
+
+def _live(pods: list[Any]) -> list[Any]:
+    return [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+
+
+def _replicas(job: dict) -> int:
+    specs = (job.get("spec") or {}).get("pytorchReplicaSpecs") or {}
+    return sum(int(s.get("replicas") or 1) for s in specs.values())
+
+
+def _wait_all_running(api: client.Api, ns: str, name: str, timeout: float) -> tuple[str, list[Any]]:
+    """('running', pods) once every replica runs; (state, []) if the job finished; ('timeout', live pods)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get_job(api, ns, name)
+        state = client.job_state(job)
+        if state in FINISHED:
+            return state, []
+        live = _live(client.job_pods(api, ns, name))
+        if len(live) >= _replicas(job):
+            return "running", live
+        if time.monotonic() >= deadline:
+            return "timeout", live
+        time.sleep(1)
+
+
+def _inject(api: client.Api, ns: str, action: ChaosAction, pods: list[Any], n: int,
+            rng: random.Random, cordoned: list[str]) -> FaultResult:
+    if action.kill_pod:
+        pod = pick_pod(pods, action.kill_pod, rng)
+        if pod is None:
+            raise SpecError(f"--kill-pod {action.kill_pod}: the job has no such running pod "
+                            f"(it has {', '.join(client.pod_label(p) for p in pods)})")
+        client.delete_pod(api, ns, pod.metadata.name, grace_seconds=0)
+        return FaultResult(n, f"deleted {client.pod_label(pod)} ({pod.metadata.name}) on {pod.spec.node_name}, "
+                              "grace 0", [pod.metadata.name], {pod.metadata.name: pod.metadata.uid}, time.monotonic())
+    if action.evict_grace is not None:
+        pod = rng.choice(pods)
+        grace = int(round(action.evict_grace))
+        refused = client.evict_pod(api, ns, pod.metadata.name, grace_seconds=grace)
+        return FaultResult(n, f"evicted {client.pod_label(pod)} ({pod.metadata.name}) on {pod.spec.node_name}, "
+                              f"grace {grace}s", [pod.metadata.name], {pod.metadata.name: pod.metadata.uid},
+                           time.monotonic(), refused=refused)
+    node = rng.choice(pods).spec.node_name
+    client.set_unschedulable(api, node, True)
+    cordoned.append(node)
+    victims = [p for p in pods if p.spec.node_name == node]
+    refusals = [r for r in (client.evict_pod(api, ns, p.metadata.name, grace_seconds=None) for p in victims) if r]
+    return FaultResult(n, f"drained node {node}: cordoned, evicted {', '.join(client.pod_label(p) for p in victims)}",
+                       [p.metadata.name for p in victims], {p.metadata.name: p.metadata.uid for p in victims},
+                       time.monotonic(), refused="; ".join(refusals) or None)
+
+
+def _watch(api: client.Api, ns: str, name: str, r: FaultResult, timeout: float) -> None:
+    """Wait for the operator to recreate the pods the fault removed and for them to run; read their logs."""
+    deadline = r.at + timeout
+    replaced: dict[str, Any] = {}
+    while time.monotonic() < deadline and len(replaced) < len(r.pods):
+        if client.job_state(client.get_job(api, ns, name)) in FINISHED:
+            r.note = "the job finished"
+            return
+        for p in client.job_pods(api, ns, name):
+            if p.metadata.name in r.uids and p.metadata.uid != r.uids[p.metadata.name]:
+                if r.recreated_s is None:
+                    r.recreated_s = time.monotonic() - r.at
+                if p.status.phase == "Running":
+                    replaced[p.metadata.name] = p
+        time.sleep(0.5)
+    if len(replaced) < len(r.pods):
+        r.note = f"not running again after {timeout:.0f}s"
+        return
+    r.running_s = time.monotonic() - r.at
+    log_deadline = min(deadline, time.monotonic() + 60)  # the runtime logs its resume step right after restore
+    while time.monotonic() < log_deadline:
+        try:
+            steps = [client.runtime_progress(api, ns, p)["resumed_from"] for p in replaced.values()]
+        except ClusterError as e:
+            r.note = f"resume step unknown: its log cannot be read ({e})"
+            return
+        if all(s is not None for s in steps):
+            r.resumed_from = min(s for s in steps if s is not None)
+            return
+        time.sleep(2)
+    r.note = "its log names no resume step yet"
+
+
+def _line(r: FaultResult, count: int) -> str:
+    head = f"fault {r.n}/{count}: {r.what}"
+    if r.refused:
+        return f"{head}\n  refused: {r.refused}"
+    parts = []
+    if r.recreated_s is not None:
+        parts.append(f"recreated after {r.recreated_s:.1f}s")
+    if r.running_s is not None:
+        parts.append(f"running after {r.running_s:.1f}s")
+    if r.resumed_from is not None:
+        parts.append(f"resumed from step {r.resumed_from}")
+    if r.note:
+        parts.append(r.note)
+    return f"{head}\n  " + ("; ".join(parts) or "no reaction seen")
+
+
+def run_cluster_chaos(api: client.Api, ns: str, name: str, action: ChaosAction, *, seed: int | None) -> int:
+    seed = seed if seed is not None else random.SystemRandom().randrange(1 << 31)
+    rng = random.Random(seed)
+    job = client.get_job(api, ns, name)
+    state = client.job_state(job)
+    if state in FINISHED:
+        raise SpecError(f"PyTorchJob {ns}/{name} has {state.lower()}: chaos needs a running job")
+    restarts_before = client.pod_recreations(api, ns, name)
+    print(f"launch chaos: {ns}/{name} ({state}, {_replicas(job)} pod(s)); {action.count} fault(s), "
+          f"{action.every_s:g}s apart; seed {seed}", flush=True)
+    cordoned: list[str] = []
+    results: list[FaultResult] = []
+    try:
+        for n in range(1, action.count + 1):
+            if results:
+                time.sleep(max(0.0, results[-1].at + action.every_s - time.monotonic()))
+            state, pods = _wait_all_running(api, ns, name, action.wait_s)
+            if state != "running":
+                print(f"stopping before fault {n}: " + (f"the job {state.lower()}" if state in FINISHED else
+                      f"its pods were not all running after {action.wait_s:g}s"))
+                break
+            r = _inject(api, ns, action, pods, n, rng, cordoned)
+            results.append(r)
+            if not r.refused:
+                _watch(api, ns, name, r, action.every_s if n < action.count else action.wait_s)
+            print(_line(r, action.count), flush=True)
+    finally:
+        for node in cordoned:
+            client.set_unschedulable(api, node, False)
+            print(f"uncordoned node {node}")
+    job = client.get_job(api, ns, name)
+    state = client.job_state(job)
+    restarts = client.pod_recreations(api, ns, name)
+    print(f"{ns}/{name}: {state}; pods recreated {restarts - restarts_before} time(s) during chaos "
+          f"(`launch status {name} -n {ns}` has the causes and the retry budget)")
+    recovered = bool(results) and state != "Failed" and all(
+        r.refused is None and (r.running_s is not None or r.note == "the job finished") for r in results)
+    return 0 if recovered else 1
