@@ -187,6 +187,53 @@ def m5_restore(mib: int, tmp: str, bucket: str, reps: int) -> dict:
             "ratio_vs_boto3": ours_s3 / raw_s3, "ratio_vs_local": ours_s3 / local, "target_vs_local": 1.5}
 
 
+def _recovery_phases(uri: str, mib: int, env: dict) -> dict:
+    """SIGKILL of rank 1 after a committed checkpoint, then a restart: wall-clock phases until the first step."""
+    run_id = f"m5r-{uuid.uuid4().hex[:6]}"
+    cmd = [sys.executable, "-m", "trainer", "run", "--nproc-per-node", "2", "--checkpoint", uri, "--run-id", run_id,
+           "--checkpoint-every-steps", "20", os.path.join(REPO, "bench", "workload.py"), "--mib", str(mib),
+           "--steps", "1000000", "--step-ms", "20", "--print-timing"]
+    latest = f"{uri}/{run_id}/{contract.LATEST_NAME}"
+    from trainer.storage import open_storage
+
+    storage = open_storage(uri)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while storage.read_small(latest) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.3)
+    t_kill = time.time()
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), run_id)][1:]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(120)
+    t_exit = time.time()
+    t_start = time.time()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    marks = {}
+    for line in proc.stdout:
+        if line.startswith("T "):
+            _, event, at = line.split()
+            marks[event] = float(at)
+            if event == "first_step":
+                break
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), run_id)]:
+        os.kill(pid, signal.SIGKILL)
+    proc.kill()
+    proc.wait(60)
+    return {"detection_s": t_exit - t_kill, "restart_s": marks["restore_start"] - t_start,
+            "download_load_s": marks["restore_end"] - marks["restore_start"],
+            "first_step_s": marks["first_step"] - marks["restore_end"],
+            "start_to_first_step_s": marks["first_step"] - t_start, "kill_to_first_step_s": marks["first_step"] - t_kill}
+
+
+def m5_recovery(mib: int, bucket: str, tmp: str, env: dict) -> dict:
+    """M5 split: S3 recovery phases vs the same restart loading the same state from local disk (a cold start)."""
+    s3 = _recovery_phases(f"s3://{bucket}/m5r", mib, env)
+    local = _recovery_phases(os.path.join(tmp, "m5r"), mib, env)
+    return {"s3": s3, "local": local, "ratio_vs_local_start": s3["start_to_first_step_s"] / local["start_to_first_step_s"],
+            "target": 1.5}
+
+
 def m6_redone(bucket: str, env: dict, trials: int) -> dict:
     """Steps the rerun must redo: last step completed before the fault minus the committed step."""
     out = {}
@@ -306,7 +353,13 @@ def main() -> None:
     p.add_argument("--sizes", default=None, help="comma-separated MiB (default 64,256; --quick 64)")
     p.add_argument("--trials", type=int, default=None, help="SIGTERM trials (default 20; --quick 3)")
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
+    p.add_argument("--only", default=None, help="comma-separated metrics to run, e.g. M5,M6,M7,M8 (default all)")
     args = p.parse_args()
+    only = set(args.only.upper().split(",")) if args.only else None
+
+    def want(metric: str) -> bool:
+        return only is None or metric in only
+
     sizes = [int(s) for s in (args.sizes or ("64" if args.quick else "64,256")).split(",")]
     trials = args.trials or (3 if args.quick else 20)
     reps = 3 if args.quick else 5
@@ -323,19 +376,29 @@ def main() -> None:
         boto3.client("s3").create_bucket(Bucket=bucket)
         for mib in sizes:
             r = results["sizes"][str(mib)] = {}
-            r["M1"] = m1_stall(mib, tmp, reps)
-            r["M3"] = m3_upload(mib, tmp, bucket, reps)
-            r["M4"] = m4_sigterm(mib, bucket, trials, 30.0, r["M3"]["boto3_MiBps"], dict(os.environ))
-            r["M2"] = m2_overhead(mib, f"s3://{bucket}/m2", r["M3"]["ours_s"], 30 if args.quick else 120)
-            local_save_s = best(lambda: Checkpointer(build_model(mib), uri=os.path.join(tmp, "m2s"), run_id="r",
-                                                     keep=1).save(1, blocking=True), 2)
-            r["M2_local"] = m2_overhead(mib, os.path.join(tmp, "m2"), local_save_s, 30 if args.quick else 120)
-            r["M5"] = m5_restore(mib, tmp, bucket, reps)
-            r["M9"] = m9_memory(mib, bucket)
+            if want("M1"):
+                r["M1"] = m1_stall(mib, tmp, reps)
+            if want("M3") or want("M4") or want("M2"):
+                r["M3"] = m3_upload(mib, tmp, bucket, reps)
+            if want("M4"):
+                r["M4"] = m4_sigterm(mib, bucket, trials, 30.0, r["M3"]["boto3_MiBps"], dict(os.environ))
+            if want("M2"):
+                r["M2"] = m2_overhead(mib, f"s3://{bucket}/m2", r["M3"]["ours_s"], 30 if args.quick else 120)
+                local_save_s = best(lambda: Checkpointer(build_model(mib), uri=os.path.join(tmp, "m2s"), run_id="r",
+                                                         keep=1).save(1, blocking=True), 2)
+                r["M2_local"] = m2_overhead(mib, os.path.join(tmp, "m2"), local_save_s, 30 if args.quick else 120)
+            if want("M5"):
+                r["M5"] = m5_restore(mib, tmp, bucket, reps)
+                r["M5_recovery"] = m5_recovery(mib, bucket, tmp, dict(os.environ))
+            if want("M9"):
+                r["M9"] = m9_memory(mib, bucket)
             print_size(mib, r)
-        results["M6"] = m6_redone(bucket, dict(os.environ), 2 if args.quick else 10)
-        results["M7"] = m7_runtime(100 if args.quick else 400)
-        results["M8"] = m8_launcher(reps)
+        if want("M6"):
+            results["M6"] = m6_redone(bucket, dict(os.environ), 2 if args.quick else 10)
+        if want("M7"):
+            results["M7"] = m7_runtime(100 if args.quick else 400)
+        if want("M8"):
+            results["M8"] = m8_launcher(reps)
         print_global(results)
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, time.strftime("%Y%m%d-%H%M%S") + ".json")
@@ -345,36 +408,57 @@ def main() -> None:
 
 
 def print_size(mib: int, r: dict) -> None:
-    m1, m3, m4 = r["M1"], r["M3"], r["M4"]
     print(f"\n== {mib} MiB state ==")
-    print(f"M1 stall per save      {m1['stall_s'] * 1000:8.1f} ms  vs torch.save+fsync {m1['torch_save_fsync_s'] * 1000:8.1f} ms"
-          f"  ratio {m1['ratio']:.3f}  (target <= {m1['target']})")
-    print(f"M3 save->committed     {m3['ours_MiBps']:8.1f} MiB/s vs boto3 upload_file {m3['boto3_MiBps']:.1f} MiB/s"
-          f"  ratio {m3['ratio_vs_boto3']:.2f} (target >= 0.9)")
-    print(f"   s3fs put_file       {m3['s3fs_MiBps']:8.1f} MiB/s;  DCP FsspecWriter {m3['dcp_MiBps']:.1f} MiB/s"
-          f"  ours/DCP {m3['ratio_vs_dcp']:.2f} (target >= 1.5)")
-    print(f"M4 SIGTERM->committed  median {m4['median_s']:.2f} s, max {m4['max_s']:.2f} s over {m4['trials']} trials,"
-          f" success {m4['success_rate'] * 100:.0f}%  (target 100%, <= {m4['target_s']:.2f} s)")
-    m2, m5, m9 = r["M2"], r["M5"], r["M9"]
-    for label, m in (("to moto S3", m2), ("to local disk", r["M2_local"])):
-        print(f"M2 overhead {label:<14} {m['overhead'] * 100:+.1f}%  ({m['steps']} steps of {m['step_s'] * 1000:.0f} ms,"
-              f" a checkpoint every {m['every_k']})  (target <= 2%)")
-    print(f"M5 restore from S3     {m5['ours_s3_s']:.2f} s vs boto3 download+load {m5['boto3_download_load_s']:.2f} s "
-          f"(x{m5['ratio_vs_boto3']:.2f}); vs local disk {m5['ours_local_s']:.2f} s (x{m5['ratio_vs_local']:.2f}, "
-          f"target <= 1.5)")
-    print(f"M9 peak RSS growth     first save {m9['first_save_MiB']:.0f} MiB, later saves {m9['steady_save_MiB']:.0f} MiB"
-          f"  (target <= {m9['target_MiB']} MiB)")
+    if "M1" in r:
+        m1 = r["M1"]
+        print(f"M1 stall per save      {m1['stall_s'] * 1000:8.1f} ms  vs torch.save+fsync "
+              f"{m1['torch_save_fsync_s'] * 1000:8.1f} ms  ratio {m1['ratio']:.3f}  (target <= {m1['target']})")
+    if "M3" in r:
+        m3 = r["M3"]
+        print(f"M3 save->committed     {m3['ours_MiBps']:8.1f} MiB/s vs boto3 upload_file {m3['boto3_MiBps']:.1f} MiB/s"
+              f"  ratio {m3['ratio_vs_boto3']:.2f} (target >= 0.9)")
+        print(f"   s3fs put_file       {m3['s3fs_MiBps']:8.1f} MiB/s;  DCP FsspecWriter {m3['dcp_MiBps']:.1f} MiB/s"
+              f"  ours/DCP {m3['ratio_vs_dcp']:.2f} (target >= 1.5)")
+    if "M4" in r:
+        m4 = r["M4"]
+        print(f"M4 SIGTERM->committed  median {m4['median_s']:.2f} s, max {m4['max_s']:.2f} s over {m4['trials']} "
+              f"trials, success {m4['success_rate'] * 100:.0f}%  (target 100%, <= {m4['target_s']:.2f} s)")
+    for label, key in (("to moto S3", "M2"), ("to local disk", "M2_local")):
+        if key in r:
+            m = r[key]
+            print(f"M2 overhead {label:<14} {m['overhead'] * 100:+.1f}%  ({m['steps']} steps of "
+                  f"{m['step_s'] * 1000:.0f} ms, a checkpoint every {m['every_k']})  (target <= 2%)")
+    if "M5" in r:
+        m5 = r["M5"]
+        print(f"M5 restore from S3     {m5['ours_s3_s']:.2f} s vs boto3 download+load {m5['boto3_download_load_s']:.2f} s "
+              f"(x{m5['ratio_vs_boto3']:.2f}); vs local disk {m5['ours_local_s']:.2f} s (x{m5['ratio_vs_local']:.2f})")
+    if "M5_recovery" in r:
+        m = r["M5_recovery"]
+        for where in ("s3", "local"):
+            ph = m[where]
+            print(f"M5 recovery ({where:<5})   detection {ph['detection_s']:.2f} s, restart {ph['restart_s']:.2f} s, "
+                  f"download+load {ph['download_load_s']:.2f} s, first step {ph['first_step_s']:.2f} s; "
+                  f"start->first step {ph['start_to_first_step_s']:.2f} s, kill->first step "
+                  f"{ph['kill_to_first_step_s']:.2f} s")
+        print(f"   S3 restart vs the same restart from local disk x{m['ratio_vs_local_start']:.2f} "
+              f"(target <= {m['target']})")
+    if "M9" in r:
+        m9 = r["M9"]
+        print(f"M9 peak RSS growth     first save {m9['first_save_MiB']:.0f} MiB, later saves "
+              f"{m9['steady_save_MiB']:.0f} MiB  (target <= {m9['target_MiB']} MiB)")
 
 
 def print_global(results: dict) -> None:
-    m6, m7, m8 = results["M6"], results["M7"], results["M8"]
     print("\n== across sizes ==")
-    for sig, v in m6.items():
+    for sig, v in results.get("M6", {}).items():
         print(f"M6 steps redone {sig:<8} mean {v['mean']:.1f}, max {v['max']} over {v['trials']} trials "
               f"(target <= {v['target']}; checkpoint every 20 steps)")
-    print(f"M7 runtime overhead    {m7['ours_steps_per_s']:.1f} vs bare torchrun {m7['bare_torchrun_steps_per_s']:.1f} "
-          f"steps/s  ratio {m7['ratio']:.3f} (target >= 0.99)")
-    print("M8 launcher            " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in m8.items()))
+    if "M7" in results:
+        m7 = results["M7"]
+        print(f"M7 runtime overhead    {m7['ours_steps_per_s']:.1f} vs bare torchrun "
+              f"{m7['bare_torchrun_steps_per_s']:.1f} steps/s  ratio {m7['ratio']:.3f} (target >= 0.99)")
+    if "M8" in results:
+        print("M8 launcher            " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in results["M8"].items()))
 
 
 if __name__ == "__main__":

@@ -37,12 +37,20 @@ def main() -> None:
     p.add_argument("--compute", type=int, default=0, help="batch rows pushed through the model per step")
     p.add_argument("--print-steps", action="store_true", help="print STEP n after each completed step")
     p.add_argument("--no-checkpointer", action="store_true", help="the baseline: no kubetrain API at all")
+    p.add_argument("--print-timing", action="store_true", help="rank 0 prints wall-clock times: T <event> <time>")
     args = p.parse_args()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("gloo")
     model = build_model(args.mib)
     ckpt = None if args.no_checkpointer else Checkpointer(model)
+
+    def mark(event: str) -> None:  # wall clock: the bench compares it with its own kill and start times
+        if args.print_timing and (not dist.is_initialized() or dist.get_rank() == 0):
+            print(f"T {event} {time.time():.6f}", flush=True)
+
+    mark("restore_start")
     start = ckpt.restore() if ckpt else 0
+    mark("restore_end")
     x = torch.randn(args.compute, 1024) if args.compute else None
     t0 = time.perf_counter()
     for step in range(start, args.steps):
@@ -57,6 +65,7 @@ def main() -> None:
         if args.step_ms:
             time.sleep(args.step_ms / 1000)
         if step == start:
+            mark("first_step")
             print("READY", flush=True)
             t0 = time.perf_counter()
         if args.print_steps:  # before step_end: a preemption exits from inside it

@@ -16,6 +16,7 @@ import argparse
 import os
 import random
 import re
+import signal
 import sys
 from typing import Mapping
 
@@ -93,11 +94,17 @@ def _local(args: argparse.Namespace, script_args: list[str]) -> int:
                                timeout=args.timeout)
         echo = (lambda line: print(line, file=sys.stderr, flush=True)) if args.output == "json" else \
             (lambda line: print(line, flush=True))
+        # SIGTERM (a CI job cancelled) unwinds like Ctrl-C, so no training process outlives us.
+        signal.signal(signal.SIGTERM, _interrupt)
         report = chaos.run_chaos(plan, echo=echo)
     except UsageError as e:
         raise SpecError(str(e)) from None
     print(chaos.report_json(report) if args.output == "json" else "\n" + chaos.format_report(report))
     return 0 if report.ok else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -349,6 +349,7 @@ class _Runner:
         self.n = 0
         #: Steps damaged on purpose: not compared with the reference.
         self.corrupted: set[int] = set()
+        self.current: _Attempt | None = None
 
     def run_dir(self, run_id: str) -> str:
         return os.path.join(self.ckpt, run_id)
@@ -365,7 +366,8 @@ class _Runner:
                contract.ENV_CHECKPOINT_KEEP: _KEEP_EVERYTHING}
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        return _Attempt(proc, control, log_path)
+        self.current = _Attempt(proc, control, log_path)
+        return self.current
 
     def fault_file(self, name: str, content: str | None) -> None:
         path = os.path.join(self.faults_dir, name)
@@ -471,9 +473,19 @@ def _after_exit(runner: _Runner, rec: FaultRecord, attempt: _Attempt, run_dir: s
 
 
 def run_chaos(plan: ChaosPlan, echo: Callable[[str], None] = print) -> ChaosReport:
+    """Both runs, the faults and the checks. Ctrl-C (or any error) leaves no training process behind."""
     workdir = plan.workdir or tempfile.mkdtemp(prefix="kubetrain-chaos-")
     os.makedirs(workdir, exist_ok=True)
     runner = _Runner(plan, workdir, echo)
+    try:
+        return _run_both(plan, runner, workdir, echo)
+    finally:
+        if runner.current is not None and runner.current.proc.poll() is None:
+            runner.current.kill_all()
+            runner.current.exit_code(timeout=30)
+
+
+def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Callable[[str], None]) -> ChaosReport:
     deadline = time.monotonic() + plan.timeout
 
     echo(f"reference run (no faults): {plan.script} on {plan.nproc} rank(s); logs in {workdir}")
