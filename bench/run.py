@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -211,10 +212,10 @@ def _recovery_phases(uri: str, mib: int, env: dict) -> dict:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     marks = {}
     for line in proc.stdout:
-        if line.startswith("T "):
-            _, event, at = line.split()
-            marks[event] = float(at)
-            if event == "first_step":
+        # Ranks share the pipe: another rank's output can run into this line.
+        if m := re.match(r"T (\w+) (\d+\.\d+)", line):
+            marks[m.group(1)] = float(m.group(2))
+            if m.group(1) == "first_step":
                 break
     for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), run_id)]:
         os.kill(pid, signal.SIGKILL)
