@@ -75,6 +75,8 @@ class ChaosPlan:
         if unknown or not self.kinds:
             raise UsageError(f"unknown fault kind(s) {', '.join(unknown) or '(none given)'}; "
                              f"choose from {', '.join(KINDS)}")
+        if not os.path.isdir("/proc/self"):
+            raise UsageError("launch chaos --local finds the ranks through /proc: it needs Linux")
         if self.tolerance is not None and not self.tolerance >= 0:
             raise UsageError(f"--tolerance must be >= 0, got {self.tolerance}")
 
