@@ -159,9 +159,10 @@ def run_verb(verb: str, argv: list[str], env: Mapping[str, str], now: float) -> 
         rows = client.list_schedules(api, ns)
         if args.output == "json":
             print(json.dumps(rows, indent=2))
-        for r in rows if args.output == "text" else []:
+            return 0
+        for r in rows:
             when = r["schedule"] + (f" ({r['time_zone']})" if r["time_zone"] else "")
-            runs = ", ".join(f"{j['name']} {j['state']}" for j in r["runs"][-3:]) or "no runs yet"
+            runs = ", ".join(f"{j['name']} {j['state']}" for j in r["runs"][-3:]) or "no runs yet"  # the newest
             print(f"{r['name']:<44} {when:<32} {'suspended ' if r['suspended'] else ''}{runs}")
         return 0
     name = args.schedule
