@@ -1,8 +1,9 @@
 """`launch schedule` against the real control plane, operator and kwok nodes.
 
-kwok's nodes run no containers, so the CronJob's submitter pod never executes
-here (its nodes are GPU-tainted: the pod stays Pending, its Job active). The
-submitter is proven as the pod would run it: `python -m launcher.submit` as a
+kwok's nodes run no containers, and kwok reports any Job's pod as exited 0 at
+once, which would fake the submitter's success: the tests keep the submitter
+pods off every node (a nodeSelector no node matches), so they stay Pending
+and their Jobs active. The submitter is proven as the pod would run it: `python -m launcher.submit` as a
 local process with the pod's environment (its downward-API fields resolved
 from the real Pod the Job controller made) and a kubeconfig holding a token
 of the submitter's ServiceAccount from the TokenRequest API, so every call it
@@ -40,12 +41,23 @@ def api(operator_cluster, monkeypatch):
     return client.connect()
 
 
-def create_schedule(capsys, ns: str, name: str, *flags: str) -> None:
-    code, out, err = launch(capsys, "schedule", EXAMPLE, "--cron", "0 3 * * *", "--time-zone", "Europe/Berlin",
+def create_schedule(capsys, ns: str, name: str, *flags: str, cron: str = "0 3 * * *") -> None:
+    code, out, err = launch(capsys, "schedule", EXAMPLE, "--cron", cron, "--time-zone", "Europe/Berlin",
                             "--gpus", "8", "--checkpoint", "s3://b/ckpts", "--warm-start-from", "latest",
                             "-n", ns, "--name", name, *flags, "--", "--steps", "5")
     assert code == 0, err
     assert f"created schedule {ns}/{name}" in out
+    keep_submitters_off_kwok(ns, name)
+
+
+def keep_submitters_off_kwok(ns: str, name: str) -> None:
+    """Test setup only: kwok would report the submitter pod exited 0 without running it."""
+    from kubernetes import client
+
+    from launcher import client as kt
+
+    client.BatchV1Api(kt.connect().core.api_client).patch_namespaced_cron_job(name, ns, {"spec": {"jobTemplate": {
+        "spec": {"template": {"spec": {"nodeSelector": {"kubetrain.dev/test": "no-such-node"}}}}}}})
 
 
 def trigger(capsys, ns: str, name: str) -> str:
@@ -131,7 +143,7 @@ def test_a_triggered_run_is_submitted_as_the_submitter_runs_to_success_and_the_j
     assert (cj.spec.concurrency_policy, cj.spec.time_zone, cj.spec.schedule) == ("Forbid", "Europe/Berlin", "0 3 * * *")
     run = trigger(capsys, ns, "nightly")
     pod = job_pod(api, ns, run)
-    assert pod.spec.service_account_name == SUBMITTER and pod.status.phase == "Pending"  # GPU-tainted kwok nodes
+    assert pod.spec.service_account_name == SUBMITTER and pod.status.phase == "Pending"  # kept off kwok's nodes
 
     r = run_submitter(pod, submitter_kubeconfig(api, operator_cluster, ns, tmp_path / "sa-kubeconfig"))
     assert r.returncode == SubmitExit.OK, r.stdout + r.stderr
@@ -284,9 +296,7 @@ def test_a_scheduled_run_beside_a_triggered_one_is_skipped_by_its_submitter(api,
     from kubernetes import client
 
     ns = namespace(api)
-    code, _, err = launch(capsys, "schedule", EXAMPLE, "--cron", "* * * * *", "--gpus", "8", "--checkpoint",
-                          "s3://b/c", "-n", ns, "--name", "minutely")
-    assert code == 0, err
+    create_schedule(capsys, ns, "minutely", cron="* * * * *")
     first = trigger(capsys, ns, "minutely")  # its pod stays Pending: an active run
     batch = client.BatchV1Api(api.core.api_client)
 
