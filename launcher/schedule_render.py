@@ -29,6 +29,10 @@ STORED_KEY = "schedule.json"
 #: nothing in another namespace.
 SUBMITTER_RULES: tuple[dict[str, Any], ...] = (
     {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": ["create", "get", "list", "delete"]},
+    # The run's ConfigMap and PDB name the PyTorchJob as owner with blockOwnerDeletion, which the
+    # OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened clusters) allows only
+    # to those who may update the owner's finalizers.
+    {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs/finalizers"], "verbs": ["update"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "delete"]},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "delete"]},
     {"apiGroups": [""], "resources": ["resourcequotas"], "verbs": ["list"]},

@@ -240,6 +240,7 @@ ALLOWED = [
     ("get", "", "configmaps", None), ("create", "", "configmaps", None), ("delete", "", "configmaps", None),
     ("create", "policy", "poddisruptionbudgets", None), ("delete", "policy", "poddisruptionbudgets", None),
     ("list", "", "resourcequotas", None), ("list", "batch", "jobs", None),
+    ("update", "kubeflow.org", "pytorchjobs/finalizers", None),
 ]
 DENIED = [
     ("create", "kubeflow.org", "pytorchjobs", "default"),  # another namespace
