@@ -58,8 +58,12 @@ def _live(pods: list[Any]) -> list[Any]:
 
 
 def _replicas(job: dict) -> int:
-    specs = (job.get("spec") or {}).get("pytorchReplicaSpecs") or {}
-    return sum(int(s.get("replicas") or 1) for s in specs.values())
+    """Pods the job needs running: every replica, or an elastic job's minimum."""
+    spec = job.get("spec") or {}
+    elastic = (spec.get("elasticPolicy") or {}).get("minReplicas")
+    if elastic:
+        return int(elastic)
+    return sum(int(s.get("replicas") or 1) for s in (spec.get("pytorchReplicaSpecs") or {}).values())
 
 
 def _wait_all_running(api: client.Api, ns: str, name: str, timeout: float) -> tuple[str, list[Any]]:
