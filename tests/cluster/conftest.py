@@ -26,6 +26,7 @@ import urllib.request
 import pytest
 import yaml
 
+from tests.cluster.pod_runner import RUN_FOR_REAL, PodRunner
 from tests.helpers import REPO
 from trainer import contract
 
@@ -34,9 +35,11 @@ NODE_LOSS_TOLERATION_SECONDS = 2
 # kwok's chaos stages (k8s/kwok/stages.yaml) act on objects carrying these labels.
 KWOK_POD_FAIL = "pod-container-running-failed.stage.kwok.x-k8s.io"  # exit code in annotation <this>/exit-code
 KWOK_NODE_NOT_READY = "node-not-ready.stage.kwok.x-k8s.io"
-# kwok serves these pods' container logs from files the tests write (a ClusterLogs
-# config): pod held-master-0 in this namespace. CRI log format, one line each.
+# kwok serves the container logs of these pods (namespace, name) from <kwok_logs>/<name>.log
+# (a ClusterLogs config), in the CRI log format: one a test writes, those of the pod runner.
 LOGS_NAMESPACE, LOGS_POD = "kubetrain-logs", "held-master-0"
+REAL_NAMESPACE = "kubetrain-real"
+SERVED_LOGS = ((LOGS_NAMESPACE, LOGS_POD), *((REAL_NAMESPACE, f"{RUN_FOR_REAL}-{r}-0") for r in ("master", "worker")))
 
 
 def _free_port() -> int:
@@ -72,6 +75,11 @@ def _wait_ready(url: str, proc: subprocess.Popen, what: str, timeout: float = 90
             pass
         time.sleep(0.3)
     raise RuntimeError(f"{what} not ready after {timeout}s")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The missing-CRD test first: any operator_cluster test installs the CRD for the session."""
+    items.sort(key=lambda item: not item.name.startswith("test_0_"))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
@@ -235,24 +243,32 @@ def _start(d, name: str, cmd: list[str], env: dict | None = None) -> subprocess.
 
 
 @pytest.fixture(scope="session")
-def kwok_pod_log(tmp_path_factory):
-    """The file kwok serves as the log of LOGS_NAMESPACE/LOGS_POD's container (empty at first)."""
-    path = tmp_path_factory.mktemp("kwok-logs") / f"{LOGS_POD}.log"
-    path.touch()
-    return path
+def kwok_logs(tmp_path_factory):
+    """The folder of the log files kwok serves (SERVED_LOGS), each empty at first."""
+    d = tmp_path_factory.mktemp("kwok-logs")
+    for _, pod in SERVED_LOGS:
+        (d / f"{pod}.log").touch()
+    return d
 
 
-def _kwok_logs_config(d, log_file) -> str:
+@pytest.fixture
+def kwok_pod_log(kwok_logs):
+    """The file kwok serves as the log of LOGS_NAMESPACE/LOGS_POD's container."""
+    return kwok_logs / f"{LOGS_POD}.log"
+
+
+def _kwok_logs_config(d, log_dir) -> str:
     path = d / "kwok-logs.yaml"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterLogs", "metadata": {"name": "held-master"},
-        "spec": {"selector": {"matchNamespaces": [LOGS_NAMESPACE], "matchNames": [LOGS_POD]},
-                 "logs": [{"containers": [contract.CONTAINER_NAME], "logsFile": str(log_file), "follow": True}]}}))
+    path.write_text(yaml.safe_dump_all([{
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterLogs", "metadata": {"name": f"{ns}.{pod}"},
+        "spec": {"selector": {"matchNamespaces": [ns], "matchNames": [pod]},
+                 "logs": [{"containers": [contract.CONTAINER_NAME], "logsFile": str(log_dir / f"{pod}.log"),
+                           "follow": True}]}} for ns, pod in SERVED_LOGS]))
     return str(path)
 
 
 @pytest.fixture(scope="session")
-def operator_cluster(kubeconfig, tmp_path_factory, kwok_pod_log):
+def operator_cluster(kubeconfig, tmp_path_factory, kwok_logs):
     """On top of the API server: controller-manager, scheduler, kwok's fake GPU nodes, the training operator.
 
     Yields the kubeconfig. The PyTorchJob CRD is the operator's (installed first).
@@ -278,7 +294,7 @@ def operator_cluster(kubeconfig, tmp_path_factory, kwok_pod_log):
         _start(d, "kwok", [os.path.join(bin_dir, "kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
                            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                            f"--config={os.path.join(REPO, 'k8s', 'kwok', 'stages.yaml')}",
-                           f"--config={_kwok_logs_config(d, kwok_pod_log)}",
+                           f"--config={_kwok_logs_config(d, kwok_logs)}",
                            # The API server reaches each node's "kubelet" (logs) at InternalIP:node-port.
                            f"--node-port={kwok_port}", f"--tls-cert-file={d / 'webhook' / 'tls.crt'}",
                            f"--tls-private-key-file={d / 'webhook' / 'tls.key'}",
@@ -323,3 +339,13 @@ def operator_cluster(kubeconfig, tmp_path_factory, kwok_pod_log):
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture
+def pod_runner(operator_cluster, kwok_logs, tmp_path):
+    """Runs the pods of jobs named RUN_FOR_REAL as local processes (tests/cluster/pod_runner.py)."""
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config(config_file=operator_cluster))
+    with PodRunner(core, tmp_path / "pod-runner", kwok_logs) as runner:
+        yield runner
