@@ -317,6 +317,7 @@ def test_a_scheduled_run_beside_a_triggered_one_is_skipped_by_its_submitter(api,
     assert [a.name for a in batch.read_namespaced_cron_job("minutely", ns).status.active] == [scheduled]
     code, _, err = launch(capsys, "schedule", "trigger", "minutely", "-n", ns)
     assert code == 1 and "still active (concurrencyPolicy Forbid)" in err
+    assert launch(capsys, "schedule", "delete", "minutely", "-n", ns)[0] == 0  # no more runs every minute
 
 
 def test_delete_removes_the_schedule_and_a_failed_create_leaves_nothing_behind(api, capsys):
