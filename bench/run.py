@@ -188,19 +188,27 @@ def m5_restore(mib: int, tmp: str, bucket: str, reps: int) -> dict:
             "ratio_vs_boto3": ours_s3 / raw_s3, "ratio_vs_local": ours_s3 / local, "target_vs_local": 1.5}
 
 
+def _committed(uri: str, run_id: str) -> bool:
+    """Whether the run's `latest` exists (boto3 directly: s3fs caches that an object was missing)."""
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        try:
+            boto3.client("s3").head_object(Bucket=bucket, Key=f"{prefix}/{run_id}/{contract.LATEST_NAME}")
+            return True
+        except Exception:  # noqa: BLE001 - 404 until it is there
+            return False
+    return os.path.exists(os.path.join(uri, run_id, contract.LATEST_NAME))
+
+
 def _recovery_phases(uri: str, mib: int, env: dict) -> dict:
     """SIGKILL of rank 1 after a committed checkpoint, then a restart: wall-clock phases until the first step."""
     run_id = f"m5r-{uuid.uuid4().hex[:6]}"
     cmd = [sys.executable, "-m", "trainer", "run", "--nproc-per-node", "2", "--checkpoint", uri, "--run-id", run_id,
            "--checkpoint-every-steps", "20", os.path.join(REPO, "bench", "workload.py"), "--mib", str(mib),
            "--steps", "1000000", "--step-ms", "20", "--print-timing"]
-    latest = f"{uri}/{run_id}/{contract.LATEST_NAME}"
-    from trainer.storage import open_storage
-
-    storage = open_storage(uri)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
-    while storage.read_small(latest) is None and time.monotonic() < deadline:
+    while not _committed(uri, run_id) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(0.3)
     t_kill = time.time()
