@@ -253,9 +253,7 @@ def runtime_progress(api: Api, ns: str, pod: Any) -> dict:
 
 
 def restart_events(api: Api, ns: str, name: str) -> list[dict]:
-    events = _call("listing events", lambda: api.core.list_namespaced_event(
-        ns, field_selector=f"involvedObject.name={name}")).items
-    return [{"reason": e.reason, "message": e.message, "count": e.count or 1} for e in events
+    return [{"reason": e.reason, "message": e.message, "count": e.count or 1} for e in _events(api, ns, name)
             if e.reason and ("Restart" in e.reason or "Fail" in e.reason or "Evict" in e.reason)]
 
 
