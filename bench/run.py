@@ -217,7 +217,8 @@ def _recovery_phases(uri: str, mib: int, env: dict) -> dict:
     proc.wait(120)
     t_exit = time.time()
     t_start = time.time()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = tempfile.NamedTemporaryFile("w+", prefix="m5-restart-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     marks = {}
     for line in proc.stdout:
         # Ranks share the pipe: another rank's output can run into this line.
@@ -229,6 +230,10 @@ def _recovery_phases(uri: str, mib: int, env: dict) -> dict:
         os.kill(pid, signal.SIGKILL)
     proc.kill()
     proc.wait(60)
+    if "first_step" not in marks:
+        log.seek(0)
+        raise RuntimeError(f"the restarted run never completed a step:\n{log.read()[-3000:]}")
+    os.unlink(log.name)
     return {"detection_s": t_exit - t_kill, "restart_s": marks["restore_start"] - t_start,
             "download_load_s": marks["restore_end"] - marks["restore_start"],
             "first_step_s": marks["first_step"] - marks["restore_end"],
