@@ -64,3 +64,14 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_runs(argv, needle, cap
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1, err
+
+
+def test_the_cli_defaults_are_the_plans():
+    # The parser cannot import trainer.chaos (torch) to read them: this keeps the two in step.
+    from launcher.chaos import build_parser
+
+    args = build_parser().parse_args([EXAMPLE, "--local"])
+    fields = chaos.ChaosPlan.__dataclass_fields__
+    for flag, field in (("nproc", "nproc"), ("faults", "faults"), ("checkpoint_every_steps", "every_steps"),
+                        ("grace_seconds", "grace_seconds"), ("timeout", "timeout"), ("tolerance", "tolerance")):
+        assert getattr(args, flag) == fields[field].default, flag
