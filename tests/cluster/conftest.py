@@ -288,7 +288,12 @@ def operator_cluster(kubeconfig, tmp_path_factory, kwok_logs):
         _start(d, "controller-manager", [os.path.join(bin_dir, "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
                                          "--leader-elect=false", "--bind-address=127.0.0.1",
                                          f"--secure-port={_free_port()}", f"--service-account-private-key-file={sa_key}",
-                                         "--use-service-account-credentials=false", "--controllers=*"]),
+                                         "--use-service-account-credentials=false", "--controllers=*",
+                                         # kwok renews every node's Lease; on a busy 2-core machine it can
+                                         # lag past the 50 s default, and a node gone Unknown has its pods
+                                         # evicted after NODE_LOSS_TOLERATION_SECONDS. The NotReady test
+                                         # has kwok report Ready=False, which does not wait for this.
+                                         "--node-monitor-grace-period=180s"]),
         _start(d, "scheduler", [os.path.join(bin_dir, "kube-scheduler"), f"--kubeconfig={kubeconfig}",
                                 "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={_free_port()}"]),
         _start(d, "kwok", [os.path.join(bin_dir, "kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",

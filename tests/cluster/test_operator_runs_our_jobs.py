@@ -135,7 +135,8 @@ def test_exit_143_is_restarted_and_status_counts_the_retry(api, capsys, held_job
     code, out, _ = launch(capsys, "status", "held", "-n", ns, "-o", "json")
     status = json.loads(out)
     assert code == 0 and status["restarts"] == 1 and status["retries_left"] == 2, status["events"]
-    assert {(c["replica"], c["exit_code"], c["retried"]) for c in status["causes"]} == {("master-0", 143, True)}
+    exits = {(c["replica"], c["exit_code"], c["retried"]) for c in status["causes"] if "exit_code" in c}
+    assert exits == {("master-0", 143, True)}, status["causes"]
     code, out, _ = launch(capsys, "status", "held", "-n", ns)
     assert f"cause master-0   exit 143: {contract.describe_exit_code(143)} (retried)" in out, out
 
