@@ -227,7 +227,7 @@ def parse_runtime_log(lines: list[str]) -> dict[str, int | None]:
 # --- control files between the supervisor and its workers (one pod, local disk) ---
 
 CONTROL_STOP = "stop"  # written by the supervisor: please stop at the next step boundary
-CONTROL_PREEMPTED = "preempted.json"  # written by rank 0 after the stop checkpoint committed
+CONTROL_PREEMPTED = "preempted.json"  # written by each node's local rank 0 once the stop checkpoint committed
 CONTROL_PROGRESS_PREFIX = "progress-rank-"  # heartbeat of each local rank: "<step> <time>"
 CONTROL_ERROR_PREFIX = "error-rank-"  # the first exception of each rank, JSON
 CONTROL_RESULT = "result.json"  # torchrun's outcome, written by trainer._torchrun

@@ -117,7 +117,7 @@ def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list
     if hang:
         return Outcome(ExitCode.HANG, f"hang: {hang}; workers killed")
     if preempted is not None:
-        return Outcome(ExitCode.PREEMPTED, f"preempted ({stop_reason or 'stop requested'}); "
+        return Outcome(ExitCode.PREEMPTED, f"preempted ({stop_reason or 'ranks on another node were stopping'}); "
                        f"checkpoint step {preempted.get('step')} committed")
     if torchrun_rc == 0:
         return Outcome(ExitCode.OK, "finished")

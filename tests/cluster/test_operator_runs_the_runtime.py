@@ -89,10 +89,6 @@ def test_the_operator_runs_the_runtime_on_two_pods_to_success(api, capsys, pod_r
         cancel_real(api, capsys, ns)
 
 
-@pytest.mark.xfail(strict=True, reason="a preemption of one pod of a multi-pod job: every rank stops at the agreed "
-                   "step, but only the signalled pod's supervisor exits 143; the other's sees its ranks exit 0 and "
-                   "no preemption marker (rank 0 writes it, on the master pod) and exits 0, so the operator marks "
-                   "that replica Succeeded and the recreated master waits for it forever")
 def test_a_deleted_pod_commits_its_checkpoint_and_the_job_resumes_to_success(api, capsys, pod_runner):
     ns = real_namespace(api)
     launch_real(capsys, ns, "--steps", "80", "--step-sleep", "0.1")

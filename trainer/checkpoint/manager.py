@@ -616,7 +616,10 @@ class Checkpointer:
                 log.warning("stop requested: saving step %d before exiting", step)
             self.save(step, blocking=True)
         self.wait()
-        if self.rank == 0 and self._control_dir is not None:
+        # Every node's first rank tells its own supervisor: a pod that got no signal stops
+        # too (the stop is agreed by all ranks) and must exit 143 to be restarted, not 0,
+        # which the operator would count as that replica having finished.
+        if int(os.environ.get("LOCAL_RANK") or 0) == 0 and self._control_dir is not None:
             with open(os.path.join(self._control_dir, contract.CONTROL_PREEMPTED), "w") as f:
                 json.dump({"step": step, "time": time.time()}, f)
         if self.rank == 0:
