@@ -8,6 +8,7 @@ must never share a group with collectives of the training loop.
 from __future__ import annotations
 
 import datetime
+import os
 from typing import Any
 
 import torch
@@ -24,6 +25,11 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if initialized() else 1
+
+
+def local_rank() -> int:
+    """This rank's index on its node (torchrun's LOCAL_RANK): 0 is the one that speaks for the pod."""
+    return int(os.environ.get("LOCAL_RANK") or 0)
 
 
 def new_gloo_group(timeout_s: float) -> Any:

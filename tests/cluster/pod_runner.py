@@ -58,8 +58,7 @@ class PodRunner:
         self._thread.join()
         for _, proc in self.procs.values():
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _kill_container(proc)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -85,8 +84,7 @@ class PodRunner:
         for uid in [u for u in self.procs if u not in alive]:
             pod, proc = self.procs.pop(uid)
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _kill_container(proc)
 
     # --- what a kubelet does --------------------------------------------------------------
 
@@ -160,8 +158,7 @@ class PodRunner:
             try:
                 proc.wait(pod.spec.termination_grace_period_seconds or 30)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _kill_container(proc)
             self.exits.append((pod.metadata.name, proc.returncode))
         self._remove(pod)
 
@@ -173,6 +170,33 @@ class PodRunner:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+
+def _kill_container(proc: subprocess.Popen) -> None:
+    """SIGKILL the process and every descendant, as a kubelet ends a container's cgroup.
+
+    Not only its process group: the supervisor starts torchrun in a session of its own.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    todo, tree = [proc.pid], []
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def _remap(value: str, mounts: dict[str, str]) -> str:

@@ -112,3 +112,20 @@ def test_a_deleted_pod_commits_its_checkpoint_and_the_job_resumes_to_success(api
         assert (resumed.get("master-0") or 0) >= 5, status["pods"]  # read from the runtime's own log
     finally:
         cancel_real(api, capsys, ns)
+
+
+def test_launch_chaos_kills_a_worker_and_reports_the_step_the_real_runtime_resumed_from(api, capsys, pod_runner):
+    ns = real_namespace(api)
+    launch_real(capsys, ns, "--steps", "120", "--step-sleep", "0.1")
+    try:
+        latest = pod_runner.root / "pvc" / ns / CLAIM / RUN_FOR_REAL / contract.LATEST_NAME
+        wait(lambda: latest.exists(), 240, f"a committed checkpoint at {latest}")
+        code, out, err = launch(capsys, "chaos", RUN_FOR_REAL, "-n", ns, "--kill-pod", "worker-0", "--wait", "240s")
+        assert code == 0, out + err
+        assert f"deleted worker-0 ({RUN_FOR_REAL}-worker-0)" in out and "grace 0" in out, out
+        assert "resumed from step " in out, out + (pod_runner.log_dir / f"{RUN_FOR_REAL}-worker-0.log").read_text()[-3000:]
+        resumed = int(out.split("resumed from step ")[1].split()[0].rstrip(";"))
+        assert resumed >= 5 and resumed % 5 == 0, out  # a periodic checkpoint (every 5 steps), read from its log
+        wait(lambda: job_succeeded(api, ns), 300, "the job to succeed after the chaos")
+    finally:
+        cancel_real(api, capsys, ns)

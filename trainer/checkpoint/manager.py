@@ -218,7 +218,7 @@ class Checkpointer:
                 self._apply(loaded)
                 self.last_committed = self.restored_step = step
                 self._last_save_time = time.monotonic()
-                if self.rank == 0:
+                if dist.local_rank() == 0:  # in every pod's log: `launch status`/`chaos` read it per pod
                     log.info("restored %s from %s; %s", contract.step_dir_name(step), self.run_uri,
                              contract.LOG_RESUMED.format(step=step))
                 self._heartbeat(step, force=True)
@@ -619,7 +619,7 @@ class Checkpointer:
         # Every node's first rank tells its own supervisor: a pod that got no signal stops
         # too (the stop is agreed by all ranks) and must exit 143 to be restarted, not 0,
         # which the operator would count as that replica having finished.
-        if int(os.environ.get("LOCAL_RANK") or 0) == 0 and self._control_dir is not None:
+        if dist.local_rank() == 0 and self._control_dir is not None:
             with open(os.path.join(self._control_dir, contract.CONTROL_PREEMPTED), "w") as f:
                 json.dump({"step": step, "time": time.time()}, f)
         if self.rank == 0:
