@@ -222,7 +222,7 @@ def _recovery_phases(uri: str, mib: int, env: dict) -> dict:
     marks = {}
     for line in proc.stdout:
         # Ranks share the pipe: another rank's output can run into this line.
-        if m := re.match(r"T (\w+) (\d+\.\d+)", line):
+        if m := re.search(r"T (\w+) (\d+\.\d+)", line):
             marks[m.group(1)] = float(m.group(2))
             if m.group(1) == "first_step":
                 break
