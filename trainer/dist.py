@@ -48,6 +48,25 @@ def all_reduce_max(values: list[int], group: Any) -> list[int]:
     return [int(v) for v in t.tolist()]
 
 
+class PendingMax:
+    """An element-wise max across ranks, started now and read later: the collective overlaps what runs between.
+
+    Every rank must start the same sequence of them on `group`, and read each before starting another
+    collective there (gloo matches collectives by order).
+    """
+
+    def __init__(self, values: list[int], group: Any) -> None:
+        self._t = torch.tensor(values, dtype=torch.int64)
+        self._work = None if group is None else dist.all_reduce(self._t, op=dist.ReduceOp.MAX, group=group,
+                                                                 async_op=True)
+
+    def result(self) -> list[int]:
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+        return [int(v) for v in self._t.tolist()]
+
+
 def all_true(ok: bool, group: Any) -> bool:
     return all_reduce_max([0 if ok else 1], group)[0] == 0
 
