@@ -293,7 +293,8 @@ class Checkpointer:
     def step_end(self, step: int) -> None:
         """Call after each optimizer step with the number of steps completed.
 
-        Saves when a cadence is due. When a stop was requested on any rank, all
+        Saves when a cadence is due. When a stop was requested on any rank (seen by
+        the agreement this call starts and the next one reads), all
         ranks save this step synchronously, commit it, and leave the process
         (exit 0 under the supervisor, which then exits 143; 143 otherwise).
         """
