@@ -156,7 +156,9 @@ class PodRunner:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(pod.spec.termination_grace_period_seconds or 30)
+                # The deletion's own grace (0 for a forced delete), as a kubelet honours it.
+                grace = pod.metadata.deletion_grace_period_seconds
+                proc.wait(grace if grace is not None else (pod.spec.termination_grace_period_seconds or 30))
             except subprocess.TimeoutExpired:
                 _kill_container(proc)
             self.exits.append((pod.metadata.name, proc.returncode))

@@ -125,7 +125,7 @@ def test_launch_chaos_kills_a_worker_and_reports_the_step_the_real_runtime_resum
         assert f"deleted worker-0 ({RUN_FOR_REAL}-worker-0)" in out and "grace 0" in out, out
         assert "resumed from step " in out, out + (pod_runner.log_dir / f"{RUN_FOR_REAL}-worker-0.log").read_text()[-3000:]
         resumed = int(out.split("resumed from step ")[1].split()[0].rstrip(";"))
-        assert resumed >= 5 and resumed % 5 == 0, out  # a periodic checkpoint (every 5 steps), read from its log
+        assert resumed >= 5, out  # a committed step (periodic, every 5, or a stop step), read from its log
         wait(lambda: job_succeeded(api, ns), 300, "the job to succeed after the chaos")
     finally:
         cancel_real(api, capsys, ns)
