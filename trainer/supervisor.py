@@ -164,17 +164,21 @@ def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list
 
 
 def stalled_ranks(progress: Mapping[int, tuple[int, float]], expected_ranks: list[int], *, now: float,
-                  started: float, timeout: float) -> dict[int, tuple[int | None, float]]:
+                  timeout: float) -> dict[int, tuple[int | None, float]]:
     """Ranks whose last step ended more than `timeout` ago: {rank: (last step or None, seconds)}.
 
     Only once some rank has reported progress: a script that does not use the
-    checkpoint API never reports, and the watchdog cannot judge it.
+    checkpoint API never reports, and the watchdog cannot judge it. A rank yet to
+    report is judged from the first report of any rank, not from the start: a
+    start slower than the timeout (imports on a busy machine) flagged the rank
+    that happened to report a moment after its peer.
     """
     if timeout <= 0 or not progress:
         return {}
+    first = min(at for _, at in progress.values())
     out = {}
     for r in expected_ranks:
-        step, at = progress.get(r, (None, started))
+        step, at = progress.get(r, (None, first))
         if now - at > timeout:
             out[r] = (step, now - at)
     return out
@@ -232,7 +236,6 @@ class Supervisor:
         nproc = cfg.nproc_per_node or int(self.env.get("PET_NPROC_PER_NODE") or 1)
         cmd = [sys.executable, "-m", "trainer._torchrun", *torchrun_args(cfg, self.env)]
         log.info("starting %d rank(s) of %s; checkpoints in %s/%s", nproc, cfg.script, cfg.checkpoint_uri, cfg.run_id)
-        started = time.time()
         # Own session: a terminal's Ctrl-C reaches only us, and we decide what the ranks see.
         self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control), start_new_session=True)
         first_rank = _node_ranks_start(self.env, nproc)
@@ -263,7 +266,7 @@ class Supervisor:
                 self._kill_group(signal.SIGKILL)
                 hard_deadline = None
             if cfg.hang_timeout > 0 and stop_sent_at is None and hang is None:
-                stalled = stalled_ranks(_read_progress(control), local_ranks, now=time.time(), started=started,
+                stalled = stalled_ranks(_read_progress(control), local_ranks, now=time.time(),
                                         timeout=cfg.hang_timeout)
                 if stalled:
                     hang = "no step progress for %.0fs on %s" % (cfg.hang_timeout, ", ".join(
