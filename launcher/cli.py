@@ -5,6 +5,8 @@
     launch train.py --local --nproc 2              # this machine, no cluster
     launch train.py --gpus 8 --dry-run -o yaml     # every object it would create
     launch status JOB | logs JOB [-f] | cancel JOB | list
+    launch schedule train.py --cron "0 3 * * *" --gpus 8   # a CronJob that submits it (see --help)
+    launch chaos train.py --local --faults 5        # prove it resumes exactly; or chaos JOB --kill-pod ...
 
 Arguments for the script go after `--`. Bad input is one line on stderr and
 exit 2, before anything is created.
