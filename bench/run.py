@@ -212,7 +212,7 @@ def _recovery_phases(uri: str, mib: int, env: dict) -> dict:
         time.sleep(0.2)
     time.sleep(0.3)
     t_kill = time.time()
-    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), run_id)][1:]:
+    for pid in _workers_of(run_id)[1:]:
         os.kill(pid, signal.SIGKILL)
     proc.wait(120)
     t_exit = time.time()
@@ -226,7 +226,7 @@ def _recovery_phases(uri: str, mib: int, env: dict) -> dict:
             marks[m.group(1)] = float(m.group(2))
             if m.group(1) == "first_step":
                 break
-    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), run_id)]:
+    for pid in _workers_of(run_id):
         os.kill(pid, signal.SIGKILL)
     proc.kill()
     proc.wait(60)
@@ -272,7 +272,7 @@ def m6_redone(bucket: str, env: dict, trials: int) -> dict:
             if sig == signal.SIGTERM:
                 proc.send_signal(sig)
             else:
-                worker = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), run_id)]
+                worker = _workers_of(run_id)
                 for pid in worker:
                     os.kill(pid, signal.SIGKILL)
             for line in proc.stdout:
@@ -284,6 +284,11 @@ def m6_redone(bucket: str, env: dict, trials: int) -> dict:
         out[sig.name] = {"trials": trials, "mean": statistics.mean(redone), "max": max(redone),
                          "target": 1 if sig == signal.SIGTERM else 10}
     return out
+
+
+def _workers_of(run_id: str) -> list[int]:
+    """PIDs of the training ranks of this run (the torchrun agent and supervisor excluded)."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), run_id)]
 
 
 def _is_worker_of(pid: int, run_id: str) -> bool:
