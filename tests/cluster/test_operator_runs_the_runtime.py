@@ -67,8 +67,8 @@ def cancel_real(api, capsys, ns: str) -> None:
     wait(gone, 120, "the cancelled job and its pods to go")
 
 
-def launch_real(capsys, ns: str, *script_args: str) -> None:
-    code, _, err = launch(capsys, EXAMPLE, "--nodes", "2", "--nproc", "1", "--cpu", "1", "--memory", "2Gi",
+def launch_real(capsys, ns: str, *script_args: str, launch_args: tuple[str, ...] = ()) -> None:
+    code, _, err = launch(capsys, EXAMPLE, *launch_args, "--nodes", "2", "--nproc", "1", "--cpu", "1", "--memory", "2Gi",
                           "-n", ns, "--name", RUN_FOR_REAL, "--pvc", f"{CLAIM}:/checkpoints",
                           "--checkpoint", "/checkpoints", "--checkpoint-every-steps", "5",
                           "--", "--hidden", "16", "--samples", "2048", *script_args)
@@ -77,9 +77,12 @@ def launch_real(capsys, ns: str, *script_args: str) -> None:
 
 def test_the_operator_runs_the_runtime_on_two_pods_to_success(api, capsys, pod_runner):
     ns = real_namespace(api)
-    launch_real(capsys, ns, "--steps", "20")
+    # cleanPodPolicy None: the job succeeds when the master does, and the default (Running) would
+    # then delete a worker still on its way out; here we want to see the worker's own exit.
+    launch_real(capsys, ns, "--steps", "20", launch_args=("--clean-pod-policy", "None"))
     try:
         wait(lambda: job_succeeded(api, ns), 300, "the job to succeed")
+        wait(lambda: len(pod_runner.exits) >= 2, 60, "both pods to exit")
         assert sorted(pod_runner.exits) == [(f"{RUN_FOR_REAL}-master-0", 0), (f"{RUN_FOR_REAL}-worker-0", 0)]
         latest = pod_runner.root / "pvc" / ns / CLAIM / RUN_FOR_REAL / contract.LATEST_NAME
         assert latest.read_text().strip().endswith("20")  # the final step, committed on the job's volume
