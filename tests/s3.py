@@ -72,6 +72,8 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.counts = {"forwarded": 0, "503": 0, "500": 0, "reset": 0}
+        #: (method, path) of every request forwarded to the upstream, in order.
+        self.forwarded: list[tuple[str, str]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -125,6 +127,8 @@ class FaultProxy:
                     self.wfile.write(data)
                 conn.close()
                 proxy._count("forwarded")
+                with proxy.lock:
+                    proxy.forwarded.append((self.command, self.path))
 
             def _error(self, status: int, code: str, message: str) -> None:
                 proxy._count(str(status))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -86,6 +85,32 @@ def test_an_s3_outage_is_loud_and_latest_stays_on_the_last_commit(s3_env, fault_
     keys = [o["Key"] for o in s3_env["client"].list_objects_v2(Bucket=s3_env["bucket"]).get("Contents", [])]
     assert not any(k.endswith(f"{contract.step_dir_name(20)}/{contract.MANIFEST_NAME}") for k in keys)
     assert Checkpointer(torch.nn.Linear(64, 64), uri=uri, run_id="exp").restore() == 10
+
+
+def test_a_node_downloads_the_replicated_state_once_for_its_ranks_and_falls_back_together(
+        tmp_path, s3_env, fault_proxy):
+    fault_proxy.rate = 0.0  # a plain proxy: it records every request that reaches the server
+    spool = tmp_path / "spool"
+    env = {**s3_env["env"], contract.ENV_SPOOL_DIR: str(spool)}
+    result = str(tmp_path / "result.json")
+    r = run(args(s3_env, result), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    newest = latest(s3_env)
+    key = f"ckpts/exp/{contract.step_dir_name(newest)}/state.pt"
+    body = bytearray(s3_env["client"].get_object(Bucket=s3_env["bucket"], Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    s3_env["client"].put_object(Bucket=s3_env["bucket"], Key=key, Body=bytes(body))
+    fault_proxy.forwarded.clear()
+
+    r = run(args(s3_env, result), env=env)  # 2 ranks on one node restore through the proxy
+    assert r.returncode == 0, r.stdout + r.stderr
+    previous = newest - 20
+    assert read_json(result)["resumed_from"] == previous  # both ranks passed over the corrupt step
+    fetched = [path.split("?")[0] for method, path in fault_proxy.forwarded
+               if method == "GET" and path.split("?")[0].endswith("/state.pt")]
+    assert sorted(fetched) == sorted(f"/{s3_env['bucket']}/ckpts/exp/{contract.step_dir_name(s)}/state.pt"
+                                     for s in (newest, previous)), fault_proxy.forwarded
+    assert not [p.name for p in spool.iterdir() if p.name.startswith("handoff-")]  # removed after loading
 
 
 def test_a_corrupt_object_in_s3_is_never_loaded(s3_env):

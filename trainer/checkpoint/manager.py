@@ -30,12 +30,13 @@ import signal
 import tempfile
 import threading
 import time
+import uuid
 from typing import Any, Mapping, Protocol
 
 import torch
 
 from trainer import contract, dist
-from trainer.checkpoint import layout, state as st
+from trainer.checkpoint import handoff, layout, state as st
 from trainer.errors import CheckpointError, StorageError, one_line
 from trainer.storage import FileInfo, Storage, file_info, join, open_storage, spool_dir
 
@@ -132,12 +133,19 @@ class _SaveJob:
     started: float
 
 
+def _load_own(path: str) -> Any:
+    # Our own, checksum-verified file: it holds RNG tuples and user state, not only tensors.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 @dataclasses.dataclass
 class _Loaded:
     step: int
     replicated: Any | None
     per_rank: Any | None
     dcp_dir: str | None
+    #: Where local rank 0 handed the replicated file to the node's other ranks (handoff.py).
+    shared: str | None = None
 
 
 class Checkpointer:
@@ -209,12 +217,15 @@ class Checkpointer:
         """
         self._heartbeat(0, force=True)
         candidates: list[int] = []
+        token = ""
         if self.rank == 0:
             latest = layout.parse_latest(self.storage.read_small(join(self.run_uri, contract.LATEST_NAME)))
             candidates = layout.restore_candidates(latest, layout.steps_in_listing(self.storage.list_names(self.run_uri)))
-        candidates = dist.broadcast_object(candidates, self._control_group)
+            token = uuid.uuid4().hex[:12]
+        candidates, token = dist.broadcast_object((candidates, token), self._control_group)
+        shared = self._handoff_prefix(token)
         for i, step in enumerate(candidates):
-            loaded, reason = self._try_load(step)
+            loaded, reason = self._try_load(step, shared=shared)
             if dist.all_true(reason is None, self._control_group):
                 assert loaded is not None
                 self._apply(loaded)
@@ -259,18 +270,22 @@ class Checkpointer:
     def _warm_start(self) -> None:
         """Load the newest committed step of the first warm-start run that has one, on every rank alike."""
         runs: list[tuple[str, list[int]]] = []
+        token = ""
         if self.rank == 0:
+            token = uuid.uuid4().hex[:12]
             for run_uri in self._warm_start_runs():
                 storage = open_storage(run_uri)
                 latest = layout.parse_latest(storage.read_small(join(run_uri, contract.LATEST_NAME)))
                 steps = layout.restore_candidates(latest, layout.steps_in_listing(storage.list_names(run_uri)))
                 if steps:
                     runs.append((run_uri, steps))
-        runs = dist.broadcast_object(runs, self._control_group)
-        for run_uri, steps in runs:
+        runs, token = dist.broadcast_object((runs, token), self._control_group)
+        for n, (run_uri, steps) in enumerate(runs):
             storage = open_storage(run_uri)
+            shared = self._handoff_prefix(f"{token}-{n}")
             for step in steps:
-                loaded, reason = self._try_load(step, run_uri=run_uri, storage=storage, per_rank=False)
+                loaded, reason = self._try_load(step, run_uri=run_uri, storage=storage, per_rank=False,
+                                                shared=shared)
                 if dist.all_true(reason is None, self._control_group):
                     assert loaded is not None
                     self._apply(loaded, warm=True)
@@ -513,26 +528,39 @@ class Checkpointer:
 
     # --- restoring ------------------------------------------------------------
 
+    def _handoff_prefix(self, token: str) -> str | None:
+        """Where this node's ranks share one download (handoff.py); None where there is nothing to share."""
+        return None if self.storage.is_local else handoff.node_prefix(token, os.environ)
+
     def _try_load(self, step: int, *, run_uri: str | None = None, storage: Storage | None = None,
-                  per_rank: bool = True) -> tuple[_Loaded | None, str | None]:
+                  per_rank: bool = True, shared: str | None = None) -> tuple[_Loaded | None, str | None]:
         """Fetch and verify this rank's files of `step`; (loaded, None) or (partial, reason).
 
         Another run's folder for a warm start: `run_uri` and its `storage`, without per-rank state.
+        `shared`: the node's handoff prefix; local rank 0 then fetches the replicated file for all.
         """
-        step_uri = join(run_uri or self.run_uri, contract.step_dir_name(step))
-        storage = storage or self.storage
-        loaded = _Loaded(step=step, replicated=None, per_rank=None, dcp_dir=None)
+        loaded = _Loaded(step=step, replicated=None, per_rank=None, dcp_dir=None,
+                         shared=f"{shared}{contract.step_dir_name(step)}-{REPLICATED_FILE}" if shared else None)
+        reason = self._load_into(loaded, join(run_uri or self.run_uri, contract.step_dir_name(step)),
+                                 storage or self.storage, per_rank)
+        if reason is not None and loaded.shared is not None and dist.local_rank() == 0:
+            handoff.publish_failure(loaded.shared, reason)  # the node's other ranks may be waiting for it
+        return loaded, reason
+
+    def _load_into(self, loaded: _Loaded, step_uri: str, storage: Storage, per_rank: bool) -> str | None:
+        """_try_load's work: fill `loaded`; None, or why this rank cannot use the step."""
+        step = loaded.step
         try:
             raw = storage.read_small(join(step_uri, contract.MANIFEST_NAME))
             if raw is None:
-                return loaded, "no manifest.json (the save never committed)"
+                return "no manifest.json (the save never committed)"
             try:
                 manifest = layout.manifest_from_bytes(raw, expect_step=step)
             except (ValueError, KeyError, TypeError) as e:
-                return loaded, f"manifest.json is invalid: {e}"
+                return f"manifest.json is invalid: {e}"
             if REPLICATED_FILE in manifest.files:
-                loaded.replicated = self._fetch_verified(step_uri, REPLICATED_FILE, manifest.files[REPLICATED_FILE],
-                                                         storage=storage)
+                loaded.replicated = self._fetch_replicated(step_uri, manifest.files[REPLICATED_FILE], storage,
+                                                           loaded.shared)
             mine = rank_file(self.rank)
             if not per_rank:
                 pass  # a warm start takes no RNG streams or data position from another run
@@ -543,23 +571,37 @@ class Checkpointer:
                             "this rank start fresh", self.rank, contract.step_dir_name(step),
                             manifest.world_size, self.world_size)
             else:
-                return loaded, f"manifest.json lists no {mine}"
+                return f"manifest.json lists no {mine}"
             if manifest.kind == "sharded":
                 loaded.dcp_dir = tempfile.mkdtemp(dir=spool_dir(), prefix=f"dcp-load-r{self.rank}-")
                 for name, info in manifest.files.items():
                     if name.startswith(SHARDED_DIR + "/"):
                         self._fetch_verified(step_uri, name, info, storage=storage,
                                              copy_to=os.path.join(loaded.dcp_dir, name.split("/", 1)[1]))
-            return loaded, None
+            return None
         except _Corrupt as e:
-            return loaded, str(e)
+            return str(e)
+        except handoff.HandoffFailed as e:
+            return f"local rank 0 could not fetch {REPLICATED_FILE}: {e}"
         except FileNotFoundError as e:
-            return loaded, f"{e} is missing"
+            return f"{e} is missing"
         except Exception as e:
-            return loaded, f"{type(e).__name__}: {e}"
+            return f"{type(e).__name__}: {e}"
+
+    def _fetch_replicated(self, step_uri: str, expected: FileInfo, storage: Storage, shared: str | None) -> Any:
+        """The replicated state: fetched by this rank, or through the node's handoff at `shared`."""
+        if shared is None:
+            return self._fetch_verified(step_uri, REPLICATED_FILE, expected, storage=storage)
+        if dist.local_rank() != 0:
+            return _load_own(handoff.wait_for(shared, COORD_TIMEOUT_S))
+        self._fetch_verified(step_uri, REPLICATED_FILE, expected, storage=storage,
+                             publish=lambda local: handoff.publish(local, shared))
+        return _load_own(shared)
 
     def _fetch_verified(self, step_uri: str, name: str, expected: FileInfo, copy_to: str | None = None,
-                        storage: Storage | None = None) -> Any:
+                        storage: Storage | None = None, publish: Any = None) -> Any:
+        """Fetch `name`, check it against the manifest; then copy it to `copy_to`, hand it to
+        `publish(local_path)`, or (neither given) return it loaded."""
         with (storage or self.storage).fetch(join(step_uri, name)) as local:
             got = file_info(local)
             if got.size != expected.size:
@@ -569,8 +611,10 @@ class Checkpointer:
             if copy_to is not None:
                 shutil.copyfile(local, copy_to)
                 return None
-            # Our own, checksum-verified file: it holds RNG tuples and user state, not only tensors.
-            return torch.load(local, map_location="cpu", weights_only=False)
+            if publish is not None:
+                publish(local)
+                return None
+            return _load_own(local)
 
     def _apply(self, loaded: _Loaded, *, warm: bool = False) -> None:
         """Load `loaded` into the live objects.
@@ -613,8 +657,14 @@ class Checkpointer:
 
     @staticmethod
     def _discard(loaded: _Loaded | None) -> None:
-        if loaded is not None and loaded.dcp_dir is not None:
+        """Remove what loading `loaded` left on local disk. Called after the ranks' all_true,
+        so every local rank is done reading the handoff file."""
+        if loaded is None:
+            return
+        if loaded.dcp_dir is not None:
             shutil.rmtree(loaded.dcp_dir, ignore_errors=True)
+        if loaded.shared is not None and dist.local_rank() == 0:
+            handoff.remove(loaded.shared)
 
     # --- stopping, signals, heartbeat -----------------------------------------
 
