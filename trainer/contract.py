@@ -38,6 +38,9 @@ ENV_WORKDIR = "KUBETRAIN_WORKDIR"
 #: Set by the supervisor for its workers. Given to the supervisor itself (by `launch chaos`),
 #: it uses that folder rather than a temp one, so a caller can watch the ranks' progress.
 ENV_CONTROL_DIR = "KUBETRAIN_CONTROL_DIR"
+#: Set by the supervisor for its workers: the folder where it prefetches the newest
+#: checkpoint's replicated state while they start (trainer/checkpoint/prefetch.py).
+ENV_PREFETCH_DIR = "KUBETRAIN_PREFETCH_DIR"
 #: Fault injection for `launch chaos`: a folder whose files make the runtime misbehave on
 #: purpose (FAULT_* below). Unset in production; read only when set.
 ENV_FAULTS_DIR = "KUBETRAIN_FAULTS_DIR"

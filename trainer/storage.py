@@ -531,11 +531,16 @@ class _Pipe:
         return out
 
 
+def is_local_uri(uri: str) -> bool:
+    """A folder on this machine (a path or file://), read in place rather than downloaded."""
+    return "://" not in uri or uri.startswith("file://")
+
+
 def open_storage(uri: str) -> Storage:
     """The storage backend for a checkpoint URI; UsageError names a bad one."""
     if not uri or not isinstance(uri, str):
         raise UsageError("checkpoint URI is empty; pass --checkpoint URI (a folder, file://, s3://, gs://, ...)")
-    if "://" not in uri or uri.startswith("file://"):
+    if is_local_uri(uri):
         return LocalStorage(os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri))
     scheme = uri.split("://", 1)[0]
     if scheme in ("s3", "s3a"):

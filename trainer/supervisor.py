@@ -80,9 +80,13 @@ def torchrun_args(cfg: RunConfig, env: Mapping[str, str]) -> list[str]:
     return args + ["-m", "trainer.worker", cfg.script, *cfg.script_args]
 
 
-def worker_env(cfg: RunConfig, base: Mapping[str, str], control_dir: str) -> dict[str, str]:
+def worker_env(cfg: RunConfig, base: Mapping[str, str], control_dir: str,
+               prefetch_dir: str | None = None) -> dict[str, str]:
     """The environment of torchrun and its workers: ours on top of the pod's."""
     env = dict(base)
+    env.pop(contract.ENV_PREFETCH_DIR, None)  # only ever this supervisor's own
+    if prefetch_dir:
+        env[contract.ENV_PREFETCH_DIR] = prefetch_dir
     env.update({
         contract.ENV_CHECKPOINT_URI: cfg.checkpoint_uri,
         contract.ENV_RUN_ID: cfg.run_id,
@@ -212,6 +216,10 @@ class Supervisor:
         control = given or tempfile.mkdtemp(prefix="kubetrain-control-")
         os.makedirs(control, exist_ok=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # Light (no torch): the download overlaps the ranks' start; see checkpoint/prefetch.py.
+        from trainer.checkpoint.prefetch import Prefetch
+
+        prefetch = Prefetch(self.cfg.checkpoint_uri, self.cfg.run_id)
         poller = None
         if self.cfg.preemption_url:
             from trainer.preemption import NoticePoller
@@ -219,11 +227,12 @@ class Supervisor:
             poller = NoticePoller(self.cfg.preemption_url, self.cfg.preemption_poll_seconds, self.request_stop)
             poller.start()
         try:
-            outcome = self._supervise(control)
+            outcome = self._supervise(control, prefetch.start())
         finally:
             if poller is not None:
                 poller.stop()
             self._kill_group(signal.SIGKILL)
+            prefetch.close()
             for s, h in previous.items():
                 signal.signal(s, h)
             if not given:
@@ -231,13 +240,13 @@ class Supervisor:
         self._report(outcome)
         return int(outcome.code)
 
-    def _supervise(self, control: str) -> Outcome:
+    def _supervise(self, control: str, prefetch_dir: str | None) -> Outcome:
         cfg = self.cfg
         nproc = cfg.nproc_per_node or int(self.env.get("PET_NPROC_PER_NODE") or 1)
         cmd = [sys.executable, "-m", "trainer._torchrun", *torchrun_args(cfg, self.env)]
         log.info("starting %d rank(s) of %s; checkpoints in %s/%s", nproc, cfg.script, cfg.checkpoint_uri, cfg.run_id)
         # Own session: a terminal's Ctrl-C reaches only us, and we decide what the ranks see.
-        self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control), start_new_session=True)
+        self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control, prefetch_dir), start_new_session=True)
         first_rank = _node_ranks_start(self.env, nproc)
         local_ranks = list(range(first_rank, first_rank + nproc))
         stop_sent_at: float | None = None

@@ -106,11 +106,34 @@ def test_a_node_downloads_the_replicated_state_once_for_its_ranks_and_falls_back
     assert r.returncode == 0, r.stdout + r.stderr
     previous = newest - 20
     assert read_json(result)["resumed_from"] == previous  # both ranks passed over the corrupt step
-    fetched = [path.split("?")[0] for method, path in fault_proxy.forwarded
-               if method == "GET" and path.split("?")[0].endswith("/state.pt")]
-    assert sorted(fetched) == sorted(f"/{s3_env['bucket']}/ckpts/exp/{contract.step_dir_name(s)}/state.pt"
-                                     for s in (newest, previous)), fault_proxy.forwarded
-    assert not [p.name for p in spool.iterdir() if p.name.startswith("handoff-")]  # removed after loading
+    assert "prefetch of the newest checkpoint failed" in r.stderr and "does not match its manifest" in r.stderr
+    # The supervisor's prefetch of the corrupt step, then local rank 0's own try (for both ranks),
+    # then the step before it, once: 2 ranks each fetching for themselves would be 5 downloads.
+    assert sorted(state_gets(fault_proxy, s3_env)) == sorted([newest, newest, previous]), fault_proxy.forwarded
+    assert [p.name for p in spool.iterdir()] == []  # handoff and prefetch files removed
+
+
+def test_the_supervisor_prefetches_the_newest_state_while_the_ranks_start(tmp_path, s3_env, fault_proxy):
+    fault_proxy.rate = 0.0
+    env = {**s3_env["env"], contract.ENV_SPOOL_DIR: str(tmp_path / "spool")}
+    result = str(tmp_path / "result.json")
+    r = run(args(s3_env, result), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    fault_proxy.forwarded.clear()
+    r = run(args(s3_env, result), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert read_json(result)["resumed_from"] == STEPS
+    assert f"prefetched {contract.step_dir_name(STEPS)}/state.pt" in r.stderr, r.stderr
+    assert state_gets(fault_proxy, s3_env) == [STEPS]  # the supervisor's download served both ranks
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def state_gets(proxy, s3_env) -> list[int]:
+    """The steps whose state.pt was downloaded through `proxy`, once per GET."""
+    prefix = f"/{s3_env['bucket']}/ckpts/exp/"
+    paths = [p.split("?")[0] for method, p in proxy.forwarded if method == "GET"]
+    return [contract.parse_step_dir_name(p[len(prefix):].split("/")[0]) for p in paths
+            if p.startswith(prefix) and p.endswith("/state.pt")]
 
 
 def test_a_corrupt_object_in_s3_is_never_loaded(s3_env):

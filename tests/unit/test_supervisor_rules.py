@@ -1,7 +1,5 @@
 """Pure rules of the supervisor: torchrun arguments, exit-code classification, the watchdog."""
 
-import signal
-
 import pytest
 
 from trainer.supervisor import RunConfig, classify, stalled_ranks, torchrun_args, torchrun_shutdown_timeout
@@ -90,3 +88,12 @@ def test_stalled_ranks(progress, expected):
 
 def test_the_watchdog_is_off_at_timeout_zero():
     assert stalled_ranks({0: (1, 0.0)}, [0], now=1e9, timeout=0) == {}
+
+
+def test_the_workers_look_for_a_prefetch_only_where_this_supervisor_made_one():
+    from trainer import contract
+    from trainer.supervisor import worker_env
+
+    inherited = {contract.ENV_PREFETCH_DIR: "/tmp/someone-elses"}
+    assert contract.ENV_PREFETCH_DIR not in worker_env(CFG, inherited, "/tmp/control")
+    assert worker_env(CFG, inherited, "/tmp/control", "/spool/p")[contract.ENV_PREFETCH_DIR] == "/spool/p"

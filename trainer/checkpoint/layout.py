@@ -18,6 +18,11 @@ from typing import Mapping
 from trainer import contract
 from trainer.storage import FileInfo
 
+#: A replicated checkpoint's state on rank 0 (model, optimizer, scheduler, extra), one torch.save file.
+REPLICATED_FILE = "state.pt"
+#: A sharded checkpoint's torch.distributed.checkpoint files, under this folder of the step.
+SHARDED_DIR = "dcp"
+
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:

@@ -36,14 +36,12 @@ from typing import Any, Mapping, Protocol
 import torch
 
 from trainer import contract, dist
-from trainer.checkpoint import handoff, layout, state as st
+from trainer.checkpoint import handoff, layout, prefetch, state as st
 from trainer.errors import CheckpointError, StorageError, one_line
 from trainer.storage import FileInfo, Storage, file_info, join, open_storage, spool_dir
 
 log = logging.getLogger("kubetrain.checkpoint")
 
-REPLICATED_FILE = "state.pt"
-SHARDED_DIR = "dcp"
 #: Seconds a checkpoint collective may wait for a slow rank before it fails.
 COORD_TIMEOUT_S = 1800.0
 #: Rate limit of the watchdog heartbeat file: it only needs second resolution.
@@ -437,8 +435,8 @@ class Checkpointer:
             _injected_outage()
             files: dict[str, FileInfo] = {}
             if job.replicated is not None:
-                files[REPLICATED_FILE] = self.storage.write_file(
-                    join(step_uri, REPLICATED_FILE), lambda f: torch.save(job.replicated, f))
+                files[layout.REPLICATED_FILE] = self.storage.write_file(
+                    join(step_uri, layout.REPLICATED_FILE), lambda f: torch.save(job.replicated, f))
             files[rank_file(self.rank)] = self.storage.write_file(
                 join(step_uri, rank_file(self.rank)), lambda f: torch.save(job.per_rank, f))
             if job.sharded is not None:
@@ -477,7 +475,7 @@ class Checkpointer:
         try:
             _injected_slow_commit()
             manifest = layout.Manifest(step=step, world_size=self.world_size,
-                                       kind="sharded" if any(k.startswith(SHARDED_DIR + "/") for k in files)
+                                       kind="sharded" if any(k.startswith(layout.SHARDED_DIR + "/") for k in files)
                                        else "replicated", files=files, created=time.time())
             self.storage.write_small(join(step_uri, contract.MANIFEST_NAME), layout.manifest_to_bytes(manifest))
             self.storage.write_small(join(self.run_uri, contract.LATEST_NAME), f"{step}\n".encode())
@@ -521,7 +519,8 @@ class Checkpointer:
                     with open(src, "rb") as r:
                         shutil.copyfileobj(r, f, 8 << 20)
 
-                out[f"{SHARDED_DIR}/{name}"] = self.storage.write_file(join(step_uri, SHARDED_DIR, name), copy)
+                out[f"{layout.SHARDED_DIR}/{name}"] = self.storage.write_file(
+                    join(step_uri, layout.SHARDED_DIR, name), copy)
             return out
         finally:
             shutil.rmtree(local, ignore_errors=True)
@@ -540,7 +539,7 @@ class Checkpointer:
         `shared`: the node's handoff prefix; local rank 0 then fetches the replicated file for all.
         """
         loaded = _Loaded(step=step, replicated=None, per_rank=None, dcp_dir=None,
-                         shared=f"{shared}{contract.step_dir_name(step)}-{REPLICATED_FILE}" if shared else None)
+                         shared=f"{shared}{contract.step_dir_name(step)}-{layout.REPLICATED_FILE}" if shared else None)
         reason = self._load_into(loaded, join(run_uri or self.run_uri, contract.step_dir_name(step)),
                                  storage or self.storage, per_rank)
         if reason is not None and loaded.shared is not None and dist.local_rank() == 0:
@@ -558,8 +557,8 @@ class Checkpointer:
                 manifest = layout.manifest_from_bytes(raw, expect_step=step)
             except (ValueError, KeyError, TypeError) as e:
                 return f"manifest.json is invalid: {e}"
-            if REPLICATED_FILE in manifest.files:
-                loaded.replicated = self._fetch_replicated(step_uri, manifest.files[REPLICATED_FILE], storage,
+            if layout.REPLICATED_FILE in manifest.files:
+                loaded.replicated = self._fetch_replicated(step_uri, manifest.files[layout.REPLICATED_FILE], storage,
                                                            loaded.shared)
             mine = rank_file(self.rank)
             if not per_rank:
@@ -575,26 +574,30 @@ class Checkpointer:
             if manifest.kind == "sharded":
                 loaded.dcp_dir = tempfile.mkdtemp(dir=spool_dir(), prefix=f"dcp-load-r{self.rank}-")
                 for name, info in manifest.files.items():
-                    if name.startswith(SHARDED_DIR + "/"):
+                    if name.startswith(layout.SHARDED_DIR + "/"):
                         self._fetch_verified(step_uri, name, info, storage=storage,
                                              copy_to=os.path.join(loaded.dcp_dir, name.split("/", 1)[1]))
             return None
         except _Corrupt as e:
             return str(e)
         except handoff.HandoffFailed as e:
-            return f"local rank 0 could not fetch {REPLICATED_FILE}: {e}"
+            return f"local rank 0 could not fetch {layout.REPLICATED_FILE}: {e}"
         except FileNotFoundError as e:
             return f"{e} is missing"
         except Exception as e:
             return f"{type(e).__name__}: {e}"
 
     def _fetch_replicated(self, step_uri: str, expected: FileInfo, storage: Storage, shared: str | None) -> Any:
-        """The replicated state: fetched by this rank, or through the node's handoff at `shared`."""
+        """The replicated state: the supervisor's prefetched copy, fetched by this rank, or through the
+        node's handoff at `shared`."""
+        ready = prefetch.prefetched(expected.sha256, os.environ, COORD_TIMEOUT_S)
+        if ready is not None:
+            return _load_own(ready)
         if shared is None:
-            return self._fetch_verified(step_uri, REPLICATED_FILE, expected, storage=storage)
+            return self._fetch_verified(step_uri, layout.REPLICATED_FILE, expected, storage=storage)
         if dist.local_rank() != 0:
             return _load_own(handoff.wait_for(shared, COORD_TIMEOUT_S))
-        self._fetch_verified(step_uri, REPLICATED_FILE, expected, storage=storage,
+        self._fetch_verified(step_uri, layout.REPLICATED_FILE, expected, storage=storage,
                              publish=lambda local: handoff.publish(local, shared))
         return _load_own(shared)
 
