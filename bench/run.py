@@ -94,23 +94,33 @@ def m3_upload(mib: int, tmp: str, bucket: str, reps: int) -> dict:
     for i in range(reps):  # interleaved, so drift on a shared machine hits both alike
         ckpt.wait()  # the previous save's prune runs beside training; it is not part of this commit
         ours_t.append(timed(lambda: ckpt.save(i + 1, blocking=True)))
-        raw_t.append(timed(lambda: s3.upload_file(path, bucket, f"raw/{uuid.uuid4().hex}")))
+        raw_t.append(timed(lambda: s3.upload_file(path, bucket, "raw/m3")))  # one key: moto keeps every object
     ours, raw = statistics.median(ours_t), statistics.median(raw_t)
 
     import s3fs
 
     fs = s3fs.S3FileSystem()
-    s3fs_put = best(lambda: fs.put_file(path, f"{bucket}/s3fs/{uuid.uuid4().hex}"), reps)
+    s3fs_put = best(lambda: fs.put_file(path, f"{bucket}/s3fs/m3"), reps)
 
     from torch.distributed.checkpoint import FsspecWriter, save
 
     sd = model.state_dict()
-    dcp = best(lambda: save(sd, storage_writer=FsspecWriter(f"s3://{bucket}/dcp/{uuid.uuid4().hex}")), reps)
+    dcp = best(lambda: save(sd, storage_writer=FsspecWriter(f"s3://{bucket}/dcp/m3")), reps)
+    for prefix in ("raw/", "s3fs/", "dcp/"):
+        delete_prefix(bucket, prefix)
     mbps = lambda s: nbytes / MiB / s  # noqa: E731
     return {"bytes": nbytes, "ours_s": ours, "boto3_upload_file_s": raw, "s3fs_put_file_s": s3fs_put,
             "dcp_fsspecwriter_s": dcp, "ours_MiBps": mbps(ours), "boto3_MiBps": mbps(raw),
             "s3fs_MiBps": mbps(s3fs_put), "dcp_MiBps": mbps(dcp), "ratio_vs_boto3": raw / ours,
             "ratio_vs_dcp": dcp / ours, "targets": {"vs_boto3": 0.9, "vs_dcp": 1.5}}
+
+
+def delete_prefix(bucket: str, prefix: str) -> None:
+    s3 = boto3.client("s3")
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
 
 
 def m4_sigterm(mib: int, bucket: str, trials: int, grace: float, boto3_MiBps: float, env: dict) -> dict:
@@ -129,10 +139,14 @@ def m4_sigterm(mib: int, bucket: str, trials: int, grace: float, boto3_MiBps: fl
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(grace + 10)
         elapsed = time.perf_counter() - t0
-        latest = boto3.client("s3").get_object(Bucket=bucket, Key=f"m4/{run_id}/{contract.LATEST_NAME}")
-        committed = rc == contract.ExitCode.PREEMPTED and int(latest["Body"].read()) > 0
-        ok += committed
+        s3 = boto3.client("s3")
+        try:
+            latest = int(s3.get_object(Bucket=bucket, Key=f"m4/{run_id}/{contract.LATEST_NAME}")["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            latest = 0
+        ok += rc == contract.ExitCode.PREEMPTED and latest > 0
         times.append(elapsed)
+        delete_prefix(bucket, f"m4/{run_id}/")  # moto holds objects in memory: 20 trials at 1 GiB would not fit
     nbytes = mib * MiB
     budget = 1.2 * nbytes / MiB / boto3_MiBps + 1.0
     return {"trials": trials, "success_rate": ok / trials, "median_s": statistics.median(times), "max_s": max(times),

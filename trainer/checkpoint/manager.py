@@ -198,7 +198,7 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         #: Allocates the snapshot buffers once training runs (see _preallocate); joined before a snapshot.
         self._allocator: threading.Thread | None = None
-        #: The stop/save agreement started at the last step_end, read at the next (see step_end).
+        #: The stop/save agreement started at the last agreeing step_end, read at the next (see step_end).
         self._agreement: dist.PendingMax | None = None
         #: step_end calls so far, and the call at which the next agreement starts: the same on every
         #: rank, as every rank makes the same calls and reads the same agreed strides.
