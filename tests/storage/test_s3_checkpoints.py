@@ -128,6 +128,21 @@ def test_the_supervisor_prefetches_the_newest_state_while_the_ranks_start(tmp_pa
     assert list((tmp_path / "spool").iterdir()) == []
 
 
+def test_a_warm_start_from_s3_downloads_the_other_runs_state_once_per_node(tmp_path, s3_env, fault_proxy):
+    fault_proxy.rate = 0.0
+    env = {**s3_env["env"], contract.ENV_SPOOL_DIR: str(tmp_path / "spool")}
+    r = run(args(s3_env, str(tmp_path / "first.json")), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    fault_proxy.forwarded.clear()
+    source = f"s3://{s3_env['bucket']}/ckpts/exp"
+    warm = [a if a != "exp" else "exp-next" for a in args(s3_env, str(tmp_path / "next.json"))]
+    r = run(["--warm-start-from", source, *warm], env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert contract.LOG_WARM_START.format(uri=source, step=STEPS) in r.stdout + r.stderr
+    assert state_gets(fault_proxy, s3_env) == [STEPS]  # local rank 0's download, handed to rank 1
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
 def state_gets(proxy, s3_env) -> list[int]:
     """The steps whose state.pt was downloaded through `proxy`, once per GET."""
     prefix = f"/{s3_env['bucket']}/ckpts/exp/"

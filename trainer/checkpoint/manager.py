@@ -241,7 +241,7 @@ class Checkpointer:
             candidates = layout.restore_candidates(latest, layout.steps_in_listing(self.storage.list_names(self.run_uri)))
             token = uuid.uuid4().hex[:12]
         candidates, token = dist.broadcast_object((candidates, token), self._control_group)
-        shared = self._handoff_prefix(token)
+        shared = self._handoff_prefix(token, self.storage)
         for i, step in enumerate(candidates):
             loaded, reason = self._try_load(step, shared=shared)
             if dist.all_true(reason is None, self._control_group):
@@ -300,7 +300,7 @@ class Checkpointer:
         runs, token = dist.broadcast_object((runs, token), self._control_group)
         for n, (run_uri, steps) in enumerate(runs):
             storage = open_storage(run_uri)
-            shared = self._handoff_prefix(f"{token}-{n}")
+            shared = self._handoff_prefix(f"{token}-{n}", storage)
             for step in steps:
                 loaded, reason = self._try_load(step, run_uri=run_uri, storage=storage, per_rank=False,
                                                 shared=shared)
@@ -559,9 +559,10 @@ class Checkpointer:
 
     # --- restoring ------------------------------------------------------------
 
-    def _handoff_prefix(self, token: str) -> str | None:
+    @staticmethod
+    def _handoff_prefix(token: str, storage: Storage) -> str | None:
         """Where this node's ranks share one download (handoff.py); None where there is nothing to share."""
-        return None if self.storage.is_local else handoff.node_prefix(token, os.environ)
+        return None if storage.is_local else handoff.node_prefix(token, os.environ)
 
     def _try_load(self, step: int, *, run_uri: str | None = None, storage: Storage | None = None,
                   per_rank: bool = True, shared: str | None = None) -> tuple[_Loaded | None, str | None]:
