@@ -246,7 +246,8 @@ class Supervisor:
         cmd = [sys.executable, "-m", "trainer._torchrun", *torchrun_args(cfg, self.env)]
         log.info("starting %d rank(s) of %s; checkpoints in %s/%s", nproc, cfg.script, cfg.checkpoint_uri, cfg.run_id)
         # Own session: a terminal's Ctrl-C reaches only us, and we decide what the ranks see.
-        self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control, prefetch_dir), start_new_session=True)
+        self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control, prefetch_dir),
+                                      start_new_session=True)
         first_rank = _node_ranks_start(self.env, nproc)
         local_ranks = list(range(first_rank, first_rank + nproc))
         stop_sent_at: float | None = None

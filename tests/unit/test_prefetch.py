@@ -38,3 +38,15 @@ def test_a_failed_or_stuck_prefetch_leaves_the_rank_to_fetch_for_itself(tmp_path
     assert prefetch.prefetched(SHA, env, 10) is None  # failed: the marker went, no file came
     (tmp_path / prefetch.PENDING).touch()
     assert prefetch.prefetched(SHA, env, 0.05) is None  # still pending after the rank's patience
+
+
+def test_a_spool_that_cannot_be_written_means_no_prefetch_not_a_crash(tmp_path, monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv(contract.ENV_SPOOL_DIR, str(blocked / "spool"))
+    assert prefetch.Prefetch("s3://bucket/ckpts", "run").start() is None
+
+
+def test_a_local_checkpoint_folder_is_never_prefetched(tmp_path):
+    assert prefetch.Prefetch(str(tmp_path), "run").start() is None
+    assert prefetch.Prefetch(f"file://{tmp_path}", "run").start() is None

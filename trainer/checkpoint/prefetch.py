@@ -51,8 +51,14 @@ class Prefetch:
         """Begin the download in the background; the folder the ranks should look in (ENV_PREFETCH_DIR)."""
         if is_local_uri(self.uri):
             return None  # a local folder: restore reads it in place, nothing to fetch ahead
-        self.dir = tempfile.mkdtemp(prefix="kubetrain-prefetch-", dir=spool_dir())
-        open(os.path.join(self.dir, PENDING), "w").close()
+        try:
+            self.dir = tempfile.mkdtemp(prefix="kubetrain-prefetch-", dir=spool_dir())
+            open(os.path.join(self.dir, PENDING), "w").close()
+        except OSError as e:  # restore will meet the same spool and say so; the run need not die here
+            log.warning("no prefetch of the newest checkpoint: %s", one_line(str(e)))
+            self.close()
+            self.dir = None
+            return None
         self._thread = threading.Thread(target=self._run, name="kubetrain-prefetch", daemon=True)
         self._thread.start()
         return self.dir
