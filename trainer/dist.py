@@ -41,11 +41,7 @@ def new_gloo_group(timeout_s: float) -> Any:
 
 def all_reduce_max(values: list[int], group: Any) -> list[int]:
     """Element-wise max across ranks (one collective)."""
-    if group is None:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-    return [int(v) for v in t.tolist()]
+    return PendingMax(values, group).result()
 
 
 class PendingMax:

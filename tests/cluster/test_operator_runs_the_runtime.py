@@ -67,6 +67,11 @@ def cancel_real(api, capsys, ns: str) -> None:
     wait(gone, 120, "the cancelled job and its pods to go")
 
 
+def latest_file(pod_runner, ns: str):
+    """The job's `latest` on its PVC, as the runner mounts it (a local folder)."""
+    return pod_runner.root / "pvc" / ns / CLAIM / RUN_FOR_REAL / contract.LATEST_NAME
+
+
 def launch_real(capsys, ns: str, *script_args: str, launch_args: tuple[str, ...] = ()) -> None:
     code, _, err = launch(capsys, EXAMPLE, *launch_args, "--nodes", "2", "--nproc", "1", "--cpu", "1", "--memory", "2Gi",
                           "-n", ns, "--name", RUN_FOR_REAL, "--pvc", f"{CLAIM}:/checkpoints",
@@ -84,7 +89,7 @@ def test_the_operator_runs_the_runtime_on_two_pods_to_success(api, capsys, pod_r
         wait(lambda: job_succeeded(api, ns), 300, "the job to succeed")
         wait(lambda: len(pod_runner.exits) >= 2, 60, "both pods to exit")
         assert sorted(pod_runner.exits) == [(f"{RUN_FOR_REAL}-master-0", 0), (f"{RUN_FOR_REAL}-worker-0", 0)]
-        latest = pod_runner.root / "pvc" / ns / CLAIM / RUN_FOR_REAL / contract.LATEST_NAME
+        latest = latest_file(pod_runner, ns)
         assert latest.read_text().strip().endswith("20")  # the final step, committed on the job's volume
         code, out, _ = launch(capsys, "logs", RUN_FOR_REAL, "-n", ns)
         assert code == 0 and "[master-0] [kubetrain] finished; exit 0" in out, out
@@ -96,7 +101,7 @@ def test_a_deleted_pod_commits_its_checkpoint_and_the_job_resumes_to_success(api
     ns = real_namespace(api)
     launch_real(capsys, ns, "--steps", "80", "--step-sleep", "0.1")
     try:
-        latest = pod_runner.root / "pvc" / ns / CLAIM / RUN_FOR_REAL / contract.LATEST_NAME
+        latest = latest_file(pod_runner, ns)
         wait(lambda: latest.exists(), 240, f"a committed checkpoint at {latest}")
         master_selector = (f"{contract.OPERATOR_JOB_NAME_LABEL}={RUN_FOR_REAL},"
                            f"{contract.OPERATOR_REPLICA_TYPE_LABEL}=master")
@@ -121,7 +126,7 @@ def test_launch_chaos_kills_a_worker_and_reports_the_step_the_real_runtime_resum
     ns = real_namespace(api)
     launch_real(capsys, ns, "--steps", "120", "--step-sleep", "0.1")
     try:
-        latest = pod_runner.root / "pvc" / ns / CLAIM / RUN_FOR_REAL / contract.LATEST_NAME
+        latest = latest_file(pod_runner, ns)
         wait(lambda: latest.exists(), 240, f"a committed checkpoint at {latest}")
         code, out, err = launch(capsys, "chaos", RUN_FOR_REAL, "-n", ns, "--kill-pod", "worker-0", "--wait", "240s")
         assert code == 0, out + err

@@ -36,7 +36,6 @@ from trainer.storage import file_info, is_local_uri, join, open_storage, spool_d
 log = logging.getLogger("kubetrain.prefetch")
 
 PENDING = ".pending"
-POLL_S = 0.01
 
 
 class Prefetch:
@@ -45,7 +44,6 @@ class Prefetch:
     def __init__(self, uri: str, run_id: str) -> None:
         self.uri, self.run_id = uri, run_id
         self.dir: str | None = None
-        self._thread: threading.Thread | None = None
 
     def start(self) -> str | None:
         """Begin the download in the background; the folder the ranks should look in (ENV_PREFETCH_DIR)."""
@@ -59,8 +57,8 @@ class Prefetch:
             self.close()
             self.dir = None
             return None
-        self._thread = threading.Thread(target=self._run, name="kubetrain-prefetch", daemon=True)
-        self._thread.start()
+        # Never joined: see close().
+        threading.Thread(target=self._run, name="kubetrain-prefetch", daemon=True).start()
         return self.dir
 
     def close(self) -> None:
@@ -119,5 +117,5 @@ def prefetched(sha256: str, env: Mapping[str, str], timeout_s: float) -> str | N
     path, pending = os.path.join(folder, sha256), os.path.join(folder, PENDING)
     deadline = time.monotonic() + timeout_s
     while os.path.exists(pending) and not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(POLL_S)
+        time.sleep(handoff.POLL_S)
     return path if os.path.exists(path) else None
