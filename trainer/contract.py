@@ -30,6 +30,9 @@ ENV_HANG_TIMEOUT = "KUBETRAIN_HANG_TIMEOUT"
 ENV_PREEMPTION_URL = "KUBETRAIN_PREEMPTION_URL"
 ENV_PREEMPTION_POLL_SECONDS = "KUBETRAIN_PREEMPTION_POLL_SECONDS"
 ENV_SPOOL_DIR = "KUBETRAIN_SPOOL_DIR"
+#: Seconds restore keeps retrying a checkpoint it could not read because of a storage error
+#: (not a verified corrupt one) before the run exits INFRA with `latest` untouched.
+ENV_STORAGE_TIMEOUT = "KUBETRAIN_STORAGE_TIMEOUT"
 #: A code bundle (tar.gz; a path or fsspec URI) to unpack and run from, and its sha256.
 ENV_CODE_URI = "KUBETRAIN_CODE_URI"
 ENV_CODE_SHA256 = "KUBETRAIN_CODE_SHA256"
@@ -94,6 +97,9 @@ DEFAULT_CHECKPOINT_KEEP = 3
 DEFAULT_HANG_TIMEOUT = 0.0  # seconds without step progress; 0 disables the watchdog
 DEFAULT_PREEMPTION_POLL_SECONDS = 5.0
 DEFAULT_CHECKPOINT_DIR = "checkpoints"  # local runs, relative to the working dir
+#: Long enough to ride out an object store's brownout or a throttling burst; short enough that a
+#: real outage gives the pod back to the operator (exit INFRA, retried) instead of holding GPUs.
+DEFAULT_STORAGE_TIMEOUT = 300.0
 
 #: Seconds of the grace period kept back for the supervisor itself: after the
 #: workers' deadline it still needs to signal torchrun and exit.
@@ -162,6 +168,40 @@ def describe_exit_code(code: int) -> str:
         except ValueError:
             return f"killed by signal {code - 128}"
     return "failed (permanent)" if code < 128 else "failed (retryable)"
+
+
+# --- checkpoint URIs: the one rule for what is local and what the runtime can open ---
+
+#: URI schemes the runtime opens (trainer/storage.py: boto3 for s3/s3a, fsspec for the rest;
+#: gs/gcs and az/abfs need gcsfs and adlfs beside fsspec). `launch` rejects any other scheme
+#: before it creates anything: the pod would only fail with exit 2 once it was scheduled.
+CHECKPOINT_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
+#: Schemes whose URI names no bucket or host: the path is all there is.
+_SCHEMES_WITHOUT_HOST = frozenset({"file", "memory"})
+_SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]*$")
+
+
+def is_local_uri(uri: str) -> bool:
+    """A folder on this machine (a path or file://), read in place rather than downloaded."""
+    return "://" not in uri or uri.startswith("file://")
+
+
+def checkpoint_uri_problem(uri: str, schemes: frozenset[str] | set[str] = CHECKPOINT_SCHEMES) -> str | None:
+    """Why `uri` cannot be a checkpoint root, in one line; None when it can.
+
+    `schemes`: the protocols the caller can open (the runtime passes what is installed).
+    """
+    if not uri:
+        return "checkpoint URI is empty; pass --checkpoint URI (a folder, file://, s3://BUCKET/PREFIX, gs://...)"
+    if is_local_uri(uri):
+        return None
+    scheme, rest = uri.split("://", 1)
+    if not _SCHEME_RE.match(scheme) or scheme not in schemes:
+        known = ", ".join(f"{s}://" for s in sorted(CHECKPOINT_SCHEMES))  # the usual ones, not all of fsspec
+        return f"checkpoint URI {uri!r}: unknown scheme {scheme!r}; use a folder or one of {known}"
+    if scheme not in _SCHEMES_WITHOUT_HOST and not rest.split("/", 1)[0]:
+        return f"checkpoint URI {uri!r} names no bucket; use {scheme}://BUCKET/PREFIX"
+    return None
 
 
 # --- checkpoint layout: <uri>/<run-id>/step-000001200/..., <uri>/<run-id>/latest ---

@@ -15,6 +15,11 @@ class StorageError(KubetrainError):
     """The object store failed after retries."""
 
 
+class StorageConfigError(UsageError):
+    """The object store refused us for a reason no retry changes (no such bucket, a wrong key or
+    secret, no permission): exit 2, permanent, with the fix in the message."""
+
+
 class CheckpointError(KubetrainError):
     """A checkpoint could not be saved, committed or restored."""
 

@@ -27,10 +27,11 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import BinaryIO, Callable, Iterator, TypeVar
+import re
+from typing import BinaryIO, Callable, Iterator, Literal, TypeVar
 
 from trainer import contract
-from trainer.errors import StorageError, UsageError
+from trainer.errors import StorageConfigError, StorageError, UsageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,6 +84,57 @@ def file_info(local_path: str) -> FileInfo:
     return FileInfo(size=size, sha256=h.hexdigest())
 
 
+# --- what an object store's error means (pure) -------------------------------------------
+
+ErrorKind = Literal["missing", "permanent", "transient"]
+
+#: S3 error codes that no retry fixes, and what to do about each. A typo in a bucket name or a
+#: wrong secret restarted a job forever under an operator that does not enforce backoffLimit.
+S3_PERMANENT_ERRORS: dict[str, str] = {
+    "NoSuchBucket": "the bucket does not exist: create it, or fix the bucket name in --checkpoint",
+    "InvalidBucketName": "the bucket name is invalid: fix it in --checkpoint",
+    "InvalidAccessKeyId": "the access key is unknown to the object store: fix AWS_ACCESS_KEY_ID "
+                          "(or the credentials Secret the pod reads)",
+    "SignatureDoesNotMatch": "the secret key is wrong for this access key: fix AWS_SECRET_ACCESS_KEY "
+                             "(or the credentials Secret the pod reads)",
+    "AccessDenied": "these credentials may not use the bucket: grant s3:GetObject, s3:PutObject, "
+                    "s3:ListBucket and s3:DeleteObject on it",
+    "AllAccessDisabled": "all access to the bucket is disabled: use another bucket",
+    "AccountProblem": "the account behind these credentials cannot use S3: fix the account",
+    # A HEAD request has no body, so a refusal arrives as a bare status.
+    "403": "these credentials are refused (HTTP 403): check the key, the secret and the bucket policy",
+}
+_S3_MISSING = ("404", "NoSuchKey", "NotFound")
+_BOTO_MESSAGE_CODE = re.compile(r"An error occurred \((\w+)\)")
+
+
+def s3_error_code(exc: BaseException) -> str | None:
+    """The S3 error code an exception carries: botocore's ClientError has it in its response;
+    boto3's transfer manager re-raises it as S3UploadFailedError with only the message left."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    m = _BOTO_MESSAGE_CODE.search(str(exc))
+    return m.group(1) if m else None
+
+
+def s3_error_kind(code: str | None) -> ErrorKind:
+    """missing (the object is not there: a fact), permanent (configuration: exit 2), or transient
+    (throttling, 5xx, timeouts, resets and anything unknown: retry)."""
+    if code in _S3_MISSING:
+        return "missing"
+    if code in S3_PERMANENT_ERRORS:
+        return "permanent"
+    return "transient"
+
+
+def permanent_s3_message(code: str, bucket: str) -> str:
+    """One line for the log and the exit: what the store said, about which bucket, and the fix."""
+    return f"checkpoint bucket s3://{bucket}: {code}: {S3_PERMANENT_ERRORS[code]}"
+
+
 def retry_call(fn: Callable[[], T], *, what: str, attempts: int = RETRY_ATTEMPTS,
                retry_on: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)) -> T:
     """Call fn, retrying transient I/O errors with exponential backoff and jitter."""
@@ -90,8 +142,8 @@ def retry_call(fn: Callable[[], T], *, what: str, attempts: int = RETRY_ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except FileNotFoundError:
-            raise
+        except (FileNotFoundError, StorageConfigError):
+            raise  # a fact about the object, or a configuration error: a retry changes neither
         except retry_on as e:
             if attempt == attempts:
                 raise StorageError(f"{what} failed after {attempts} attempts: {e}") from e
@@ -343,7 +395,16 @@ class S3Storage(Storage):
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
         # botocore already retried each request; this repeats a whole transfer a few times.
-        return retry_call(fn, what=what, retry_on=self._transient, attempts=3)
+        def classified() -> T:
+            try:
+                return fn()
+            except Exception as e:
+                code = s3_error_code(e)
+                if code is not None and s3_error_kind(code) == "permanent":
+                    raise StorageConfigError(permanent_s3_message(code, self.bucket)) from e
+                raise
+
+        return retry_call(classified, what=what, retry_on=self._transient, attempts=3)
 
     def write_file(self, path, write):
         # Serialization streams straight into the multipart upload: no spool
@@ -451,7 +512,7 @@ class S3Storage(Storage):
 
 def _missing(error) -> bool:
     """Whether a botocore ClientError says the object does not exist."""
-    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey")
+    return s3_error_kind(s3_error_code(error)) == "missing"
 
 
 class _Pipe:
@@ -531,27 +592,26 @@ class _Pipe:
         return out
 
 
-def is_local_uri(uri: str) -> bool:
-    """A folder on this machine (a path or file://), read in place rather than downloaded."""
-    return "://" not in uri or uri.startswith("file://")
+is_local_uri = contract.is_local_uri  # the one rule, shared with the launcher
 
 
 def open_storage(uri: str) -> Storage:
     """The storage backend for a checkpoint URI; UsageError names a bad one."""
-    if not uri or not isinstance(uri, str):
-        raise UsageError("checkpoint URI is empty; pass --checkpoint URI (a folder, file://, s3://, gs://, ...)")
-    if is_local_uri(uri):
+    if not isinstance(uri, str):
+        uri = ""
+    if is_local_uri(uri) and uri:
         return LocalStorage(os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri))
+    import fsspec
+
+    # The launcher's rule, widened to whatever fsspec protocol this environment has installed.
+    problem = contract.checkpoint_uri_problem(uri, contract.CHECKPOINT_SCHEMES | set(fsspec.available_protocols()))
+    if problem:
+        raise UsageError(problem)
     scheme = uri.split("://", 1)[0]
     if scheme in ("s3", "s3a"):
         if scheme == "s3a":
             uri = "s3" + uri[3:]
         return S3Storage(uri)
-    import fsspec
-
-    if scheme not in fsspec.available_protocols():
-        raise UsageError(f"checkpoint URI {uri!r}: unknown scheme {scheme!r}; use a folder, file://, s3://, gs:// "
-                         "or another fsspec protocol")
     try:
         return FsspecStorage(uri)
     except ImportError as e:
