@@ -16,18 +16,53 @@ import sys
 from trainer import contract
 
 
+class _Refused(Exception):
+    """torchrun's argument parser rejected what the supervisor passed."""
+
+
+def _write_result(result: dict) -> None:
+    with open(os.path.join(os.environ[contract.ENV_CONTROL_DIR], contract.CONTROL_RESULT), "w") as f:
+        json.dump(result, f)
+
+
+def _torch_version() -> str:
+    """The installed torch's version, read without importing it (the import may be what failed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def main(argv: list[str]) -> int:
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
+    # A torch that lacks torchrun's API or rejects our arguments cannot start on any retry: the
+    # supervisor exits permanent (2) for these, not infra (201), which restarted such a job forever.
+    try:
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.run import get_args_parser, run
+    except Exception as e:  # ImportError, or torch itself failing to import
+        _write_result({"failures": [], "incompatible_torch": f"torch {_torch_version()}: {type(e).__name__}: {e}"})
+        return int(contract.ExitCode.USAGE)
+    parser = get_args_parser()
+
+    def refuse(message: str) -> None:
+        raise _Refused(message)
+
+    parser.error = refuse  # argparse would print usage and exit 2, leaving the supervisor no reason
+    try:
+        args = parser.parse_args(argv)
+    except _Refused as e:
+        _write_result({"failures": [], "usage_error": f"{e} (torch {_torch_version()})"})
+        return int(contract.ExitCode.USAGE)
 
     # torchrun logs every failure at ERROR with its own summary; the supervisor prints ours.
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     logging.getLogger("torch.distributed.elastic.agent.server.api").setLevel(logging.ERROR)
-    control = os.environ[contract.ENV_CONTROL_DIR]
     result: dict = {"failures": []}
     code = 0
     try:
-        run(get_args_parser().parse_args(argv))
+        run(args)
     except ChildFailedError as e:
         for global_rank, f in sorted(e.failures.items()):
             result["failures"].append({"rank": global_rank, "exitcode": f.exitcode, "time": f.timestamp,
@@ -36,8 +71,7 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # rendezvous and agent failures: infrastructure
         result["agent_error"] = f"{type(e).__name__}: {e}"
         code = int(contract.ExitCode.INFRA)
-    with open(os.path.join(control, contract.CONTROL_RESULT), "w") as f:
-        json.dump(result, f)
+    _write_result(result)
     return code
 
 

@@ -40,6 +40,9 @@ _FLAGS: list[tuple[str, str, Callable, object, str]] = [
      "also save when this many seconds passed since the last save (0: off)"),
     ("--keep", contract.ENV_CHECKPOINT_KEEP, int, contract.DEFAULT_CHECKPOINT_KEEP,
      "committed checkpoints to keep"),
+    ("--storage-timeout", contract.ENV_STORAGE_TIMEOUT, float, contract.DEFAULT_STORAGE_TIMEOUT,
+     "how long restore keeps reading a checkpoint that storage errors keep it from reading (it is not known to be "
+     f"bad, so no fallback to an older step) before exiting {int(ExitCode.INFRA)} with `latest` untouched"),
     ("--grace-seconds", contract.ENV_GRACE_SECONDS, float, contract.DEFAULT_GRACE_SECONDS,
      "from SIGTERM to the kubelet's SIGKILL; the launcher sets the pod's terminationGracePeriodSeconds from it"),
     ("--hang-timeout", contract.ENV_HANG_TIMEOUT, float, contract.DEFAULT_HANG_TIMEOUT,
@@ -59,7 +62,7 @@ _FLAGS: list[tuple[str, str, Callable, object, str]] = [
 
 EPILOG = f"""exit codes: 0 finished; 1 the script raised (not retried); 2 bad flags;
 {int(ExitCode.PREEMPTED)} preempted, checkpoint committed; 128+N killed by signal N (137: SIGKILL/OOM);
-{int(ExitCode.HANG)} hang detected by the watchdog; {int(ExitCode.INFRA)} rendezvous or transport failure.
+{int(ExitCode.HANG)} hang detected by the watchdog; {int(ExitCode.INFRA)} rendezvous, transport or storage failure.
 Codes >= 128 are retried by the Kubeflow training operator's restartPolicy ExitCode."""
 
 
@@ -98,6 +101,8 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
         if getattr(args, name) < (1 if name == "keep" else 0):
             raise UsageError(f"--{name.replace('_', '-')} must be >= {1 if name == 'keep' else 0}, "
                              f"got {getattr(args, name)}")
+    if not args.storage_timeout > 0:
+        raise UsageError(f"--storage-timeout must be > 0 seconds, got {args.storage_timeout}")
     for name in ("checkpoint_every_seconds", "hang_timeout"):
         if not getattr(args, name) >= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -136,7 +141,8 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
         raise UsageError(f"script {args.script!r} does not exist or is not a file")
     return RunConfig(script=args.script, script_args=tuple(args.script_args), nproc_per_node=args.nproc_per_node,
                      checkpoint_uri=uri, run_id=run_id, every_steps=args.checkpoint_every_steps,
-                     every_seconds=args.checkpoint_every_seconds, keep=args.keep, grace_seconds=args.grace_seconds,
+                     every_seconds=args.checkpoint_every_seconds, keep=args.keep,
+                     storage_timeout=args.storage_timeout, grace_seconds=args.grace_seconds,
                      hang_timeout=args.hang_timeout, preemption_url=args.preemption_url,
                      preemption_poll_seconds=args.preemption_poll_seconds,
                      warm_start_from=args.warm_start_from or None, warm_start_optimizer=args.warm_start_optimizer)

@@ -46,6 +46,7 @@ class RunConfig:
     every_steps: int = contract.DEFAULT_CHECKPOINT_EVERY_STEPS
     every_seconds: float = 0.0
     keep: int = contract.DEFAULT_CHECKPOINT_KEEP
+    storage_timeout: float = contract.DEFAULT_STORAGE_TIMEOUT
     grace_seconds: float = contract.DEFAULT_GRACE_SECONDS
     hang_timeout: float = contract.DEFAULT_HANG_TIMEOUT
     preemption_url: str | None = None
@@ -93,6 +94,7 @@ def worker_env(cfg: RunConfig, base: Mapping[str, str], control_dir: str,
         contract.ENV_CHECKPOINT_EVERY_STEPS: str(cfg.every_steps),
         contract.ENV_CHECKPOINT_EVERY_SECONDS: str(cfg.every_seconds),
         contract.ENV_CHECKPOINT_KEEP: str(cfg.keep),
+        contract.ENV_STORAGE_TIMEOUT: str(cfg.storage_timeout),
         contract.ENV_GRACE_SECONDS: str(cfg.grace_seconds),
         contract.ENV_CONTROL_DIR: control_dir,
         "PYTHONUNBUFFERED": "1",
@@ -113,6 +115,9 @@ class Outcome:
     code: int
     summary: str
     root_cause: str | None = None  # a traceback, printed once
+    #: What the exit code means this time, where the contract's general words would be untrue
+    #: (143 without a committed checkpoint); None: contract.describe_exit_code.
+    meaning: str | None = None
 
 
 def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list[Mapping[str, Any]],
@@ -123,9 +128,16 @@ def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list
     if preempted is not None:
         return Outcome(ExitCode.PREEMPTED, f"preempted ({stop_reason or 'ranks on another node were stopping'}); "
                        f"checkpoint step {preempted.get('step')} committed")
+    if result and result.get("usage_error"):  # before any worker started: a retry fails the same way
+        return Outcome(ExitCode.USAGE, f"torchrun refused its arguments: {result['usage_error']}")
+    if result and result.get("incompatible_torch"):
+        return Outcome(ExitCode.USAGE, f"this torch cannot run torchrun: {result['incompatible_torch']}")
     if torchrun_rc == 0:
         return Outcome(ExitCode.OK, "finished")
     failures = list((result or {}).get("failures", []))
+    config = sorted((e for e in errors if e.get("config_error")), key=lambda e: e.get("time", 0))
+    if config:  # the object store refused the bucket or credentials: permanent, whoever died after it
+        return Outcome(ExitCode.USAGE, config[0]["message"])
     user = sorted((e for e in errors if not e.get("comm_error") and not e.get("infra_error")),
                   key=lambda e: e.get("time", 0))
     infra = sorted((e for e in errors if e.get("infra_error")), key=lambda e: e.get("time", 0))
@@ -136,7 +148,8 @@ def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list
         return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
     if stop_reason is not None:
         return Outcome(ExitCode.PREEMPTED, f"stopped ({stop_reason}) before a checkpoint committed; the next run "
-                       "resumes from the last committed one")
+                       "resumes from the last committed one",
+                       meaning=f"stopped ({stop_reason}), no checkpoint committed by this run")
     if user:
         e = user[0]
         return Outcome(ExitCode.USER_ERROR, f"rank {e['rank']} raised {e['type']}: {e['message']}", e.get("traceback"))
@@ -312,7 +325,8 @@ class Supervisor:
             sys.stderr.write("kubetrain: root cause (first failure; other ranks' errors follow from it):\n")
             sys.stderr.write(outcome.root_cause if outcome.root_cause.endswith("\n") else outcome.root_cause + "\n")
         level = logging.INFO if outcome.code == 0 else logging.ERROR
-        log.log(level, "%s; exit %d (%s)", outcome.summary, outcome.code, contract.describe_exit_code(outcome.code)
+        log.log(level, "%s; exit %d (%s)", outcome.summary, outcome.code,
+                (outcome.meaning or contract.describe_exit_code(outcome.code))
                 + ("; retryable" if contract.is_retryable(outcome.code) else "" if outcome.code == 0 else "; permanent"))
 
 

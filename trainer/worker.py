@@ -27,6 +27,8 @@ COMM_ERROR_HINTS = ("Connection closed by peer", "Connection reset by peer", "Br
 
 #: Raised by our checkpoint and storage layers: the object store, not the user's code.
 INFRA_ERROR_TYPES = ("CheckpointError", "StorageError")
+#: The object store refused the configuration (bucket, credentials): permanent, no retry helps.
+CONFIG_ERROR_TYPES = ("StorageConfigError",)
 
 
 def is_comm_error(exc: BaseException) -> bool:
@@ -55,7 +57,8 @@ def main(argv: list[str]) -> int:
         control = os.environ.get(contract.ENV_CONTROL_DIR)
         record = {"rank": int(rank), "type": type(e).__name__, "message": str(e), "time": time.time(),
                   "traceback": traceback.format_exc(), "comm_error": is_comm_error(e),
-                  "infra_error": type(e).__name__ in INFRA_ERROR_TYPES}
+                  "infra_error": type(e).__name__ in INFRA_ERROR_TYPES,
+                  "config_error": type(e).__name__ in CONFIG_ERROR_TYPES}
         if control:
             path = os.path.join(control, f"{contract.CONTROL_ERROR_PREFIX}{rank}.json")
             with open(path, "w") as f:

@@ -22,6 +22,7 @@ for a synchronous save. Under the supervisor that exits 201: retryable.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import torch
 
 from trainer import contract, dist
 from trainer.checkpoint import handoff, layout, prefetch, state as st
-from trainer.errors import CheckpointError, StorageError, one_line
+from trainer.errors import CheckpointError, StorageConfigError, StorageError, one_line
 from trainer.storage import FileInfo, Storage, file_info, join, open_storage, spool_dir
 
 log = logging.getLogger("kubetrain.checkpoint")
@@ -100,6 +101,8 @@ class CheckpointConfig:
     every_seconds: float = 0.0
     keep: int = contract.DEFAULT_CHECKPOINT_KEEP
     max_failures: int = 3
+    #: Seconds restore retries a step it could not read for a storage error before giving up (exit INFRA).
+    storage_timeout: float = contract.DEFAULT_STORAGE_TIMEOUT
     #: When the run has no checkpoint yet: a run folder URI, or WARM_START_LATEST (see restore()).
     warm_start_from: str | None = None
     warm_start_optimizer: bool = False
@@ -111,6 +114,8 @@ class CheckpointConfig:
             raise CheckpointError(f"every_seconds must be >= 0 (0 disables), got {self.every_seconds}")
         if self.keep < 1:
             raise CheckpointError(f"keep must be >= 1, got {self.keep}")
+        if not self.storage_timeout > 0:
+            raise CheckpointError(f"storage_timeout must be > 0 seconds, got {self.storage_timeout}")
         if not self.run_id or "/" in self.run_id:
             raise CheckpointError(f"run id must be a non-empty name without '/', got {self.run_id!r}")
 
@@ -129,6 +134,8 @@ class CheckpointConfig:
                              contract.DEFAULT_CHECKPOINT_EVERY_STEPS),
             every_seconds=pick("every_seconds", contract.ENV_CHECKPOINT_EVERY_SECONDS, float, 0.0),
             keep=pick("keep", contract.ENV_CHECKPOINT_KEEP, int, contract.DEFAULT_CHECKPOINT_KEEP),
+            storage_timeout=pick("storage_timeout", contract.ENV_STORAGE_TIMEOUT, float,
+                                 contract.DEFAULT_STORAGE_TIMEOUT),
             warm_start_from=pick("warm_start_from", contract.ENV_WARM_START_FROM, str, None),
             warm_start_optimizer=pick("warm_start_optimizer", contract.ENV_WARM_START_OPTIMIZER,
                                       lambda v: v == "1", False),
@@ -168,9 +175,11 @@ class Checkpointer:
                  per_rank: Mapping[str, Stateful] | None = None, uri: str | None = None,
                  run_id: str | None = None, every_steps: int | None = None, every_seconds: float | None = None,
                  keep: int | None = None, async_upload: bool = True, max_failures: int | None = None,
-                 warm_start_from: str | None = None, warm_start_optimizer: bool | None = None) -> None:
+                 warm_start_from: str | None = None, warm_start_optimizer: bool | None = None,
+                 storage_timeout: float | None = None) -> None:
         self.config = CheckpointConfig.from_env(os.environ, uri=uri, run_id=run_id, every_steps=every_steps,
                                                 every_seconds=every_seconds, keep=keep, max_failures=max_failures,
+                                                storage_timeout=storage_timeout,
                                                 warm_start_from=warm_start_from,
                                                 warm_start_optimizer=warm_start_optimizer)
         if int(os.environ.get("WORLD_SIZE") or 1) > 1 and not dist.initialized():
@@ -229,43 +238,131 @@ class Checkpointer:
     def restore(self) -> int:
         """Load the newest checkpoint that verifies on every rank; return its step (0 if none).
 
+        Restore never goes backwards on a storage error: a step is passed over for an older
+        one only when it is verified unusable (no manifest, a size or sha256 mismatch, a
+        missing file). One that cannot be read is read again with backoff for
+        `storage_timeout` seconds; then the run raises StorageError (exit INFRA, retried
+        later) with `latest` untouched. See `_restore_first`.
+
         A run with no usable checkpoint of its own and a `warm_start_from` loads that
         run's newest committed model weights (and optimizer only if asked) and returns 0:
         a new run on new data, not a resume, so its scheduler, RNG and data position start fresh.
         """
         self._heartbeat(0, force=True)
-        candidates: list[int] = []
-        token = ""
-        if self.rank == 0:
-            latest = layout.parse_latest(self.storage.read_small(join(self.run_uri, contract.LATEST_NAME)))
-            candidates = layout.restore_candidates(latest, layout.steps_in_listing(self.storage.list_names(self.run_uri)))
-            token = uuid.uuid4().hex[:12]
-        candidates, token = dist.broadcast_object((candidates, token), self._control_group)
-        shared = self._handoff_prefix(token, self.storage)
-        for i, step in enumerate(candidates):
-            loaded, reason = self._try_load(step, shared=shared)
-            if dist.all_true(reason is None, self._control_group):
-                assert loaded is not None
-                self._apply(loaded)
-                self.last_committed = self.restored_step = step
-                self._last_save_time = time.monotonic()
-                if dist.local_rank() == 0:  # in every pod's log: `launch status`/`chaos` read it per pod
-                    log.info("restored %s from %s; %s", contract.step_dir_name(step), self.run_uri,
-                             contract.LOG_RESUMED.format(step=step))
-                self._heartbeat(step, force=True)
-                return step
-            self._discard(loaded)
-            nxt = candidates[i + 1] if i + 1 < len(candidates) else None
-            if reason is not None:
-                log.warning("rank %d: checkpoint %s is not usable: %s; falling back to %s", self.rank,
-                            contract.step_dir_name(step), reason,
-                            contract.step_dir_name(nxt) if nxt is not None else "a fresh start")
+        wait = _StorageWait(self.config.storage_timeout)
+        token = dist.broadcast_object(uuid.uuid4().hex[:12] if self.rank == 0 else "", self._control_group)
+        candidates = self._agreed_listing(lambda: self._candidates(self.run_uri, self.storage), wait,
+                                          f"the checkpoints listed in {self.run_uri}")
+        found = self._restore_first(self.run_uri, self.storage, candidates, wait, per_rank=True,
+                                    shared=self._handoff_prefix(token, self.storage))
+        if found is not None:
+            self._apply(found)
+            self.last_committed = self.restored_step = found.step
+            self._last_save_time = time.monotonic()
+            if dist.local_rank() == 0:  # in every pod's log: `launch status`/`chaos` read it per pod
+                log.info("restored %s from %s; %s", contract.step_dir_name(found.step), self.run_uri,
+                         contract.LOG_RESUMED.format(step=found.step))
+            self._heartbeat(found.step, force=True)
+            return found.step
         if self.config.warm_start_from:
-            self._warm_start()
+            self._warm_start(wait, token)
             return 0
         if self.rank == 0:
             log.info("no usable checkpoint under %s; starting from step 0", self.run_uri)
         return 0
+
+    @staticmethod
+    def _candidates(run_uri: str, storage: Storage) -> list[int]:
+        """Rank 0: the committed-looking steps of a run folder, newest first (`latest` first of all)."""
+        latest = layout.parse_latest(storage.read_small(join(run_uri, contract.LATEST_NAME)))
+        return layout.restore_candidates(latest, layout.steps_in_listing(storage.list_names(run_uri)))
+
+    def _agreed_listing(self, list_fn: Any, wait: "_StorageWait", what: str) -> Any:
+        """`list_fn()` on rank 0, the same answer on every rank; retried like a step's read.
+
+        Rank 0 alone decides whether to retry or give up and broadcasts it, so the ranks
+        cannot disagree about the deadline.
+        """
+        while True:
+            answer: tuple = ("ok", None)
+            if self.rank == 0:
+                try:
+                    answer = ("ok", list_fn())
+                except StorageConfigError as e:
+                    answer = ("permanent", str(e))
+                except (StorageError, OSError) as e:  # nothing learned about the checkpoints: ask again
+                    wait.start()
+                    answer = ("transient", f"{type(e).__name__}: {one_line(str(e))}", wait.expired(),
+                              wait.next_delay())
+            answer = dist.broadcast_object(answer, self._control_group)
+            if answer[0] == "ok":
+                wait.reset()
+                return answer[1]
+            if answer[0] == "permanent":
+                raise StorageConfigError(answer[1])
+            _, reason, expired, delay = answer
+            if expired:
+                raise StorageError(wait.give_up_message(what, reason))
+            if self.rank == 0:
+                log.warning("%s", wait.retry_message(what, reason, delay))
+            time.sleep(delay)
+
+    def _restore_first(self, run_uri: str, storage: Storage, steps: list[int], wait: "_StorageWait", *,
+                       per_rank: bool, shared: str | None) -> "_Loaded | None":
+        """The one restore policy (own checkpoints and warm starts): the first of `steps` that every
+        rank loads and verifies, loaded; None when every one is verified unusable.
+
+        Per step the ranks agree on the worst verdict (_Verdict): a verified-unusable step is
+        skipped for the next; a storage error on any rank reads the same step again after a
+        backoff, until `wait` expires (StorageError, exit INFRA); a configuration error stops
+        at once (StorageConfigError, exit 2).
+        """
+        i = attempt = 0
+        while i < len(steps):
+            step = steps[i]
+            # A fresh handoff name per attempt: the failure marker of the last one stays until _discard.
+            loaded, failure = self._try_load(step, run_uri=run_uri, storage=storage, per_rank=per_rank,
+                                             shared=f"{shared}a{attempt}-" if shared else None)
+            mine = failure[0] if failure is not None else _Verdict.OK
+            agreed, expired = dist.all_reduce_max([int(mine), int(wait.expired())], self._control_group)
+            agreed = _Verdict(agreed)
+            if agreed is _Verdict.OK:
+                wait.reset()
+                return loaded
+            self._discard(loaded)
+            if failure is not None:
+                log.warning("rank %d: checkpoint %s/%s: %s (%s)", self.rank, run_uri, contract.step_dir_name(step),
+                            failure[1], failure[0].describe())
+            reason = self._reason_of(agreed, mine, failure[1] if failure is not None else "")
+            if agreed is _Verdict.PERMANENT:
+                raise StorageConfigError(reason)
+            if agreed is _Verdict.UNUSABLE:
+                wait.reset()
+                i, attempt = i + 1, 0
+                if self.rank == 0:
+                    nxt = steps[i] if i < len(steps) else None
+                    log.warning("checkpoint %s is verified unusable (%s); falling back to %s",
+                                contract.step_dir_name(step), reason,
+                                contract.step_dir_name(nxt) if nxt is not None else "no checkpoint of this run")
+                continue
+            what = f"checkpoint {contract.step_dir_name(step)} of {run_uri}"
+            if expired:
+                raise StorageError(wait.give_up_message(what, reason))
+            wait.start()
+            delay = wait.next_delay()
+            if self.rank == 0:
+                log.warning("%s", wait.retry_message(what, reason, delay))
+            time.sleep(delay)
+            attempt += 1
+        return None
+
+    def _reason_of(self, agreed: "_Verdict", mine: "_Verdict", reason: str) -> str:
+        """The reason of the lowest rank whose verdict is `agreed`, on every rank (two collectives,
+        only on a failure): each rank logs its own, but a StorageError or the exit names one."""
+        n = self.world_size
+        top = dist.all_reduce_max([n - self.rank if mine is agreed else 0], self._control_group)[0]
+        return dist.broadcast_object(f"rank {self.rank}: {reason}" if mine is agreed else "", self._control_group,
+                                     src=n - top) if top else reason
 
     def _warm_start_runs(self) -> list[str]:
         """Rank 0: run folders to warm-start from, best first."""
@@ -285,37 +382,29 @@ class Checkpointer:
         # Newest first: a previous run that never committed a step is passed over for the one before it.
         return [join(self.storage.uri, f"{mine[0]}-{m}") for m in sorted(set(earlier), reverse=True)]
 
-    def _warm_start(self) -> None:
+    def _warm_start(self, wait: "_StorageWait", token: str) -> None:
         """Load the newest committed step of the first warm-start run that has one, on every rank alike."""
-        runs: list[tuple[str, list[int]]] = []
-        token = ""
-        if self.rank == 0:
-            token = uuid.uuid4().hex[:12]
+
+        def runs_with_steps() -> list[tuple[str, list[int]]]:
+            found = []
             for run_uri in self._warm_start_runs():
-                storage = open_storage(run_uri)
-                latest = layout.parse_latest(storage.read_small(join(run_uri, contract.LATEST_NAME)))
-                steps = layout.restore_candidates(latest, layout.steps_in_listing(storage.list_names(run_uri)))
+                steps = self._candidates(run_uri, open_storage(run_uri))
                 if steps:
-                    runs.append((run_uri, steps))
-        runs, token = dist.broadcast_object((runs, token), self._control_group)
+                    found.append((run_uri, steps))
+            return found
+
+        runs = self._agreed_listing(runs_with_steps, wait, f"the runs to warm-start from ({self.config.warm_start_from})")
         for n, (run_uri, steps) in enumerate(runs):
             storage = open_storage(run_uri)
-            shared = self._handoff_prefix(f"{token}-{n}", storage)
-            for step in steps:
-                loaded, reason = self._try_load(step, run_uri=run_uri, storage=storage, per_rank=False,
-                                                shared=shared)
-                if dist.all_true(reason is None, self._control_group):
-                    assert loaded is not None
-                    self._apply(loaded, warm=True)
-                    if self.rank == 0:
-                        log.info("%s (%s); starting from step 0", contract.LOG_WARM_START.format(uri=run_uri, step=step),
-                                 "weights and optimizer" if self.config.warm_start_optimizer else
-                                 "weights only, a fresh optimizer")
-                    return
-                self._discard(loaded)
-                if reason is not None:
-                    log.warning("rank %d: warm-start checkpoint %s/%s is not usable: %s", self.rank, run_uri,
-                                contract.step_dir_name(step), reason)
+            loaded = self._restore_first(run_uri, storage, steps, wait, per_rank=False,
+                                         shared=self._handoff_prefix(f"{token}-{n}", storage))
+            if loaded is not None:
+                self._apply(loaded, warm=True)
+                if self.rank == 0:
+                    log.info("%s (%s); starting from step 0", contract.LOG_WARM_START.format(uri=run_uri, step=loaded.step),
+                             "weights and optimizer" if self.config.warm_start_optimizer else
+                             "weights only, a fresh optimizer")
+                return
         if self.config.warm_start_from != contract.WARM_START_LATEST:
             # Asked for a particular run: starting from scratch instead would not be what was asked.
             raise CheckpointError(f"warm start: no usable committed checkpoint under {self.config.warm_start_from}")
@@ -565,31 +654,35 @@ class Checkpointer:
         return None if storage.is_local else handoff.node_prefix(token, os.environ)
 
     def _try_load(self, step: int, *, run_uri: str | None = None, storage: Storage | None = None,
-                  per_rank: bool = True, shared: str | None = None) -> tuple[_Loaded | None, str | None]:
-        """Fetch and verify this rank's files of `step`; (loaded, None) or (partial, reason).
+                  per_rank: bool = True, shared: str | None = None
+                  ) -> tuple[_Loaded, "tuple[_Verdict, str] | None"]:
+        """Fetch and verify this rank's files of `step`; (loaded, None) or (partial, (verdict, reason)).
 
         Another run's folder for a warm start: `run_uri` and its `storage`, without per-rank state.
         `shared`: the node's handoff prefix; local rank 0 then fetches the replicated file for all.
         """
         loaded = _Loaded(step=step, replicated=None, per_rank=None, dcp_dir=None,
                          shared=f"{shared}{contract.step_dir_name(step)}-{layout.REPLICATED_FILE}" if shared else None)
-        reason = self._load_into(loaded, join(run_uri or self.run_uri, contract.step_dir_name(step)),
-                                 storage or self.storage, per_rank)
-        if reason is not None and loaded.shared is not None and dist.local_rank() == 0:
-            handoff.publish_failure(loaded.shared, reason)  # the node's other ranks may be waiting for it
-        return loaded, reason
+        failure = self._load_into(loaded, join(run_uri or self.run_uri, contract.step_dir_name(step)),
+                                  storage or self.storage, per_rank)
+        if failure is not None and loaded.shared is not None and dist.local_rank() == 0:
+            # The node's other ranks may be waiting for it; they must judge the step as this rank did.
+            handoff.publish_failure(loaded.shared, f"{failure[0].name}\n{failure[1]}")
+        return loaded, failure
 
-    def _load_into(self, loaded: _Loaded, step_uri: str, storage: Storage, per_rank: bool) -> str | None:
-        """_try_load's work: fill `loaded`; None, or why this rank cannot use the step."""
+    def _load_into(self, loaded: _Loaded, step_uri: str, storage: Storage, per_rank: bool
+                   ) -> "tuple[_Verdict, str] | None":
+        """_try_load's work: fill `loaded`; None, or what this rank found wrong and why."""
         step = loaded.step
+        unusable = _Verdict.UNUSABLE
         try:
             raw = storage.read_small(join(step_uri, contract.MANIFEST_NAME))
             if raw is None:
-                return "no manifest.json (the save never committed)"
+                return unusable, "no manifest.json (the save never committed)"
             try:
                 manifest = layout.manifest_from_bytes(raw, expect_step=step)
             except (ValueError, KeyError, TypeError) as e:
-                return f"manifest.json is invalid: {e}"
+                return unusable, f"manifest.json is invalid: {e}"
             if layout.REPLICATED_FILE in manifest.files:
                 loaded.replicated = self._fetch_replicated(step_uri, manifest.files[layout.REPLICATED_FILE], storage,
                                                            loaded.shared)
@@ -603,7 +696,7 @@ class Checkpointer:
                             "this rank start fresh", self.rank, contract.step_dir_name(step),
                             manifest.world_size, self.world_size)
             else:
-                return f"manifest.json lists no {mine}"
+                return unusable, f"manifest.json lists no {mine}"
             if manifest.kind == "sharded":
                 loaded.dcp_dir = tempfile.mkdtemp(dir=spool_dir(), prefix=f"dcp-load-r{self.rank}-")
                 for name, info in manifest.files.items():
@@ -612,13 +705,16 @@ class Checkpointer:
                                              copy_to=os.path.join(loaded.dcp_dir, name.split("/", 1)[1]))
             return None
         except _Corrupt as e:
-            return str(e)
+            return unusable, str(e)
         except handoff.HandoffFailed as e:
-            return f"local rank 0 could not fetch {layout.REPLICATED_FILE}: {e}"
+            verdict, _, reason = str(e).partition("\n")
+            if verdict not in _Verdict.__members__:  # the wait itself timed out: nothing is known of the step
+                verdict, reason = _Verdict.TRANSIENT.name, str(e)
+            return _Verdict[verdict], f"local rank 0 could not fetch {layout.REPLICATED_FILE}: {reason}"
         except FileNotFoundError as e:
-            return f"{e} is missing"
+            return unusable, f"{e} is missing"
         except Exception as e:
-            return f"{type(e).__name__}: {e}"
+            return read_failure_verdict(e), f"{type(e).__name__}: {one_line(str(e))}"
 
     def _fetch_replicated(self, step_uri: str, expected: FileInfo, storage: Storage, shared: str | None) -> Any:
         """The replicated state: the supervisor's prefetched copy, fetched by this rank, or through the
@@ -758,4 +854,81 @@ class Checkpointer:
 
 
 class _Corrupt(Exception):
-    pass
+    """A file's bytes differ from its manifest: verified, not a read error."""
+
+
+class _Verdict(enum.IntEnum):
+    """One rank's judgement of a checkpoint step. The ranks agree on the largest: a step verified
+    bad anywhere is bad, and a configuration error ends the restore whatever else was found."""
+
+    OK = 0
+    #: A storage error while reading: nothing is known about the step, so read it again later.
+    TRANSIENT = 1
+    #: Verified incomplete or corrupt (no manifest, size or sha256 mismatch, a missing file): skip it.
+    UNUSABLE = 2
+    #: The store refuses us (no such bucket, wrong credentials): no step can be read, stop (exit 2).
+    PERMANENT = 3
+
+    def describe(self) -> str:
+        return {_Verdict.OK: "usable", _Verdict.TRANSIENT: "a storage error, the step is not known to be bad",
+                _Verdict.UNUSABLE: "verified unusable", _Verdict.PERMANENT: "a configuration error"}[self]
+
+
+def read_failure_verdict(exc: BaseException) -> _Verdict:
+    """What an exception raised while reading a step says about the step.
+
+    Only a fact about the bytes (a missing file, a checksum mismatch) condemns a step; a
+    storage error says nothing about it, and falling back on one walked restores back
+    through every retained step. A verified file that torch cannot load stays unusable.
+    """
+    if isinstance(exc, StorageConfigError):
+        return _Verdict.PERMANENT
+    if isinstance(exc, (_Corrupt, FileNotFoundError)):
+        return _Verdict.UNUSABLE
+    if isinstance(exc, (StorageError, OSError, TimeoutError, ConnectionError)):
+        return _Verdict.TRANSIENT
+    return _Verdict.UNUSABLE
+
+
+class _StorageWait:
+    """The deadline of one restore's retries: it starts at the first storage error and is
+    reset whenever the store answers again, so it bounds one outage, not the whole restore."""
+
+    #: Backoff between reads of the same step: doubling from FIRST_DELAY_S up to MAX_DELAY_S.
+    FIRST_DELAY_S = 1.0
+    MAX_DELAY_S = 15.0
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._deadline: float | None = None
+        self._wall_deadline = 0.0
+        self._delay = self.FIRST_DELAY_S
+
+    def start(self) -> None:
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.timeout_s
+            self._wall_deadline = time.time() + self.timeout_s
+            self._delay = self.FIRST_DELAY_S
+
+    def reset(self) -> None:
+        self._deadline = None
+
+    def expired(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def next_delay(self) -> float:
+        """Seconds to sleep before the next read, never past the deadline (+ a little, to see it pass)."""
+        left = (self._deadline - time.monotonic()) if self._deadline is not None else self.timeout_s
+        delay = max(0.05, min(self._delay, left + 0.05))
+        self._delay = min(self._delay * 2, self.MAX_DELAY_S)
+        return delay
+
+    def retry_message(self, what: str, reason: str, delay: float) -> str:
+        until = time.strftime("%H:%M:%S", time.localtime(self._wall_deadline))
+        return (f"restore: cannot read {what} ({reason}); a storage error, not a bad checkpoint, so no fallback "
+                f"to an older step: reading it again in {delay:.1f}s, until {until} (--storage-timeout "
+                f"{self.timeout_s:.0f}s), then exit {int(contract.ExitCode.INFRA)} with `latest` untouched")
+
+    def give_up_message(self, what: str, reason: str) -> str:
+        return (f"restore: could not read {what} for {self.timeout_s:.0f}s (--storage-timeout) of storage "
+                f"errors; the last: {reason}. `latest` is untouched; exiting for a later retry")
