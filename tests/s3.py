@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
+import json
 import os
 import random
+import re
 import shutil
 import socket
 import struct
@@ -15,6 +18,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
+from urllib.request import Request, urlopen
 
 #: moto accepts any key; a distinctive secret lets tests prove it never reaches a log.
 SECRET = "kt-secret-8f3a1c9e77"
@@ -57,12 +61,70 @@ def moto_server() -> Iterator[str]:
         proc.wait(10)
 
 
+@contextlib.contextmanager
+def authenticating_moto() -> Iterator[dict]:
+    """A second moto server that checks credentials, unlike the shared one, which accepts any.
+
+    Before auth is switched on (moto's /moto-api/reset-auth, the runtime form of
+    INITIAL_NO_AUTH_ACTION_COUNT) it creates an IAM user allowed s3:* with a key, a user
+    with a key and no policy, and a bucket. Yields the endpoint, the bucket and both keys.
+    """
+    import boto3
+
+    with moto_server() as url:
+        admin = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": "AKIAKUBETRAINADMIN",
+                 "aws_secret_access_key": "admin"}
+        iam = boto3.client("iam", **admin)
+        keys = {}
+        for user, allowed in (("trainer", True), ("nobody", False)):
+            iam.create_user(UserName=user)
+            keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+            if allowed:
+                iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(
+                    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        bucket = "ckpt-auth"
+        boto3.client("s3", **admin).create_bucket(Bucket=bucket)
+        # Every request from here on is checked against the IAM users above.
+        urlopen(Request(url + "/moto-api/reset-auth", data=b"0", method="POST",
+                        headers={"Content-Type": "text/plain"}), timeout=10).read()
+        yield {"url": url, "bucket": bucket,
+               "trainer": (keys["trainer"]["AccessKeyId"], keys["trainer"]["SecretAccessKey"]),
+               "nobody": (keys["nobody"]["AccessKeyId"], keys["nobody"]["SecretAccessKey"])}
+
+
+@dataclasses.dataclass
+class FaultRule:
+    """Fail the requests whose method is in `methods` and whose path (without the query) matches
+    `path`: with `status` and S3 error `code`, or a TCP reset when `status` is 0. Only the first
+    `count` of them (None: no limit), and only until `until` (time.monotonic(); None: no end)."""
+
+    methods: tuple[str, ...]
+    path: re.Pattern
+    status: int = 500
+    code: str = "InternalError"
+    count: int | None = None
+    until: float | None = None
+    #: Requests this rule failed so far.
+    hits: int = 0
+
+    def take(self, method: str, path: str) -> bool:
+        """Whether this request fails by this rule (and count it); called under the proxy's lock."""
+        if method not in self.methods or not self.path.search(path.split("?", 1)[0]):
+            return False
+        if (self.count is not None and self.hits >= self.count) or (
+                self.until is not None and time.monotonic() >= self.until):
+            return False
+        self.hits += 1
+        return True
+
+
 class FaultProxy:
     """An HTTP proxy to S3 that fails a fraction of requests the way S3 and networks do.
 
     Per request: 503 SlowDown (S3's throttling reply), 500 InternalError, or a
     TCP reset with no reply; otherwise it forwards to the upstream endpoint.
     `fail_all` fails every write (PUT/POST) with 503, for outage tests.
+    `fail(...)` adds a FaultRule: only some request kinds, for a bounded count or time window.
     """
 
     def __init__(self, upstream: str, rate: float, seed: int = 0) -> None:
@@ -74,6 +136,7 @@ class FaultProxy:
         self.counts = {"forwarded": 0, "503": 0, "500": 0, "reset": 0}
         #: (method, path) of every request forwarded to the upstream, in order.
         self.forwarded: list[tuple[str, str]] = []
+        self.rules: list[FaultRule] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -99,17 +162,18 @@ class FaultProxy:
                 body = self._body()
                 with proxy.lock:
                     roll = proxy.rng.random()
+                    rule = next((r for r in proxy.rules if r.take(self.command, self.path)), None)
+                if rule is not None and rule.status == 0:
+                    return self._reset()
+                if rule is not None:
+                    return self._error(rule.status, rule.code, f"injected by a FaultRule ({rule.code})")
                 write = self.command in ("PUT", "POST")
                 if (proxy.fail_all_writes and write) or roll < proxy.rate * 0.4:
                     return self._error(503, "SlowDown", "Please reduce your request rate.")
                 if roll < proxy.rate * 0.7:
                     return self._error(500, "InternalError", "We encountered an internal error.")
                 if roll < proxy.rate:
-                    proxy._count("reset")
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    self.close_connection = True
-                    self.connection.close()
-                    return
+                    return self._reset()
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -130,6 +194,12 @@ class FaultProxy:
                 with proxy.lock:
                     proxy.forwarded.append((self.command, self.path))
 
+            def _reset(self) -> None:
+                proxy._count("reset")
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()
+
             def _error(self, status: int, code: str, message: str) -> None:
                 proxy._count(str(status))
                 data = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
@@ -148,9 +218,18 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def fail(self, methods: tuple[str, ...], path: str, *, status: int = 500, code: str = "InternalError",
+             count: int | None = None, seconds: float | None = None) -> FaultRule:
+        """Fail matching requests (see FaultRule); `seconds`: a window starting now."""
+        rule = FaultRule(methods=methods, path=re.compile(path), status=status, code=code, count=count,
+                         until=None if seconds is None else time.monotonic() + seconds)
+        with self.lock:
+            self.rules.append(rule)
+        return rule
+
     def _count(self, what: str) -> None:
         with self.lock:
-            self.counts[what] += 1
+            self.counts[what] = self.counts.get(what, 0) + 1
 
     def close(self) -> None:
         self.server.shutdown()

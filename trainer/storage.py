@@ -378,6 +378,9 @@ class S3Storage(Storage):
             read_timeout=60,
         )
         self.client = boto3.session.Session().client("s3", config=config)
+        # botocore retries each request silently; a 20 s outage left no trace but a slow commit.
+        self._last_retry_log = 0.0
+        self.client.meta.events.register_first("needs-retry.s3", self._log_retry)
         self.transfer = TransferConfig(
             multipart_threshold=S3_PART_SIZE,
             multipart_chunksize=S3_PART_SIZE,
@@ -387,6 +390,24 @@ class S3Storage(Storage):
         import botocore.exceptions as bex
 
         self._transient = (bex.BotoCoreError, bex.ClientError, OSError)
+
+    #: At most one "botocore is retrying" line per this many seconds per client: an outage is one story.
+    RETRY_LOG_EVERY_S = 5.0
+
+    def _log_retry(self, response=None, attempts: int = 0, caught_exception=None, operation=None,
+                   request_dict=None, **_: object) -> None:
+        """A needs-retry hook that only logs: it returns None, so botocore's own handler decides."""
+        status = response[0].status_code if response is not None else None
+        if caught_exception is None and (status is None or status < 500) and status != 429:
+            return
+        now = time.monotonic()
+        if now - self._last_retry_log < self.RETRY_LOG_EVERY_S:
+            return
+        self._last_retry_log = now
+        code = (response[1].get("Error", {}).get("Code") if response is not None else None) or status
+        why = f"{type(caught_exception).__name__}" if caught_exception is not None else f"HTTP {status} {code}"
+        name = getattr(operation, "name", "request")
+        log.warning("s3://%s: %s failed (%s, attempt %d); retrying with backoff", self.bucket, name, why, attempts)
 
     def _key(self, path: str) -> str:
         if not path.startswith(f"s3://{self.bucket}"):

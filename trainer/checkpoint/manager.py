@@ -220,6 +220,10 @@ class Checkpointer:
         self._buffers: dict[str, dict] = {}
         self._failures = 0
         self._last_error: str | None = None
+        #: Set on every rank when a save met a configuration error (StorageConfigError): no retry helps.
+        self._permanent: str | None = None
+        #: The step whose upload runs in the background, and since when (for the wait's log line).
+        self._inflight: tuple[int, float] | None = None
         self._last_save_time = time.monotonic()
         self._last_heartbeat = 0.0
         #: The newest step this run committed or restored.
@@ -450,6 +454,12 @@ class Checkpointer:
 
     def save(self, step: int, *, blocking: bool = False) -> None:
         """Snapshot now; write and commit in the background unless `blocking`."""
+        if self._thread is not None and self._thread.is_alive() and self._inflight and self.rank == 0:
+            # Training stalls here for as long as the upload takes: say why, or a slow store looks like a hang.
+            prev, since = self._inflight
+            log.warning("checkpoint %s waits for the upload of %s to %s (in flight for %.1fs) before its snapshot",
+                        contract.step_dir_name(step), contract.step_dir_name(prev), self.run_uri,
+                        time.monotonic() - since)
         self.wait()
         # After wait() every rank has the outcome of the same saves, so all raise together.
         self._raise_if_failing()
@@ -457,9 +467,12 @@ class Checkpointer:
         self._last_save_time = time.monotonic()
         if blocking or not self.async_upload:
             self._run(job)
+            if self._permanent is not None:
+                raise StorageConfigError(self._permanent)
             if self._last_error is not None and self._failures:
                 raise CheckpointError(self._last_error)
             return
+        self._inflight = (step, job.started)
         self._thread = threading.Thread(target=self._run, args=(job,), name=f"kubetrain-save-{step}", daemon=True)
         self._thread.start()
 
@@ -479,6 +492,8 @@ class Checkpointer:
         if final_step is not None and self.last_committed != final_step:
             self.save(final_step, blocking=True)
             self.wait()
+        elif self._permanent is not None:
+            raise StorageConfigError(self._permanent)
         elif self._failures:
             raise CheckpointError(self._last_error or "the last checkpoint failed")
 
@@ -563,6 +578,8 @@ class Checkpointer:
             if job.sharded is not None:
                 files.update(self._write_sharded(step_uri, job.sharded))
             mine: tuple[str, Any] = ("ok", files)
+        except StorageConfigError as e:  # the bucket or the credentials: no later save can succeed either
+            mine = ("permanent", str(e))
         except Exception as e:  # reported through the commit outcome, never swallowed
             mine = ("error", f"rank {self.rank}: {type(e).__name__}: {e}")
         job.replicated = job.sharded = job.per_rank = None  # free the snapshot before the commit
@@ -570,8 +587,10 @@ class Checkpointer:
         outcome: tuple[str, str] = ("ok", "")
         if self.rank == 0:
             assert gathered is not None
+            permanent = [msg for kind, msg in gathered if kind == "permanent"]
             errors = [msg for kind, msg in gathered if kind == "error"]
-            outcome = ("error", "; ".join(errors)) if errors else self._commit(job.step, gathered)
+            outcome = (("permanent", permanent[0]) if permanent else ("error", "; ".join(errors)) if errors
+                       else self._commit(job.step, gathered))
         outcome = dist.broadcast_object(outcome, self._commit_group)
         if outcome[0] == "ok":
             self._failures, self._last_error = 0, None
@@ -581,8 +600,11 @@ class Checkpointer:
                          time.monotonic() - job.started)
         else:
             self._failures += 1
-            self._last_error = (f"checkpoint {contract.step_dir_name(job.step)} failed, {self.config.uri} "
-                                f"`latest` still points at step {self.last_committed}: {outcome[1]}")
+            if outcome[0] == "permanent":
+                self._permanent = outcome[1]
+            # The run's folder, not the root: several runs share a root, and this is the one whose `latest` stayed.
+            self._last_error = (f"checkpoint {contract.step_dir_name(job.step)} failed, {self.run_uri}/"
+                                f"{contract.LATEST_NAME} still points at step {self.last_committed}: {outcome[1]}")
             if self.rank == 0:
                 log.error("%s (%d in a row; training stops after %d)", self._last_error, self._failures,
                           self.config.max_failures)
@@ -600,6 +622,8 @@ class Checkpointer:
                                        else "replicated", files=files, created=time.time())
             self.storage.write_small(join(step_uri, contract.MANIFEST_NAME), layout.manifest_to_bytes(manifest))
             self.storage.write_small(join(self.run_uri, contract.LATEST_NAME), f"{step}\n".encode())
+        except StorageConfigError as e:
+            return ("permanent", str(e))
         except Exception as e:
             return ("error", f"commit: {type(e).__name__}: {e}")
         # Pruning is not part of the commit: it runs beside training and the next
@@ -849,6 +873,8 @@ class Checkpointer:
         os.replace(path + ".tmp", path)
 
     def _raise_if_failing(self) -> None:
+        if self._permanent is not None:
+            raise StorageConfigError(self._permanent)
         if self._failures >= self.config.max_failures:
             raise CheckpointError(f"{self._failures} checkpoints in a row failed; the last: {self._last_error}")
 
