@@ -10,10 +10,18 @@ The supervisor holds the grace deadline: at `grace - SUPERVISOR_GRACE_RESERVE`
 it SIGTERMs torchrun, whose own shutdown timeout is derived from the same
 reserve, and SIGKILLs what is left before the kubelet would. Then it maps
 what happened onto the exit codes of `trainer.contract`.
+
+It leaves no rank behind: torch starts each worker in a session of its own, so
+killing torchrun's process group misses them, and a SIGKILLed torchrun left
+both ranks training and committing into the run folder. The supervisor is a
+child subreaper (PR_SET_CHILD_SUBREAPER): a killed torchrun's ranks become its
+children, and on every exit path it SIGKILLs every descendant and reaps them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
@@ -201,6 +209,54 @@ def stalled_ranks(progress: Mapping[int, tuple[int, float]], expected_ranks: lis
     return out
 
 
+# --- descendants: no rank outlives the supervisor ---------------------------------------
+
+#: linux/prctl.h: orphaned descendants are reparented to the nearest subreaper instead of init.
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper(on: bool) -> bool:
+    """Make this process a child subreaper (Linux >= 3.4); False where the kernel or libc says no."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants(root: int, parents: Mapping[int, int]) -> list[int]:
+    """Every process below `root` in a {pid: parent pid} map, parents before their children."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    out: list[int] = []
+    todo = sorted(children.get(root, []))
+    while todo:
+        pid = todo.pop(0)
+        if pid != root and pid not in out:
+            out.append(pid)
+            todo.extend(sorted(children.get(pid, [])))
+    return out
+
+
+def parent_map() -> dict[int, int]:
+    """{pid: parent pid} of every process this one can see, from /proc."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name (field 2) may hold spaces and parentheses: the rest follows the last ')'.
+        fields = stat[stat.rfind(b")") + 2:].split()
+        with contextlib.suppress(IndexError, ValueError):
+            out[int(name)] = int(fields[1])
+    return out
+
+
 # --- the process -----------------------------------------------------------------------
 
 
@@ -229,6 +285,8 @@ class Supervisor:
         control = given or tempfile.mkdtemp(prefix="kubetrain-control-")
         os.makedirs(control, exist_ok=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        if not set_child_subreaper(True):
+            log.warning("cannot become a child subreaper (prctl); ranks of a killed torchrun may outlive it")
         # Light (no torch): the download overlaps the ranks' start; see checkpoint/prefetch.py.
         from trainer.checkpoint.prefetch import Prefetch
 
@@ -245,6 +303,8 @@ class Supervisor:
             if poller is not None:
                 poller.stop()
             self._kill_group(signal.SIGKILL)
+            self._kill_descendants()
+            set_child_subreaper(False)
             prefetch.close()
             for s, h in previous.items():
                 signal.signal(s, h)
@@ -319,6 +379,34 @@ class Supervisor:
             os.killpg(self._proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def _kill_descendants(self) -> None:
+        """SIGKILL every process below this one and reap those that are (now) our children.
+
+        torchrun's group is not enough: its workers run in their own sessions. Repeated, since
+        a process may fork while we kill its parent; the subreaper keeps the orphans ours.
+        """
+        me = os.getpid()
+        for _ in range(50):
+            pids = descendants(me, parent_map())
+            if not pids:
+                return
+            log.warning("killing %d process(es) left below the supervisor: %s", len(pids),
+                        " ".join(map(str, pids)))
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                left = [p for p in descendants(me, parent_map()) if p in pids]
+                for pid in left:
+                    if self._proc is not None and pid == self._proc.pid:
+                        continue  # Popen reaps its own
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)
+                if not left:
+                    break
+                time.sleep(0.02)
 
     def _report(self, outcome: Outcome) -> None:
         if outcome.root_cause:
