@@ -59,6 +59,9 @@ def local_command(args: argparse.Namespace, script_args: list[str], defaults: Ma
         raise SpecError(f"script {args.script!r} does not exist or is not a file")
     checkpoint = args.checkpoint or defaults.get("local_checkpoint") or defaults.get("checkpoint") \
         or contract.DEFAULT_CHECKPOINT_DIR
+    problem = contract.checkpoint_uri_problem(checkpoint)  # before anything runs, as on a cluster
+    if problem:
+        raise SpecError(problem)
     run_id = args.name or os.path.splitext(os.path.basename(args.script))[0]
     cmd = [sys.executable, "-m", "trainer", "run", "--nproc-per-node", str(nproc), "--checkpoint", checkpoint,
            "--run-id", run_id]

@@ -164,7 +164,10 @@ class JobSpec:
         if not uri:
             raise SpecError("a cluster job needs --checkpoint URI (s3://..., gs://..., or a folder on a --pvc): "
                             "without it a restarted pod cannot resume")
-        if "://" not in uri or uri.startswith("file://"):
+        problem = contract.checkpoint_uri_problem(uri)  # the runtime's own rule: the pod would exit 2 on it
+        if problem:
+            raise SpecError(problem)
+        if contract.is_local_uri(uri):
             path = uri[len("file://"):] if uri.startswith("file://") else uri
             if not any(path == v.mount_path or path.startswith(v.mount_path.rstrip("/") + "/")
                        for v in self.volumes if not v.read_only):
