@@ -201,6 +201,11 @@ class Storage:
         """Delete one file; a missing one is not an error."""
         raise NotImplementedError
 
+    def abort_stale_uploads(self, path: str, started_before: float) -> list[str]:
+        """Abort incomplete multipart uploads under the folder `path` begun before `started_before`
+        (Unix time); the keys aborted. Only object stores have them."""
+        return []
+
 
 class LocalStorage(Storage):
     """file:// and plain paths. Writes go to a temp name, fsync, then rename."""
@@ -529,6 +534,25 @@ class S3Storage(Storage):
         for i in range(0, len(keys), 1000):
             batch = {"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True}
             self._retry(lambda: self.client.delete_objects(Bucket=self.bucket, Delete=batch), f"remove {path}")
+
+
+    def abort_stale_uploads(self, path, started_before):
+        # A SIGKILL during a multipart upload leaves its parts billed until a lifecycle rule removes
+        # them; the transfer manager aborts only the failures the process lives through.
+        prefix = self._key(path).rstrip("/") + "/"
+        aborted = []
+        kwargs: dict = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = self._retry(lambda: self.client.list_multipart_uploads(**kwargs),
+                               f"list incomplete uploads under {path}")
+            for up in page.get("Uploads", []):
+                if up["Key"].startswith(prefix) and up["Initiated"].timestamp() < started_before:
+                    self._retry(lambda up=up: self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]), f"abort upload of {up['Key']}")
+                    aborted.append(up["Key"])
+            if not page.get("IsTruncated"):
+                return aborted
+            kwargs.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
 
 
 def _missing(error) -> bool:

@@ -134,3 +134,16 @@ def test_a_wrong_secret_exits_2_through_the_runtime(tmp_path, auth_s3, monkeypat
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
     assert "SignatureDoesNotMatch" in out and "AWS_SECRET_ACCESS_KEY" in out and "not-the-secret" not in out
+
+
+def test_restore_aborts_the_multipart_uploads_an_earlier_attempt_left_behind(s3_env):
+    client, bucket = s3_env["client"], s3_env["bucket"]
+    key = "ckpts/mp/step-000000020/state.pt"  # what a SIGKILL in the middle of an upload leaves
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * (5 << 20))
+    other = client.create_multipart_upload(Bucket=bucket, Key="ckpts/other-run/step-000000020/state.pt")["UploadId"]
+    time.sleep(1.1)  # S3 times have second resolution
+    uri = f"s3://{bucket}/ckpts"
+    assert Checkpointer(torch.nn.Linear(4, 4), uri=uri, run_id="mp").restore() == 0
+    left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in left] == [("ckpts/other-run/step-000000020/state.pt", other)]

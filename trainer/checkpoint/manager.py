@@ -225,6 +225,7 @@ class Checkpointer:
         #: The step whose upload runs in the background, and since when (for the wait's log line).
         self._inflight: tuple[int, float] | None = None
         self._last_save_time = time.monotonic()
+        self._created_at = time.time()
         self._last_heartbeat = 0.0
         #: The newest step this run committed or restored.
         self.last_committed: int | None = None
@@ -253,6 +254,8 @@ class Checkpointer:
         a new run on new data, not a resume, so its scheduler, RNG and data position start fresh.
         """
         self._heartbeat(0, force=True)
+        if self.rank == 0:
+            self._sweep_stale_uploads()
         wait = _StorageWait(self.config.storage_timeout)
         token = dist.broadcast_object(uuid.uuid4().hex[:12] if self.rank == 0 else "", self._control_group)
         candidates = self._agreed_listing(lambda: self._candidates(self.run_uri, self.storage), wait,
@@ -274,6 +277,21 @@ class Checkpointer:
         if self.rank == 0:
             log.info("no usable checkpoint under %s; starting from step 0", self.run_uri)
         return 0
+
+    def _sweep_stale_uploads(self) -> None:
+        """Rank 0: abort multipart uploads an earlier attempt of this run left behind (a SIGKILL mid-upload).
+
+        Only those begun before this Checkpointer was made: no save of this attempt has started yet,
+        and the supervisor left no rank of an earlier attempt running on this node.
+        """
+        try:
+            aborted = self.storage.abort_stale_uploads(self.run_uri, self._created_at)
+        except Exception as e:  # a sweep only saves money; the restore must not wait for it
+            log.warning("could not sweep incomplete uploads under %s: %s", self.run_uri, one_line(str(e)))
+            return
+        if aborted:
+            log.warning("aborted %d incomplete upload(s) an earlier attempt left under %s: %s", len(aborted),
+                        self.run_uri, ", ".join(sorted(set(aborted))))
 
     @staticmethod
     def _candidates(run_uri: str, storage: Storage) -> list[int]:
