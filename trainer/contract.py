@@ -200,7 +200,7 @@ def checkpoint_uri_problem(uri: str, schemes: frozenset[str] | set[str] = CHECKP
         known = ", ".join(f"{s}://" for s in sorted(CHECKPOINT_SCHEMES))  # the usual ones, not all of fsspec
         return f"checkpoint URI {uri!r}: unknown scheme {scheme!r}; use a folder or one of {known}"
     if scheme not in _SCHEMES_WITHOUT_HOST and not rest.split("/", 1)[0]:
-        return f"checkpoint URI {uri!r} names no bucket; use {scheme}://BUCKET/PREFIX"
+        return f"checkpoint URI {uri!r} has no bucket; use {scheme}://BUCKET/PREFIX"
     return None
 
 
