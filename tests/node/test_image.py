@@ -132,6 +132,7 @@ def test_docker_stop_commits_exits_143_and_a_new_container_resumes_bit_identical
     assert 0 < stopped_at < STEPS, log
     assert f"checkpoint step {stopped_at} committed" in log
     assert os.stat(ckpt / "exp" / "latest").st_uid == 1000
+    print(f"docker stop: checkpoint step {stopped_at} committed, exit 143 after {stop_seconds:.1f}s")
 
     second = containers()
     r = docker(*restricted(second, image["KUBETRAIN_IMAGE"], str(ckpt)), *trainer_args(), timeout=300, check=False)
