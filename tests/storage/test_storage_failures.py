@@ -147,3 +147,34 @@ def test_restore_aborts_the_multipart_uploads_an_earlier_attempt_left_behind(s3_
     assert Checkpointer(torch.nn.Linear(4, 4), uri=uri, run_id="mp").restore() == 0
     left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert [(u["Key"], u["UploadId"]) for u in left] == [("ckpts/other-run/step-000000020/state.pt", other)]
+
+
+def test_sigterm_while_restore_waits_out_an_outage_exits_143_at_once_and_says_nothing_committed(tmp_path, s3_env,
+                                                                                                fault_proxy):
+    import signal
+
+    from tests.helpers import start, wait_for
+
+    fault_proxy.rate = 0.0
+    env = {**s3_env["env"], "AWS_MAX_ATTEMPTS": "2"}
+    result = completed_run(tmp_path, s3_env, env)
+    fault_proxy.fail(("GET",), DATA_GETS, status=503, code="SlowDown")
+    log_path = tmp_path / "log"
+    proc = start(args(s3_env, result, "--storage-timeout", "300", "--grace-seconds", "60"), env=env,
+                 log_path=str(log_path))
+    try:
+        wait_for(lambda: "reading it again in" in log_path.read_text(), 120, "restore to wait out the outage")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = log_path.read_text()
+    assert rc == 143, log
+    assert elapsed < 30, elapsed  # not the 60 s grace period: restore noticed the stop between reads
+    assert "stop requested while restore waited" in log
+    assert "exit 143 (stopped (SIGTERM), no checkpoint committed by this run; retryable)" in log, log
+    assert latest(s3_env) == STEPS
+    print(f"SIGTERM during the restore's wait: exit 143 after {elapsed:.1f}s")

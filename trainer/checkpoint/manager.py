@@ -325,6 +325,8 @@ class Checkpointer:
             _, reason, expired, delay = answer
             if expired:
                 raise StorageError(wait.give_up_message(what, reason))
+            if dist.all_reduce_max([int(self.stop_requested)], self._control_group)[0]:
+                self._stop_unrestored(what)
             if self.rank == 0:
                 log.warning("%s", wait.retry_message(what, reason, delay))
             time.sleep(delay)
@@ -346,7 +348,8 @@ class Checkpointer:
             loaded, failure = self._try_load(step, run_uri=run_uri, storage=storage, per_rank=per_rank,
                                              shared=f"{shared}a{attempt}-" if shared else None)
             mine = failure[0] if failure is not None else _Verdict.OK
-            agreed, expired = dist.all_reduce_max([int(mine), int(wait.expired())], self._control_group)
+            agreed, expired, stop = dist.all_reduce_max([int(mine), int(wait.expired()), int(self.stop_requested)],
+                                                        self._control_group)
             agreed = _Verdict(agreed)
             if agreed is _Verdict.OK:
                 wait.reset()
@@ -370,6 +373,8 @@ class Checkpointer:
             what = f"checkpoint {contract.step_dir_name(step)} of {run_uri}"
             if expired:
                 raise StorageError(wait.give_up_message(what, reason))
+            if stop:
+                self._stop_unrestored(what)
             wait.start()
             delay = wait.next_delay()
             if self.rank == 0:
@@ -377,6 +382,15 @@ class Checkpointer:
             time.sleep(delay)
             attempt += 1
         return None
+
+    def _stop_unrestored(self, what: str) -> None:
+        """A stop request while restore waits out a storage error: there is nothing to save, so leave now
+        rather than at the grace deadline. Exit 143 even under the supervisor (not 0, as after a committed
+        stop): an exit 0 of every rank reads as "finished", and there is no peer still saving to wait for."""
+        if self.rank == 0:
+            log.warning("stop requested while restore waited to read %s; exiting without a checkpoint "
+                        "(`latest` untouched)", what)
+        raise SystemExit(int(contract.ExitCode.PREEMPTED))
 
     def _reason_of(self, agreed: "_Verdict", mine: "_Verdict", reason: str) -> str:
         """The reason of the lowest rank whose verdict is `agreed`, on every rank (two collectives,
