@@ -15,13 +15,14 @@ It leaves no rank behind: torch starts each worker in a session of its own, so
 killing torchrun's process group misses them, and a SIGKILLed torchrun left
 both ranks training and committing into the run folder. The supervisor is a
 child subreaper (PR_SET_CHILD_SUBREAPER): a killed torchrun's ranks become its
-children, and on every exit path it SIGKILLs every descendant and reaps them.
+children, and on every exit path it SIGKILLs every descendant and reaps them. While
+the ranks run it also reaps every orphan re-parented to it, as PID 1 must
+(trainer/processes.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
@@ -37,9 +38,11 @@ from typing import Any, Mapping
 
 from trainer import contract
 from trainer.contract import ExitCode
+from trainer.processes import descendants, parent_map, reap_orphans, set_child_subreaper
 
 log = logging.getLogger("kubetrain.supervisor")
 POLL_S = 0.1
+REAP_EVERY_S = 1.0  # how often orphans re-parented to the supervisor are reaped (a /proc scan)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -209,54 +212,6 @@ def stalled_ranks(progress: Mapping[int, tuple[int, float]], expected_ranks: lis
     return out
 
 
-# --- descendants: no rank outlives the supervisor ---------------------------------------
-
-#: linux/prctl.h: orphaned descendants are reparented to the nearest subreaper instead of init.
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def set_child_subreaper(on: bool) -> bool:
-    """Make this process a child subreaper (Linux >= 3.4); False where the kernel or libc says no."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def descendants(root: int, parents: Mapping[int, int]) -> list[int]:
-    """Every process below `root` in a {pid: parent pid} map, parents before their children."""
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    out: list[int] = []
-    todo = sorted(children.get(root, []))
-    while todo:
-        pid = todo.pop(0)
-        if pid != root and pid not in out:
-            out.append(pid)
-            todo.extend(sorted(children.get(pid, [])))
-    return out
-
-
-def parent_map() -> dict[int, int]:
-    """{pid: parent pid} of every process this one can see, from /proc."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        # The command name (field 2) may hold spaces and parentheses: the rest follows the last ')'.
-        fields = stat[stat.rfind(b")") + 2:].split()
-        with contextlib.suppress(IndexError, ValueError):
-            out[int(name)] = int(fields[1])
-    return out
-
-
 # --- the process -----------------------------------------------------------------------
 
 
@@ -326,10 +281,14 @@ class Supervisor:
         stop_sent_at: float | None = None
         workers_deadline = hard_deadline = None
         hang: str | None = None
+        next_reap = 0.0
         while self._proc.poll() is None:
             self._wake.wait(POLL_S)
             self._wake.clear()
             now = time.monotonic()
+            if now >= next_reap:
+                reap_orphans(keep=frozenset({self._proc.pid}))
+                next_reap = now + REAP_EVERY_S
             if self._stop_reason and stop_sent_at is None:
                 stop_sent_at = now
                 with open(os.path.join(control, contract.CONTROL_STOP), "w") as f:

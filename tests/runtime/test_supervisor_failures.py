@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import EXAMPLE, assert_no_workers, run, start, wait_for, worker_pids
 from trainer import contract
-from trainer.supervisor import descendants, parent_map
+from trainer.processes import descendants, parent_map
 
 pytestmark = pytest.mark.runtime
 
@@ -90,3 +90,31 @@ def test_sigterm_before_any_checkpoint_committed_does_not_claim_one(tmp_path):
     assert "preempted (SIGTERM), checkpoint committed" not in final[0], final
     assert "exit 143 (stopped (SIGTERM), no checkpoint committed by this run; retryable)" in final[0], final
     assert_no_workers(str(script))
+
+
+
+ORPHANS = """
+import os, time
+from trainer.processes import proc_table
+if os.environ.get("RANK") == "0":
+    torchrun = os.getppid()
+    supervisor = proc_table()[torchrun][0]
+    if os.fork() == 0:  # a child that exits at once, leaving a grandchild for the subreaper
+        if os.fork() == 0:
+            time.sleep(0.3)
+            os._exit(0)
+        os._exit(0)
+    os.wait()
+    time.sleep(4)
+    zombies = [p for p, (pp, st) in proc_table().items() if pp == supervisor and st == "Z"]
+    print("zombies of the supervisor:", len(zombies), flush=True)
+"""
+
+
+def test_orphans_reparented_to_the_supervisor_are_reaped_while_the_ranks_run(tmp_path):
+    """What PID 1 of a container must do: a rank's grandchild whose parent exited ends as no zombie."""
+    script = tmp_path / "orphans.py"
+    script.write_text(ORPHANS)
+    out = run(["--nproc-per-node", "1", "--checkpoint", str(tmp_path / "ckpt"), str(script)], timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "zombies of the supervisor: 0" in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr[-3000:]

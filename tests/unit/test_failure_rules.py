@@ -12,7 +12,8 @@ from trainer.cli import parse_run_config
 from trainer.contract import ExitCode
 from trainer.errors import StorageConfigError, StorageError, UsageError
 from trainer.storage import s3_error_code, s3_error_kind
-from trainer.supervisor import classify, descendants
+from trainer.processes import descendants
+from trainer.supervisor import classify
 
 BAD_URIS = [("ftp:://bad", "unknown scheme 'ftp:'"), ("nosuchproto://bucket/x", "unknown scheme 'nosuchproto'"),
             ("s3://", "has no bucket"), ("gs:///prefix", "has no bucket"), ("", "empty")]
@@ -142,3 +143,11 @@ def test_storage_timeout_is_a_flag_and_a_variable_and_must_be_positive():
                             {contract.ENV_STORAGE_TIMEOUT: "42"}).storage_timeout == 7
     with pytest.raises(UsageError, match="--storage-timeout must be > 0"):
         parse_run_config(["run", "--storage-timeout", "0", EXAMPLE], {})
+
+
+def test_zombie_children_are_the_parents_zombies_but_the_kept_one():
+    from trainer.processes import zombie_children
+
+    table = {10: (1, "S"), 11: (10, "Z"), 12: (10, "Z"), 13: (10, "R"), 14: (11, "Z"), 15: (1, "Z")}
+    assert zombie_children(10, table) == [11, 12]
+    assert zombie_children(10, table, keep=frozenset({11})) == [12]  # torchrun: Popen waits for it

@@ -1,0 +1,87 @@
+"""The processes below the supervisor: none may outlive it, and none may linger as a zombie.
+
+torchrun starts its workers in sessions of their own, so a killed torchrun's ranks are
+reached neither by its process group nor by the container's end outside a container. The
+supervisor makes itself a child subreaper (PR_SET_CHILD_SUBREAPER): orphans below it are
+re-parented to it, not to init, so it can find and kill them on every exit path.
+
+In a container the supervisor is PID 1 anyway, and either way every orphan that ends stays
+a zombie until its new parent waits for it: a zombie holds a PID, and under a pids cgroup
+limit enough of them stop new processes from starting. `reap_orphans` waits for those,
+never for the supervisor's own torchrun, whose exit status `subprocess.Popen` collects by
+PID (a wait(-1) here would steal it, and Popen would then report 0 for a failed torchrun).
+
+One /proc scanner for all of this: `proc_table`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from collections.abc import Mapping
+
+#: linux/prctl.h: orphaned descendants are reparented to the nearest subreaper instead of init.
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper(on: bool) -> bool:
+    """Make this process a child subreaper (Linux >= 3.4); False where the kernel or libc says no."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants(root: int, parents: Mapping[int, int]) -> list[int]:
+    """Every process below `root` in a {pid: parent pid} map, parents before their children."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    out: list[int] = []
+    todo = sorted(children.get(root, []))
+    while todo:
+        pid = todo.pop(0)
+        if pid != root and pid not in out:
+            out.append(pid)
+            todo.extend(sorted(children.get(pid, [])))
+    return out
+
+
+def proc_table() -> dict[int, tuple[int, str]]:
+    """{pid: (parent pid, state letter)} of every process this one can see, from /proc/PID/stat."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name (field 2) may hold spaces and parentheses: the rest follows the last ')'.
+        fields = stat[stat.rfind(b")") + 2:].split()
+        with contextlib.suppress(IndexError, ValueError):
+            out[int(name)] = (int(fields[1]), fields[0].decode())
+    return out
+
+
+def parent_map() -> dict[int, int]:
+    """{pid: parent pid} of every process this one can see."""
+    return {pid: ppid for pid, (ppid, _) in proc_table().items()}
+
+
+def zombie_children(parent: int, table: Mapping[int, tuple[int, str]], keep: frozenset[int] = frozenset()) -> list[int]:
+    """The zombies among `parent`'s children in a proc_table, except those in `keep`."""
+    return sorted(pid for pid, (ppid, state) in table.items() if ppid == parent and state == "Z" and pid not in keep)
+
+
+def reap_orphans(keep: frozenset[int] = frozenset()) -> int:
+    """Wait for every zombie child of this process but those in `keep`; return how many."""
+    n = 0
+    for pid in zombie_children(os.getpid(), proc_table(), keep):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+            n += 1
+    return n
