@@ -30,3 +30,18 @@ def test_the_vendored_crd_is_the_pytorchjob_v1_crd():
     crd = yaml.safe_load(open(os.path.join(REPO, "k8s", "crds", "kubeflow.org_pytorchjobs.yaml")))
     assert crd["metadata"]["name"] == "pytorchjobs.kubeflow.org"
     assert [v["name"] for v in crd["spec"]["versions"]] == ["v1"]
+
+
+def test_the_operators_init_container_template_is_admitted_under_restricted_pod_security():
+    """k8s/operator/'s init-pytorch, filled in as the operator does, passes PSS `restricted`'s container rules."""
+    text = open(os.path.join(REPO, "k8s", "operator", "pytorch-init-container.yaml.tmpl")).read()
+    assert "<" not in text and ">" not in text  # the operator parses it with html/template
+    filled = text.replace("{{.MasterAddr}}", "job-master-0").replace("{{.InitContainerImage}}", "img:1")
+    (container,) = yaml.safe_load(filled)
+    assert container["name"] == "init-pytorch" and "getent hosts job-master-0" in container["command"][-1]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0 and sc["seccompProfile"]["type"] == "RuntimeDefault"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"initContainers": [container], "containers": [{"name": "c", "image": "img:1"}]}}
+    kubernetes_validate.validate(pod, "1.31.0", strict=True)
