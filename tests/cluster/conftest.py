@@ -82,7 +82,10 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.name.startswith("test_0_"))  # stable: the rest keep their order
 
 
-@pytest.fixture(scope="session")
+# Package-scoped, as are the fixtures below: the control plane ends with this package's last
+# test, so it does not keep running (and taking CPU) beside the node tier and the ranks of
+# the runtime tier.
+@pytest.fixture(scope="package")
 def kubeconfig(tmp_path_factory):
     """Start etcd + kube-apiserver; yield a kubeconfig path (the test's KUBECONFIG)."""
     bin_dir = _cluster_bin()
@@ -242,7 +245,7 @@ def _start(d, name: str, cmd: list[str], env: dict | None = None) -> subprocess.
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kwok_logs(tmp_path_factory):
     """The folder of the log files kwok serves (SERVED_LOGS), each empty at first."""
     d = tmp_path_factory.mktemp("kwok-logs")
@@ -267,7 +270,7 @@ def _kwok_logs_config(d, log_dir) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def operator_cluster(kubeconfig, tmp_path_factory, kwok_logs):
     """On top of the API server: controller-manager, scheduler, kwok's fake GPU nodes, the training operator.
 

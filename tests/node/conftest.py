@@ -1,0 +1,108 @@
+"""The node tier's fixtures: the real node (tests/node/machine.py) and the S3 test server the pods reach.
+
+Every test here needs root, containerd, runc, the CNI plugins, the binaries of cluster/build
+and the images of images/build. Where one is missing the tier is skipped with what to install,
+unless KUBETRAIN_REQUIRE_NODE_TIER=1 (set by .ci/run, which installs all of them): then it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+
+import pytest
+
+from tests.helpers import REPO
+from tests.node import machine
+
+
+def _skip_or_fail(reason: str):
+    if os.environ.get("KUBETRAIN_REQUIRE_NODE_TIER") == "1":
+        pytest.fail(f"node tier: {reason}", pytrace=False)
+    pytest.skip(f"node tier: {reason}")
+
+
+def _cluster_bin() -> str | None:
+    from tests.cluster.conftest import _cluster_bin as build
+
+    return build()
+
+
+def built_images() -> dict[str, str]:
+    """images/build's KEY=VALUE lines (it builds once and caches): the runtime and pause images and their tarballs."""
+    out = subprocess.run([os.path.join(REPO, "images", "build"), "--print-env"], capture_output=True, text=True,
+                         timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"images/build failed:\n{out.stderr[-3000:]}")
+    return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="package")
+def node(tmp_path_factory):
+    """A started machine.Node; taken down after the last test of this package."""
+    bin_dir = _cluster_bin()
+    missing = machine.prerequisites_missing(bin_dir)
+    if missing:
+        _skip_or_fail("needs " + "; ".join(missing))
+    env = built_images()
+    image, pause = env["KUBETRAIN_IMAGE"], env["KUBETRAIN_PAUSE_IMAGE"]
+    n = machine.Node(bin_dir=bin_dir, workdir=tmp_path_factory.mktemp("node"),
+                     images={image: env["KUBETRAIN_IMAGE_TAR"], pause: env["KUBETRAIN_PAUSE_TAR"]},
+                     pause_image=pause, init_image=image)
+    try:
+        n.start()
+    except Exception:
+        logs = "\n".join(f"--- {name}\n{n.log(name, 1500)}" for name in
+                         ("kube-apiserver", "containerd", "kubelet", "kube-proxy", "coredns", "training-operator"))
+        n.stop()
+        raise RuntimeError(f"the node tier did not start; logs in {n.workdir}\n{logs}") from None
+    n.image = image
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def api(node, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", node.kubeconfig)
+    from launcher import client
+
+    return client.connect()
+
+
+@pytest.fixture
+def restricted_namespace(api):
+    """A fresh namespace that enforces Pod Security `restricted`, as locked-down clusters do."""
+    name = f"n-{uuid.uuid4().hex[:8]}"
+    labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
+    api.core.create_namespace({"metadata": {"name": name, "labels": labels}})
+    yield name
+    api.core.delete_namespace(name, grace_period_seconds=0)
+
+
+@pytest.fixture(scope="package")
+def node_s3(node, tmp_path_factory):
+    """moto's S3 server on the node's IP, where the pods (and this process) reach it; yields its URL."""
+    import sys
+    import time
+    import urllib.request
+
+    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    port = machine._free_port(machine.NODE_IP)
+    log = open(tmp_path_factory.mktemp("node-s3") / "moto.log", "w")
+    proc = subprocess.Popen([exe, "-H", machine.NODE_IP, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://{machine.NODE_IP}:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start on {url}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

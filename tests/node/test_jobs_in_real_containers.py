@@ -1,0 +1,293 @@
+"""`launch` on a real node: the operator's pods run as containers of the runtime image under a real kubelet.
+
+Every job here runs in a namespace that enforces Pod Security `restricted`, on 2 pods x 2 gloo
+ranks, with the master found by its Service name through CoreDNS. The kubelet itself sends
+SIGTERM, waits the rendered grace period and SIGKILLs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+
+import pytest
+
+from tests.cluster.test_launcher_against_apiserver import launch
+from tests.helpers import EXAMPLE, FIXTURES, REPO, run
+from tests.node import machine
+from trainer import contract
+
+pytestmark = pytest.mark.node
+
+CLAIM = "checkpoints"
+SCRIPT_ARGS = ("--hidden", "16", "--samples", "2048", "--seed", "3")
+
+
+def wait(predicate, timeout: float, what: str, explain=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{explain()}" if explain else ""))
+
+
+def local_volume(api, node, ns: str) -> str:
+    """A `local` PersistentVolume on the node, bound to CLAIM in ns; returns its folder on this machine.
+
+    The folder is root's and 0755, so the runtime (uid 1000) can write only through the pod's
+    fsGroup, which the kubelet applies to `local` volumes (hostPath ones it leaves alone).
+    """
+    folder = node.workdir / "volumes" / ns
+    folder.mkdir(parents=True)
+    os.chmod(folder, 0o755)
+    pv = f"{ns}-{CLAIM}"
+    api.core.create_persistent_volume({
+        "metadata": {"name": pv},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+                 "persistentVolumeReclaimPolicy": "Retain", "local": {"path": str(folder)},
+                 "claimRef": {"namespace": ns, "name": CLAIM},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [machine.NODE_NAME]}]}]}}}})
+    api.core.create_namespaced_persistent_volume_claim(ns, {
+        "metadata": {"name": CLAIM},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                 "storageClassName": "local", "volumeName": pv}})
+    return str(folder)
+
+
+def launch_job(capsys, node, ns: str, name: str, *script_args: str, launch_args: tuple[str, ...] = ()) -> None:
+    code, _, err = launch(capsys, EXAMPLE, "--nodes", "2", "--nproc", "2", "--image", node.image, "-n", ns,
+                          "--name", name, "--checkpoint-every-steps", "5", *launch_args,
+                          "--", *SCRIPT_ARGS, *script_args)
+    assert code == 0, err
+
+
+def job_conditions(api, ns: str, name: str) -> dict[str, str]:
+    job = api.custom.get_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs", name)
+    return {c["type"]: c["status"] for c in job.get("status", {}).get("conditions", [])}
+
+
+def succeeded(api, ns: str, name: str) -> bool:
+    conditions = job_conditions(api, ns, name)
+    if conditions.get("Failed") == "True":
+        raise AssertionError(f"{ns}/{name} failed: {conditions}")
+    return conditions.get("Succeeded") == "True"
+
+
+def explain(api, node, ns: str):
+    """What a failed wait shows: the pods, their events, and the node's logs."""
+    def text():
+        lines = []
+        for p in api.core.list_namespaced_pod(ns).items:
+            states = [(c.name, c.state.to_dict() if c.state else None) for c in (p.status.container_statuses or [])]
+            lines.append(f"pod {p.metadata.name} {p.status.phase} {states}")
+        for e in api.core.list_namespaced_event(ns).items[-30:]:
+            lines.append(f"event {e.involved_object.name}: {e.reason} {e.message}")
+        return "\n".join(lines) + "\n--- kubelet\n" + node.log("kubelet", 3000)
+    return text
+
+
+def pod_log(api, ns: str, pod: str, previous: bool = False) -> str:
+    return api.core.read_namespaced_pod_log(pod, ns, container=contract.CONTAINER_NAME, previous=previous)
+
+
+def final_digest(log: str) -> str:
+    m = re.search(r"weights sha256 ([0-9a-f]{16})", log)
+    assert m, log[-3000:]
+    return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def local_digest(tmp_path_factory) -> dict[int, str]:
+    """The final weights of `--local` runs of the same script on the same 4 ranks, by step count."""
+    cache: dict[int, str] = {}
+
+    def digest(steps: int) -> str:
+        if steps not in cache:
+            d = tmp_path_factory.mktemp("local")
+            out = run(["--nproc-per-node", "4", "--checkpoint", str(d), "--run-id", "ref", EXAMPLE, "--",
+                       *SCRIPT_ARGS, "--steps", str(steps), "--result", str(d / "result.json")], timeout=600)
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+            cache[steps] = json.loads((d / "result.json").read_text())["sha256"][:16]
+        return cache[steps]
+    return digest
+
+
+def running_pod(api, ns: str, name: str, replica: str):
+    def get():
+        pods = api.core.list_namespaced_pod(ns, label_selector=(
+            f"{contract.OPERATOR_JOB_NAME_LABEL}={name},{contract.OPERATOR_REPLICA_TYPE_LABEL}={replica}")).items
+        return next((p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp), None)
+    return get
+
+
+def test_two_pods_train_in_real_containers_to_the_weights_of_a_local_run(api, node, capsys, restricted_namespace,
+                                                                        local_digest):
+    ns, name = restricted_namespace, "e2e"
+    folder = local_volume(api, node, ns)
+    launch_job(capsys, node, ns, name, "--steps", "20", launch_args=(
+        "--pvc", f"{CLAIM}:/checkpoints", "--checkpoint", "/checkpoints", "--clean-pod-policy", "None"))
+    wait(lambda: succeeded(api, ns, name), 420, "the job to succeed", explain(api, node, ns))
+    master = pod_log(api, ns, f"{name}-master-0")
+    assert final_digest(master) == local_digest(20)
+    worker = api.core.read_namespaced_pod(f"{name}-worker-0", ns)
+    # The operator's own init container ran, admitted under `restricted` (k8s/operator/).
+    assert [c.name for c in worker.spec.init_containers] == ["init-pytorch"]
+    # Checkpoints on the claim, written by uid 1000 through the pod's fsGroup.
+    latest = os.path.join(folder, name, contract.LATEST_NAME)
+    assert open(latest).read().strip().endswith("20")
+    st = os.stat(os.path.join(folder, name))
+    assert (st.st_uid, st.st_gid) == (1000, 1000)
+
+
+def _delete_and_resume(api, node, capsys, ns: str, replica: str, local_digest) -> None:
+    name = f"del-{replica}"
+    folder = local_volume(api, node, ns)
+    launch_job(capsys, node, ns, name, "--steps", "60", "--step-sleep", "0.2",
+               launch_args=("--pvc", f"{CLAIM}:/checkpoints", "--checkpoint", "/checkpoints", "--grace-seconds", "60"))
+    latest = os.path.join(folder, name, contract.LATEST_NAME)
+    wait(lambda: os.path.exists(latest), 300, "a committed checkpoint", explain(api, node, ns))
+    pod = wait(running_pod(api, ns, name, replica), 60, f"a running {replica}")
+    # `kubectl delete pod`: the kubelet sends SIGTERM and waits up to the rendered grace period.
+    api.core.delete_namespaced_pod(pod.metadata.name, ns)
+    wait(lambda: succeeded(api, ns, name), 420, "the job to succeed after the restart", explain(api, node, ns))
+    master_log = pod_log(api, ns, f"{name}-master-0")
+    assert final_digest(master_log) == local_digest(60)
+    resumed = contract.parse_runtime_log(master_log.splitlines())["resumed_from"]
+    assert resumed is not None and resumed >= 5, master_log[-3000:]
+    events = [e for e in api.core.list_namespaced_event(ns).items
+              if e.reason == "Killing" and e.involved_object.name == pod.metadata.name]
+    assert events, "the kubelet's Killing event"
+
+
+def test_deleting_the_master_pod_commits_exits_143_and_the_job_resumes_bit_identical(
+        api, node, capsys, restricted_namespace, local_digest):
+    _delete_and_resume(api, node, capsys, restricted_namespace, "master", local_digest)
+
+
+def test_deleting_a_worker_pod_commits_exits_143_and_the_job_resumes_bit_identical(
+        api, node, capsys, restricted_namespace, local_digest):
+    _delete_and_resume(api, node, capsys, restricted_namespace, "worker", local_digest)
+
+
+def test_checkpoints_in_s3_from_real_pods(api, node, node_s3, capsys, restricted_namespace, local_digest):
+    import boto3
+
+    from tests.s3 import CREDENTIALS
+
+    ns, name, bucket = restricted_namespace, "s3", "node-tier"
+    s3 = boto3.client("s3", endpoint_url=node_s3, **{k.lower(): v for k, v in CREDENTIALS.items()
+                                                     if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    api.core.create_namespaced_secret(ns, {"metadata": {"name": "s3"},
+                                           "stringData": {**CREDENTIALS, "AWS_ENDPOINT_URL": node_s3}})
+    launch_job(capsys, node, ns, name, "--steps", "20",
+               launch_args=("--checkpoint", f"s3://{bucket}/ckpts", "--secret-env", "s3"))
+    wait(lambda: succeeded(api, ns, name), 420, "the job to succeed", explain(api, node, ns))
+    latest = s3.get_object(Bucket=bucket, Key=f"ckpts/{name}/{contract.LATEST_NAME}")["Body"].read().decode()
+    assert latest.strip().endswith("20")
+    assert final_digest(pod_log(api, ns, f"{name}-master-0")) == local_digest(20)
+
+
+def test_in_the_container_uid_1000_restricted_seccomp_shm_read_only_code_fsgroup_and_no_zombies(
+        api, node, capsys, restricted_namespace):
+    ns, name = restricted_namespace, "facts"
+    folder = local_volume(api, node, ns)
+    code, _, err = launch(capsys, os.path.join(FIXTURES, "container_facts.py"), "--nodes", "1", "--nproc", "1",
+                          "--image", node.image, "-n", ns, "--name", name, "--shm", "96Mi",
+                          "--pvc", f"{CLAIM}:/data", "--", "/data")
+    assert code == 0, err
+    wait(lambda: succeeded(api, ns, name), 300, "the job to succeed", explain(api, node, ns))
+    log = pod_log(api, ns, f"{name}-master-0")
+    facts = json.loads(log.split("FACTS ", 1)[1].splitlines()[0])
+    assert (facts["uid"], facts["gid"]) == (1000, 1000) and 1000 in facts["groups"], facts
+    assert facts["Seccomp"] == "2" and facts["NoNewPrivs"] == "1", facts  # RuntimeDefault: a filter in force
+    assert int(facts["CapEff"], 16) == 0, facts  # every capability dropped
+    assert facts["shm_bytes"] == 96 * 1024 * 1024, facts  # /dev/shm: the emptyDir's sizeLimit
+    # The script ran at all, so the bundle from the read-only ConfigMap matched its sha256.
+    assert facts["code_mount"].split(",")[0] == "ro", facts
+    assert facts["probe_owner"] == [1000, 1000], facts
+    assert os.stat(os.path.join(folder, "probe")).st_gid == 1000  # fsGroup on a root-owned 0755 volume
+    assert "trainer" in facts["pid1"], facts  # the supervisor is the container's PID 1 ...
+    assert facts["zombies_of_pid1"] == 0, facts  # ... and reaps what is re-parented to it
+
+
+def test_a_grace_period_shorter_than_the_commit_is_a_sigkill_and_the_job_resumes_from_the_last_commit(
+        api, node, capsys, restricted_namespace, local_digest):
+    ns, name = restricted_namespace, "short-grace"
+    folder = local_volume(api, node, ns)
+    launch_job(capsys, node, ns, name, "--steps", "40", "--step-sleep", "1",
+               launch_args=("--pvc", f"{CLAIM}:/checkpoints", "--checkpoint", "/checkpoints"))
+    latest = os.path.join(folder, name, contract.LATEST_NAME)
+    wait(lambda: os.path.exists(latest), 300, "a committed checkpoint", explain(api, node, ns))
+    pod = wait(running_pod(api, ns, name, "master"), 60, "a running master")
+    # One second: the ranks agree on a stop step at the next step boundary (a second away) and read
+    # the agreement one boundary later, so the kubelet SIGKILLs before the stop checkpoint commits.
+    api.core.delete_namespaced_pod(pod.metadata.name, ns, grace_period_seconds=1)
+    wait(lambda: succeeded(api, ns, name), 420, "the job to succeed after the SIGKILL", explain(api, node, ns))
+    master_log = pod_log(api, ns, f"{name}-master-0")
+    resumed = contract.parse_runtime_log(master_log.splitlines())["resumed_from"]
+    # Only periodic checkpoints (every 5 steps) can have committed: a stop step never did.
+    assert resumed is not None and resumed % 5 == 0, master_log[-3000:]
+    assert final_digest(master_log) == local_digest(40)
+    assert "gracePeriod=1" in node.log("kubelet", 10**7), "the kubelet's kill with the deletion's grace"
+
+
+def test_launch_chaos_kills_and_evicts_real_pods_and_reads_the_resume_step_from_their_logs(
+        api, node, capsys, restricted_namespace):
+    ns, name = restricted_namespace, "chaos"
+    folder = local_volume(api, node, ns)
+    launch_job(capsys, node, ns, name, "--steps", "200", "--step-sleep", "0.2",
+               launch_args=("--pvc", f"{CLAIM}:/checkpoints", "--checkpoint", "/checkpoints", "--grace-seconds", "30"))
+    latest = os.path.join(folder, name, contract.LATEST_NAME)
+    wait(lambda: os.path.exists(latest), 300, "a committed checkpoint", explain(api, node, ns))
+    code, out, err = launch(capsys, "chaos", name, "-n", ns, "--kill-pod", "worker-0", "--wait", "300s")
+    assert code == 0, out + err
+    assert f"deleted worker-0 ({name}-worker-0)" in out and "grace 0" in out, out
+    resumed = int(out.split("resumed from step ")[1].split()[0].rstrip(";"))
+    assert resumed >= 5, out
+
+    def evicted() -> str:
+        # The PDB allows it once the disruption controller has seen both pods running again.
+        code, out, _ = launch(capsys, "chaos", name, "-n", ns, "--evict-with-grace", "30", "--wait", "300s")
+        return out if code == 0 else ""
+
+    out = wait(evicted, 120, "an eviction the PodDisruptionBudget allows", explain(api, node, ns))
+    assert "grace 30s" in out and "resumed from step " in out, out
+    # A graceful eviction is a preemption: the stop step commits, and the new pod resumes right there.
+    assert int(out.split("resumed from step ")[1].split()[0].rstrip(";")) > resumed, out
+
+
+def test_a_scheduled_retrain_runs_its_submitter_in_the_image_as_its_service_account(api, node, capsys,
+                                                                                    restricted_namespace):
+    from kubernetes import client
+
+    ns = restricted_namespace
+    local_volume(api, node, ns)
+    code, out, err = launch(capsys, "schedule", EXAMPLE, "--cron", "0 3 * * *", "--nodes", "2", "--nproc", "1",
+                            "--image", node.image, "-n", ns, "--name", "nightly", "--pvc", f"{CLAIM}:/checkpoints",
+                            "--checkpoint", "/checkpoints", "--", *SCRIPT_ARGS, "--steps", "10")
+    assert code == 0, err
+    code, out, err = launch(capsys, "schedule", "trigger", "nightly", "-n", ns)
+    assert code == 0, err
+    run = out.split("triggered run ", 1)[1].split(":", 1)[0].split("/", 1)[1]
+    batch = client.BatchV1Api(api.core.api_client)
+
+    def job_done():
+        job = batch.read_namespaced_job(run, ns)
+        done = [c.type for c in job.status.conditions or [] if c.status == "True" and c.type in ("Complete", "Failed")]
+        return done[0] if done else None
+
+    assert wait(job_done, 600, "the retrain's Job to finish", explain(api, node, ns)) == "Complete"
+    pod = api.core.list_namespaced_pod(ns, label_selector=f"{contract.JOB_NAME_LABEL}={run}").items[0]
+    submitter_log = api.core.read_namespaced_pod_log(pod.metadata.name, ns)
+    # In-cluster config: the `kubernetes` Service through kube-proxy, with the projected token.
+    assert f"created PyTorchJob {ns}/{run}" in submitter_log and f"PyTorchJob {ns}/{run}: Succeeded" in submitter_log, \
+        submitter_log
+    assert pod.spec.containers[0].image == node.image
+    assert any(v.projected for v in pod.spec.volumes), "the ServiceAccount token, projected by the kubelet"
