@@ -105,7 +105,10 @@ def _verb_parser(verb: str) -> argparse.ArgumentParser:
     if verb == "logs":
         p.add_argument("-f", "--follow", action="store_true", help="keep streaming; wait for pending pods")
     if verb in ("status", "list"):
-        p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+        p.add_argument("-o", "--output", choices=("text", "json", "yaml", "wide"), default="text",
+                       help="text (default), json, yaml, or wide" + (" (every pod)" if verb == "status" else ""))
+    if verb == "status":
+        p.add_argument("--pods", action="store_true", help="list every pod, not only those that are not healthy")
     p.add_argument("--namespace", "-n", default=None)
     p.add_argument("--context", default=None)
     return p
@@ -248,7 +251,7 @@ def run_verb(verb: str, argv: list[str], env: Mapping[str, str]) -> int:
     namespace = args.namespace or defaults.get("namespace") or "default"
     api = client.connect(context=args.context or defaults.get("context"))
     if verb == "status":
-        return client.print_status(api, namespace, args.job, output=args.output)
+        return client.print_status(api, namespace, args.job, output=args.output, all_pods=args.pods)
     if verb == "logs":
         return client.stream_logs(api, namespace, args.job, follow=args.follow)
     if verb == "cancel":

@@ -15,10 +15,12 @@ import threading
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
+from launcher import status as status_fmt
 from launcher.errors import ClusterError, SpecError
 from launcher.render import PYTORCHJOB_API
 from launcher.spec import JobSpec
 from trainer import contract
+from trainer.errors import one_line
 
 T = TypeVar("T")
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
@@ -34,49 +36,76 @@ class Api:
     scheduling: Any
 
 
+#: Seconds to connect and to wait for an answer, for every API call (a watch or `logs -f` stream:
+#: to connect only). An API server that accepts connections but never answers is an error, not a hang.
+CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 30.0
+_server = {"url": "the API server"}  # named in transport errors; set by connect()
+
+
+def _with_timeouts(api_client: Any) -> None:
+    """Give every request of this client the default timeouts unless the call sets its own."""
+    rest = api_client.rest_client
+    request = rest.request
+
+    def timed(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return request(*args, _request_timeout=_request_timeout or (CONNECT_TIMEOUT, READ_TIMEOUT), **kwargs)
+
+    rest.request = timed
+
+
 def connect(context: str | None = None) -> Api:
     """Clients from the kubeconfig (or in-cluster config); ClusterError when neither is there."""
     import os
 
+    import urllib3
     from kubernetes import client, config
 
+    path = os.environ.get("KUBECONFIG")
+    if path and ":" not in path and not os.path.exists(path):
+        raise ClusterError(f"KUBECONFIG points at {path}, which does not exist; fix the path or unset it")
     try:
         # Pass the path read now: the client's own default is KUBECONFIG as it was at import time.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config"),
-                                context=context)
+        config.load_kube_config(config_file=path or os.path.expanduser("~/.kube/config"), context=context)
     except Exception as kube_error:  # config.ConfigException, missing file, bad context
         if context:
             raise ClusterError(f"kubeconfig context {context!r}: {kube_error}") from None
+        if path:
+            raise ClusterError(f"KUBECONFIG {path}: {one_line(str(kube_error))}") from None
         try:
             config.load_incluster_config()
         except Exception:
             raise ClusterError("no cluster configured: set KUBECONFIG or ~/.kube/config, pass --context, "
                                "or run here with --local") from None
-    if not client.Configuration.get_default_copy().verify_ssl:
+    conf = client.Configuration.get_default_copy()
+    if not conf.verify_ssl:
         # The kubeconfig asked for insecure-skip-tls-verify; like kubectl, do not warn on every request.
-        import urllib3
-
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-    return Api(core=client.CoreV1Api(), custom=client.CustomObjectsApi(), policy=client.PolicyV1Api(),
-               ext=client.ApiextensionsV1Api(), scheduling=client.SchedulingV1Api())
+    # No retries of a read that timed out (each would wait READ_TIMEOUT again); refused connections twice.
+    conf.retries = urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=0, raise_on_status=False)
+    _server["url"] = conf.host
+    api_client = client.ApiClient(conf)
+    _with_timeouts(api_client)
+    return Api(core=client.CoreV1Api(api_client), custom=client.CustomObjectsApi(api_client),
+               policy=client.PolicyV1Api(api_client), ext=client.ApiextensionsV1Api(api_client),
+               scheduling=client.SchedulingV1Api(api_client))
 
 
-def _call(what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | None:
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
+def transport_error(what: str, error: BaseException) -> str:
+    """One short line for a request that got no HTTP answer: which server, and what happened."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError, SSLError
 
-    try:
-        return fn()
-    except ApiException as e:
-        if missing_ok and e.status == 404:
-            return None
-        try:
-            message = json.loads(e.body).get("message") or e.reason
-        except (TypeError, ValueError):
-            message = e.reason
-        raise ClusterError(f"{what}: {message} (HTTP {e.status})", status=e.status) from None
-    except (HTTPError, OSError) as e:
-        raise ClusterError(f"{what}: cannot reach the API server: {e}") from None
+    server = _server["url"]
+    cause = error.reason if isinstance(error, MaxRetryError) and error.reason is not None else error
+    if isinstance(cause, ReadTimeoutError) or "timed out" in str(cause).lower():
+        return (f"{what}: the API server {server} did not answer within {READ_TIMEOUT:g}s "
+                "(it accepts connections but is not responding)")
+    if isinstance(cause, NewConnectionError) or "refused" in str(cause).lower():
+        return f"{what}: cannot connect to the API server {server} (connection refused)"
+    if isinstance(cause, SSLError):
+        return f"{what}: TLS to the API server {server} failed: {one_line(str(cause))[:200]}"
+    if isinstance(cause, ProtocolError):
+        return f"{what}: the API server {server} closed the connection"
+    return f"{what}: cannot reach the API server {server}: {one_line(str(cause))[:200]}"
 
 
 # --- preflight -----------------------------------------------------------------
@@ -101,6 +130,22 @@ def gpu_quota_room(quotas: list[Any], resource: str) -> float | None:
     return room
 
 
+#: The PodGroup CRD each --gang scheduler brings; without it the pods wait for a scheduler that is not there.
+GANG_PODGROUP_CRDS = {"volcano": "podgroups.scheduling.volcano.sh",
+                      "scheduler-plugins": "podgroups.scheduling.x-k8s.io"}
+INIT_CONTAINER_TEMPLATE = "k8s/operator/pytorch-init-container.yaml.tmpl"
+
+
+def pod_security_warning(namespace_labels: dict, pods: int) -> str | None:
+    """A namespace that enforces Pod Security `restricted` refuses the operator's own init container
+    on worker pods (it has no securityContext) unless the cluster runs the operator with our template."""
+    if pods > 1 and namespace_labels.get("pod-security.kubernetes.io/enforce") == "restricted":
+        return ("the namespace enforces Pod Security 'restricted': the training operator's own init-pytorch "
+                "container is refused there, so worker pods are never created unless the operator runs with "
+                f"--pytorch-init-container-template-file={INIT_CONTAINER_TEMPLATE} (see README)")
+    return None
+
+
 def preflight(api: Api, spec: JobSpec) -> None:
     """Refuse before creating anything: CRD, namespace, quota, Secrets, PVCs, priority class."""
     ns = spec.namespace
@@ -108,8 +153,18 @@ def preflight(api: Api, spec: JobSpec) -> None:
              missing_ok=True) is None:
         raise SpecError(f"the cluster has no {CRD_NAME} CRD: install the Kubeflow training operator "
                         "(kubectl apply --server-side -k \"github.com/kubeflow/training-operator/manifests/overlays/standalone\")")
-    if _call(f"reading namespace {ns}", lambda: api.core.read_namespace(ns), missing_ok=True) is None:
+    if spec.gang:
+        crd = GANG_PODGROUP_CRDS[spec.gang]
+        if _call(f"reading the {crd} CRD", lambda: api.ext.read_custom_resource_definition(crd),
+                 missing_ok=True) is None:
+            raise SpecError(f"--gang {spec.gang}: the cluster has no {crd} CRD, so {spec.gang} is not installed and "
+                            "the pods would wait forever; install it or drop --gang")
+    namespace = _call(f"reading namespace {ns}", lambda: api.core.read_namespace(ns), missing_ok=True)
+    if namespace is None:
         raise SpecError(f"namespace {ns!r} does not exist; create it or pass --namespace")
+    warning = pod_security_warning((namespace.metadata.labels or {}), spec.nodes)
+    if warning:
+        print(f"launch: warning: {warning}", file=sys.stderr)
     need = spec.total_gpus
     if need:
         quotas = _call(f"listing ResourceQuotas in {ns}", lambda: api.core.list_namespaced_resource_quota(ns)).items
@@ -164,7 +219,14 @@ def create_all(api: Api, ns: str, objects: list[dict]) -> None:
     """Create the job, then the rest owned by it; delete what was created if anything fails."""
     created: list[tuple[str, str]] = []
     try:
-        job = _create(api, ns, objects[0])
+        try:
+            job = _create(api, ns, objects[0])
+        except ClusterError as e:
+            if e.status == 409:
+                name = objects[0]["metadata"]["name"]
+                raise SpecError(f"a PyTorchJob {name!r} exists in namespace {ns} already; pick another --name, "
+                                f"or `launch cancel {name} -n {ns}` first") from None
+            raise
         created.append(("PyTorchJob", job["metadata"]["name"]))
         owner = {"apiVersion": PYTORCHJOB_API, "kind": "PyTorchJob", "name": job["metadata"]["name"],
                  "uid": job["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
@@ -212,10 +274,17 @@ def get_job(api: Api, ns: str, name: str) -> dict:
     return job
 
 
-def job_pods(api: Api, ns: str, name: str) -> list[Any]:
+def job_pods(api: Api, ns: str, name: str, job_uid: str | None = None) -> list[Any]:
+    """The job's pods, one list call by label; with job_uid, only those it owns (not a same-named job's)."""
     pods = _call("listing pods", lambda: api.core.list_namespaced_pod(
         ns, label_selector=f"{contract.OPERATOR_JOB_NAME_LABEL}={name}")).items
-    return sorted(pods, key=lambda p: pod_label(p))
+    if job_uid:
+        pods = [p for p in pods if _owner_uid(p) in (None, job_uid)]
+    return sorted(pods, key=lambda p: status_fmt.natural_key(pod_label(p)))
+
+
+def _owner_uid(pod: Any) -> str | None:
+    return next((o.uid for o in pod.metadata.owner_references or [] if o.controller), None)
 
 
 def pod_label(pod: Any) -> str:
@@ -231,12 +300,20 @@ def job_state(job: dict) -> str:
 
 
 def describe_pod(pod: Any) -> dict:
-    out = {"pod": pod.metadata.name, "replica": pod_label(pod), "phase": pod.status.phase,
-           "node": pod.spec.node_name, "restarts": 0}
+    """A pod as the plain record launcher/status.py reads."""
+    out = {"pod": pod.metadata.name, "name": pod.metadata.name, "uid": pod.metadata.uid, "owner_uid": _owner_uid(pod),
+           "replica": pod_label(pod), "phase": pod.status.phase, "node": pod.spec.node_name, "restarts": 0,
+           "deleting": pod.metadata.deletion_timestamp is not None}
+    for c in pod.status.conditions or []:
+        if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+            out["unschedulable"] = " ".join((c.message or c.reason).split())
     for cs in pod.status.container_statuses or []:
         if cs.name != contract.CONTAINER_NAME:
             continue
         out["restarts"] = cs.restart_count
+        waiting = cs.state and cs.state.waiting
+        if waiting is not None and waiting.reason not in (None, "ContainerCreating", "PodInitializing"):
+            out["waiting"] = f"{waiting.reason}: {waiting.message}" if waiting.message else waiting.reason
         term = (cs.state and cs.state.terminated) or (cs.last_state and cs.last_state.terminated)
         if term is not None:
             out["exit_code"] = term.exit_code
@@ -245,125 +322,129 @@ def describe_pod(pod: Any) -> dict:
     return out
 
 
+def _event_record(e: Any) -> dict:
+    io = e.involved_object
+    return {"kind": io.kind, "name": io.name, "uid": io.uid, "reason": e.reason or "", "message": e.message or "",
+            "count": e.count or 1, "type": e.type, "created": e.metadata.creation_timestamp}
+
+
+def _list_events(api: Api, ns: str, field_selector: str) -> list[dict]:
+    """Events by field selector, every page of them."""
+    out, token = [], None
+    while True:
+        got = _call("listing events", lambda: api.core.list_namespaced_event(
+            ns, field_selector=field_selector, limit=1000, _continue=token))
+        out += [_event_record(e) for e in got.items]
+        token = got.metadata._continue
+        if not token:
+            return out
+
+
 def runtime_progress(api: Api, ns: str, pod: Any) -> dict:
-    """What the runtime in this pod logged about resuming and preemption (last 500 lines)."""
+    """The newest committed step the runtime in this pod logged (last 500 lines), and when."""
     text = _call(f"reading logs of {pod.metadata.name}", lambda: api.core.read_namespaced_pod_log(
-        pod.metadata.name, ns, container=contract.CONTAINER_NAME, tail_lines=500), missing_ok=True)
-    return contract.parse_runtime_log((text or "").splitlines())
+        pod.metadata.name, ns, container=contract.CONTAINER_NAME, tail_lines=500, timestamps=True), missing_ok=True)
+    return status_fmt.newest_commit((text or "").splitlines())
 
 
-def restart_events(api: Api, ns: str, name: str) -> list[dict]:
-    return [{"reason": e.reason, "message": e.message, "count": e.count or 1} for e in _events(api, ns, name)
-            if e.reason and ("Restart" in e.reason or "Fail" in e.reason or "Evict" in e.reason)]
+def restart_events(job_events: list[dict]) -> list[dict]:
+    return [{"reason": e["reason"], "message": e["message"], "count": e["count"]} for e in job_events
+            if e["reason"] and ("Restart" in e["reason"] or "Fail" in e["reason"] or "Evict" in e["reason"])]
 
 
-#: Why a pod went away other than by exiting, by the reason of the event on the pod. The
-#: operator recreates it (same name); like a Job's disruptions, it does not spend the retry budget.
-POD_LOSS_CAUSES = {
-    "TaintManagerEviction": "evicted: its node was tainted NoExecute (not ready, unreachable, out of service)",
-    "NodeNotReady": "its node became not ready",  # context: the eviction that follows is the loss
-    "Preempted": "preempted by a higher-priority pod",
-    "Evicted": "evicted by the kubelet (node pressure)",
-}
-_NOT_A_LOSS = {"NodeNotReady"}
-# The operator's event on the job each time it sees a container exit.
-_EXITED = re.compile(r"Pod: [^.\s]+\.(\S+) exited with code (-?\d+)")
-
-
-def _events(api: Api, ns: str, involved: str) -> list[Any]:
-    return _call("listing events", lambda: api.core.list_namespaced_event(
-        ns, field_selector=f"involvedObject.name={involved}")).items
+POD_LOSS_CAUSES = status_fmt.POD_LOSS_CAUSES
 
 
 def pod_recreations(api: Api, ns: str, name: str) -> int:
-    """How often the operator created a pod again under a name it had used: one per restart, whatever the cause.
-
-    Its Restarting events are no count: it sends several per restart, and one for an eviction too.
-    Events are all Kubernetes keeps of past pods; client-go's spam filter (25 per object, then one
-    per 5 minutes) and the API server's event TTL (1 h) make this a lower bound for busy or old jobs.
-    """
-    created: dict[str, int] = {}
-    for e in _events(api, ns, name):
-        if e.reason == "SuccessfulCreatePod":  # "Created pod: <name>", aggregated with a count
-            created[e.message] = created.get(e.message, 0) + (e.count or 1)
-    return sum(n - 1 for n in created.values())
-
-
-def replica_pod_names(job: dict, pods: list[Any]) -> list[str]:
-    """Every pod name the job has had: the operator names them <job>-<replica type>-<index>, and reuses the name."""
-    name = job["metadata"]["name"]
-    specs = (job.get("spec") or {}).get("pytorchReplicaSpecs") or {}
-    names = {f"{name}-{rtype.lower()}-{i}" for rtype, s in specs.items() for i in range(s.get("replicas") or 1)}
-    return sorted(names | {p.metadata.name for p in pods})
-
-
-def restart_causes(api: Api, ns: str, job: dict, pods: list[Any]) -> list[dict]:
-    """Each distinct reason a pod of the job ended early: its exit code's meaning, an eviction, a preemption."""
-    prefix = job["metadata"]["name"] + "-"
-    causes: dict[tuple[str, str], dict] = {}
-    for e in _events(api, ns, job["metadata"]["name"]):
-        m = e.reason == "ExitedWithCode" and _EXITED.search(e.message or "")
-        if m and int(m.group(2)) != 0:
-            code = int(m.group(2))
-            cause = f"exit {code}: {contract.describe_exit_code(code)}"
-            causes.setdefault((m.group(1), cause), {"pod": m.group(1), "cause": cause, "exit_code": code,
-                                                    "retried": contract.is_retryable(code)})
-    for pod in replica_pod_names(job, pods):
-        for e in _events(api, ns, pod):
-            # The taint manager uses the same reason when it cancels an eviction.
-            if e.reason in POD_LOSS_CAUSES and not (e.message or "").startswith("Cancelling"):
-                c = causes.setdefault((pod, POD_LOSS_CAUSES[e.reason]), {
-                    "pod": pod, "cause": POD_LOSS_CAUSES[e.reason], "reason": e.reason, "retried": True, "count": 0})
-                c["count"] += e.count or 1
-    for c in causes.values():
-        c["replica"] = c["pod"][len(prefix):] if c["pod"].startswith(prefix) else c["pod"]
-    return list(causes.values())
-
-
-def print_status(api: Api, ns: str, name: str, *, output: str = "text") -> int:
+    """How often the job's pods were created again: pod UIDs per replica less one (launcher/status.py)."""
     job = get_job(api, ns, name)
-    pods = []
-    listed = job_pods(api, ns, name)
-    for p in listed:
-        info = describe_pod(p)
-        if p.status.phase in ("Running", "Succeeded", "Failed"):
-            try:
-                info.update(runtime_progress(api, ns, p))
-            except ClusterError:
-                pass  # logs are a bonus here; the status above stands without them
-        pods.append(info)
+    pods = [describe_pod(p) for p in job_pods(api, ns, name, job["metadata"].get("uid"))]
+    incarnations = status_fmt.pod_incarnations(job, pods, _list_events(api, ns, "involvedObject.kind=Pod"))
+    return sum(status_fmt.count_restarts(incarnations).values())
+
+
+def read_status(api: Api, ns: str, name: str, *, now: Any = None) -> dict:
+    """Everything `launch status` shows, from one read of the job and one list call per kind.
+
+    Restarts are pod UIDs per replica over the job's life (launcher/status.py), never summed events.
+    """
+    import datetime
+
+    job = get_job(api, ns, name)
+    uid = job["metadata"].get("uid")
+    listed = job_pods(api, ns, name, uid)
+    pods = [describe_pod(p) for p in listed]
+    job_events = _list_events(api, ns, f"involvedObject.uid={uid}")
+    pod_events = _list_events(api, ns, "involvedObject.kind=Pod")
+    incarnations = status_fmt.pod_incarnations(job, pods, pod_events)
+    per_pod = status_fmt.count_restarts(incarnations)
+    restarts = sum(per_pod.values())
+    causes = status_fmt.restart_causes(job, job_events, pod_events, incarnations)
     backoff = ((job.get("spec") or {}).get("runPolicy") or {}).get("backoffLimit")
-    events = restart_events(api, ns, name)
-    causes = restart_causes(api, ns, job, listed)
-    restarts = pod_recreations(api, ns, name)
-    losses = sum(c.get("count", 0) for c in causes if c.get("reason") not in _NOT_A_LOSS)
-    spent = max(restarts - losses, 0)  # restarts after the pod's own exit
-    doc = {"name": name, "namespace": ns, "state": job_state(job),
-           "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
-                          for c in (job.get("status") or {}).get("conditions") or []],
-           "replicas": (job.get("status") or {}).get("replicaStatuses") or {},
-           "pods": pods, "restarts": restarts, "retries_left": None if backoff is None else max(backoff - spent, 0),
-           "causes": causes, "events": events}
-    if output == "json":
-        print(json.dumps(doc, indent=2, sort_keys=True))
+    specs = (job.get("spec") or {}).get("pytorchReplicaSpecs") or {}
+    progress: dict = {"resumed_from": None, "preempted_at": None, "step": None, "at": None}
+    # The newest committed step, from the first replica's log: one log read, not one per pod.
+    first = next((p for p in listed if p.status.phase in ("Running", "Succeeded", "Failed")), None)
+    if first is not None:
+        try:
+            progress = runtime_progress(api, ns, first)
+        except ClusterError:
+            pass  # logs are a bonus here; the status above stands without them
+    for p in pods:
+        p["restarts"] = per_pod.get(p["name"], 0)
+        if first is not None and p["name"] == first.metadata.name:
+            p.update({k: progress[k] for k in ("resumed_from", "preempted_at")})
+    return {"name": name, "namespace": ns, "uid": uid, "state": job_state(job),
+            "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
+                           for c in (job.get("status") or {}).get("conditions") or []],
+            "replicas": (job.get("status") or {}).get("replicaStatuses") or {},
+            "expected_pods": sum(s.get("replicas") or 1 for s in specs.values()),
+            "pods": [{k: v for k, v in p.items() if k not in ("name", "owner_uid")} for p in pods],
+            "restarts": restarts, "restarts_by_pod": {k: v for k, v in per_pod.items() if v},
+            "retries_left": status_fmt.retries_left(backoff, restarts, causes),
+            "causes": causes, "create_failures": status_fmt.create_failures(job_events),
+            "committed_step": progress["step"],
+            "committed_at": progress["at"].isoformat() if progress.get("at") else None,
+            "events": restart_events(job_events),
+            "_progress": progress, "_now": now or datetime.datetime.now(datetime.timezone.utc)}
+
+
+def print_status(api: Api, ns: str, name: str, *, output: str = "text", all_pods: bool = False) -> int:
+    doc = read_status(api, ns, name)
+    progress, now = doc.pop("_progress"), doc.pop("_now")
+    if output in ("json", "yaml"):
+        print_doc(doc, output)
         return 0
-    print(f"{ns}/{name}: {doc['state']}" + (f"  (restarts {restarts}, {doc['retries_left']} retries left)"
-                                            if backoff is not None else ""))
+    all_pods = all_pods or output == "wide"
+    pods = [{**p, "name": p["pod"]} for p in doc["pods"]]
+    for line in status_fmt.summary_lines(ns, name, doc["state"], pods, doc["expected_pods"], doc["restarts"],
+                                         doc["retries_left"], doc["causes"], progress, now):
+        print(line)
     for c in doc["conditions"]:
         print(f"  {c['type']:<10} {c['status']:<5} {c.get('reason') or ''}: {c.get('message') or ''}")
-    for p in pods:
-        exit_text = f"  last exit {p['exit_code']}: {p['exit_meaning']}" if "exit_code" in p else ""
-        if p.get("preempted_at") is not None:
-            exit_text += f"; preempted at step {p['preempted_at']}"
-        if p.get("resumed_from") is not None:
-            exit_text += f"; resumed from step {p['resumed_from']}"
-        print(f"  {p['replica']:<10} {p['phase'] or '?':<10} node={p['node'] or '-'}{exit_text}")
+    if doc["create_failures"] and len(pods) < doc["expected_pods"]:
+        print(f"  why: the operator cannot create the pods: {doc['create_failures'][0]}")
+    rows = status_fmt.pod_rows(pods, {p["name"]: p["restarts"] for p in pods}, all_pods=all_pods)
+    if rows:
+        for line in status_fmt.table(status_fmt.POD_HEADER, rows, indent="  "):
+            print(line)
     for c in doc["causes"]:
         then = ("retried" if c["retried"] else "not retried") if "exit_code" in c else f"x{c['count']}, pod recreated"
         print(f"  cause {c['replica']:<10} {c['cause']} ({then})")
-    for e in events:
+    for e in doc["events"][-10:]:
         print(f"  event {e['reason']} x{e['count']}: {e['message']}")
+    if not all_pods and len(rows) < len(pods):
+        print(f"  ({len(pods) - len(rows)} healthy pod(s) not listed: --pods or -o wide lists every pod)")
     return 0
+
+
+def print_doc(doc: Any, output: str) -> None:
+    if output == "json":
+        print(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(json.loads(json.dumps(doc, default=str)), sort_keys=True), end="")
 
 
 #: Once the job has finished, log streams still open after this long are closed: a kubelet ends
@@ -378,6 +459,7 @@ class _Streams:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # one line at a time on stdout
     open: list = dataclasses.field(default_factory=list)  # the HTTP responses being read
     drained: threading.Event = dataclasses.field(default_factory=threading.Event)  # set: close, stop, no error
+    errors: list = dataclasses.field(default_factory=list)  # one line per pod whose log could not be read
 
     def drain(self, threads: list[threading.Thread]) -> None:
         """Let the streams of a finished job end on their own for LOG_DRAIN_SECONDS, then close the rest."""
@@ -402,29 +484,50 @@ def _abort(stream: Any) -> None:
     stream.close()
 
 
+def _waiting_for(pod: Any) -> str:
+    """What a pending pod waits for, in a few words."""
+    info = describe_pod(pod)
+    return status_fmt.pod_problem(info) or "to be scheduled and started"
+
+
 def _stream_pod(api: Api, ns: str, pod: Any, follow: bool, shared: _Streams) -> None:
+    try:
+        _stream_pod_lines(api, ns, pod, follow, shared)
+    except ClusterError as e:
+        if not shared.drained.is_set():
+            shared.errors.append(str(e))
+    except Exception as e:  # a broken read: said once, as one line, never a thread's traceback
+        if not shared.drained.is_set():  # after the drain, a broken read is the end we asked for
+            shared.errors.append(f"reading logs of {pod.metadata.name}: {one_line(str(e)) or type(e).__name__}")
+
+
+def _stream_pod_lines(api: Api, ns: str, pod: Any, follow: bool, shared: _Streams) -> None:
     prefix = f"[{pod_label(pod)}] "
     name = pod.metadata.name
+    said = None
     while follow and not shared.drained.is_set():  # a Pending pod has no log yet: wait for it rather than return
         p = _call(f"reading pod {name}", lambda: api.core.read_namespaced_pod(name, ns), missing_ok=True)
         if p is None or p.status.phase not in ("Pending", None):
             break
+        waiting = _waiting_for(p)
+        if waiting != said:
+            with shared.lock:
+                print(f"launch: {pod_label(p)} is Pending, waiting for it: {waiting}", file=sys.stderr, flush=True)
+            said = waiting
         time.sleep(2)
+    # Following: a time limit to connect only; the stream may rightly be quiet for a long time.
     stream = _call(f"reading logs of {name}", lambda: api.core.read_namespaced_pod_log(
-        name, ns, container=contract.CONTAINER_NAME, follow=follow, _preload_content=False), missing_ok=True)
+        name, ns, container=contract.CONTAINER_NAME, follow=follow, _preload_content=False,
+        _request_timeout=(CONNECT_TIMEOUT, None) if follow else None), missing_ok=True)
     if stream is None:
         return
     shared.open.append(stream)
     if shared.drained.is_set():  # drained while this one was opening
         _abort(stream)
-    try:
-        for line in _lines(stream):
-            with shared.lock:
-                sys.stdout.write(prefix + line + "\n")
-                sys.stdout.flush()
-    except Exception:
-        if not shared.drained.is_set():  # after the drain, a broken read is the end we asked for
-            raise
+    for line in _lines(stream):
+        with shared.lock:
+            sys.stdout.write(prefix + line + "\n")
+            sys.stdout.flush()
 
 
 def _lines(stream: Any) -> Iterator[str]:
@@ -440,12 +543,21 @@ def _lines(stream: Any) -> Iterator[str]:
 
 def stream_logs(api: Api, ns: str, name: str, *, follow: bool) -> int:
     """Every pod's log, merged with a replica prefix; with follow, new pods are picked up as they appear."""
-    get_job(api, ns, name)
+    job = get_job(api, ns, name)
     shared = _Streams()
     seen: set[str] = set()
     threads: list[threading.Thread] = []
+    said = None
     while True:
-        for pod in job_pods(api, ns, name):
+        pods = job_pods(api, ns, name, job["metadata"].get("uid"))
+        if follow and not pods:  # the operator has not created any pod (yet): say why we wait
+            failures = status_fmt.create_failures(_list_events(api, ns, f"involvedObject.uid={job['metadata'].get('uid')}"))
+            waiting = (f"the operator cannot create its pods: {failures[0]}" if failures
+                       else "the training operator to create its pods")
+            if waiting != said:
+                print(f"launch: {ns}/{name} has no pods yet, waiting for {waiting}", file=sys.stderr, flush=True)
+                said = waiting
+        for pod in pods:
             if pod.metadata.uid not in seen:
                 seen.add(pod.metadata.uid)
                 t = threading.Thread(target=_stream_pod, args=(api, ns, pod, follow, shared), daemon=True)
@@ -459,7 +571,9 @@ def stream_logs(api: Api, ns: str, name: str, *, follow: bool) -> int:
         time.sleep(2)
     for t in threads:
         t.join()
-    return 0
+    for error in shared.errors:
+        print(f"launch: error: {one_line(error)}", file=sys.stderr)
+    return 1 if shared.errors else 0
 
 
 
@@ -478,15 +592,19 @@ def cancel(api: Api, ns: str, name: str) -> int:
 
 
 def print_list(api: Api, ns: str, *, output: str = "text") -> int:
+    import datetime
+
     jobs = _call("listing PyTorchJobs", lambda: api.custom.list_namespaced_custom_object(
         GROUP, VERSION, ns, PLURAL, label_selector=f"{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"))["items"]
     rows = [{"name": j["metadata"]["name"], "state": job_state(j),
+             "pods": sum(s.get("replicas") or 1 for s in ((j.get("spec") or {}).get("pytorchReplicaSpecs")
+                                                          or {}).values()),
              "created": j["metadata"].get("creationTimestamp")} for j in jobs]
-    if output == "json":
-        print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            print(f"{r['name']:<60} {r['state']:<10} {r['created']}")
+    if output in ("json", "yaml"):
+        print_doc(rows, output)
+        return 0
+    header, table = status_fmt.job_rows(rows, datetime.datetime.now(datetime.timezone.utc), wide=output == "wide")
+    print(status_fmt.render(header, table, f"No PyTorchJobs of launch in namespace {ns}."))
     return 0
 
 

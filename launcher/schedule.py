@@ -73,7 +73,8 @@ def _verb_parser(verb: str) -> argparse.ArgumentParser:
     if verb != "list":
         p.add_argument("schedule", help="the schedule's name")
     if verb == "list":
-        p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+        p.add_argument("-o", "--output", choices=("text", "json", "yaml", "wide"), default="text",
+                       help="text (default: the three newest runs), json, yaml, or wide (every run)")
     p.add_argument("--namespace", "-n", default=None)
     p.add_argument("--context", default=None)
     return p
@@ -157,13 +158,15 @@ def run_verb(verb: str, argv: list[str], env: Mapping[str, str], now: float) -> 
     api = client.connect(context=args.context or defaults.get("context"))
     if verb == "list":
         rows = client.list_schedules(api, ns)
-        if args.output == "json":
-            print(json.dumps(rows, indent=2))
+        if args.output in ("json", "yaml"):
+            client.print_doc(rows, args.output)
             return 0
-        for r in rows:
-            when = r["schedule"] + (f" ({r['time_zone']})" if r["time_zone"] else "")
-            runs = ", ".join(f"{j['name']} {j['state']}" for j in r["runs"][-3:]) or "no runs yet"  # the newest
-            print(f"{r['name']:<44} {when:<32} {'suspended ' if r['suspended'] else ''}{runs}")
+        import datetime
+
+        from launcher.status import render, schedule_rows
+
+        header, table = schedule_rows(rows, datetime.datetime.now(datetime.timezone.utc), wide=args.output == "wide")
+        print(render(header, table, f"No schedules in namespace {ns}."))
         return 0
     name = args.schedule
     if verb == "delete":
