@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(contract.ExitCode.USAGE) if isinstance(e, SpecError) else 1
     except KeyboardInterrupt:
         return 130
+    except SystemExit as e:  # argparse's -h/--help (anywhere in the flags) printed the help: main returns, never exits
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else int(contract.ExitCode.USAGE))
 
 
 if __name__ == "__main__":

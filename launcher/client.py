@@ -61,19 +61,20 @@ def connect(context: str | None = None) -> Api:
     from kubernetes import client, config
 
     path = os.environ.get("KUBECONFIG")
-    if path and ":" not in path and not os.path.exists(path):
-        raise ClusterError(f"KUBECONFIG points at {path}, which does not exist; fix the path or unset it")
     try:
         # Pass the path read now: the client's own default is KUBECONFIG as it was at import time.
         config.load_kube_config(config_file=path or os.path.expanduser("~/.kube/config"), context=context)
     except Exception as kube_error:  # config.ConfigException, missing file, bad context
         if context:
             raise ClusterError(f"kubeconfig context {context!r}: {kube_error}") from None
-        if path:
-            raise ClusterError(f"KUBECONFIG {path}: {one_line(str(kube_error))}") from None
         try:
             config.load_incluster_config()
         except Exception:
+            if path and not any(os.path.exists(p) for p in path.split(os.pathsep)):
+                raise ClusterError(f"no cluster configured: KUBECONFIG points at {path}, which does not exist; "
+                                   "fix the path or unset it, or run here with --local") from None
+            if path:
+                raise ClusterError(f"no cluster configured: KUBECONFIG {path}: {one_line(str(kube_error))[:300]}") from None
             raise ClusterError("no cluster configured: set KUBECONFIG or ~/.kube/config, pass --context, "
                                "or run here with --local") from None
     conf = client.Configuration.get_default_copy()
@@ -106,6 +107,24 @@ def transport_error(what: str, error: BaseException) -> str:
     if isinstance(cause, ProtocolError):
         return f"{what}: the API server {server} closed the connection"
     return f"{what}: cannot reach the API server {server}: {one_line(str(cause))[:200]}"
+
+
+def _call(what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | None:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return fn()
+    except ApiException as e:
+        if missing_ok and e.status == 404:
+            return None
+        try:
+            message = json.loads(e.body).get("message") or e.reason
+        except (TypeError, ValueError):
+            message = e.reason
+        raise ClusterError(f"{what}: {message} (HTTP {e.status})", status=e.status) from None
+    except (HTTPError, OSError) as e:
+        raise ClusterError(transport_error(what, e)) from None
 
 
 # --- preflight -----------------------------------------------------------------
