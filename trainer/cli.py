@@ -43,6 +43,10 @@ _FLAGS: list[tuple[str, str, Callable, object, str]] = [
     ("--storage-timeout", contract.ENV_STORAGE_TIMEOUT, float, contract.DEFAULT_STORAGE_TIMEOUT,
      "how long restore keeps reading a checkpoint that storage errors keep it from reading (it is not known to be "
      f"bad, so no fallback to an older step) before exiting {int(ExitCode.INFRA)} with `latest` untouched"),
+    ("--max-restarts", contract.ENV_MAX_RESTARTS, int, None,
+     "restarts in a row without a newly committed step (preemptions do not count) before the run stops for good "
+     f"with exit {int(ExitCode.CRASH_LOOP)}; each start is recorded in <checkpoint>/<run-id>/"
+     f"{contract.ATTEMPTS_DIR}/ (default: no limit; `launch` sets it from its own --max-restarts)"),
     ("--grace-seconds", contract.ENV_GRACE_SECONDS, float, contract.DEFAULT_GRACE_SECONDS,
      "from SIGTERM to the kubelet's SIGKILL; the launcher sets the pod's terminationGracePeriodSeconds from it"),
     ("--hang-timeout", contract.ENV_HANG_TIMEOUT, float, contract.DEFAULT_HANG_TIMEOUT,
@@ -62,7 +66,8 @@ _FLAGS: list[tuple[str, str, Callable, object, str]] = [
 
 EPILOG = f"""exit codes: 0 finished; 1 the script raised (not retried); 2 bad flags;
 {int(ExitCode.PREEMPTED)} preempted, checkpoint committed; 128+N killed by signal N (137: SIGKILL/OOM);
-{int(ExitCode.HANG)} hang detected by the watchdog; {int(ExitCode.INFRA)} rendezvous, transport or storage failure.
+{int(ExitCode.HANG)} hang detected by the watchdog; {int(ExitCode.INFRA)} rendezvous, transport or storage failure;
+{int(ExitCode.CRASH_LOOP)} crash loop: --max-restarts spent without a new checkpoint (not retried).
 Codes >= 128 are retried by the Kubeflow training operator's restartPolicy ExitCode."""
 
 
@@ -101,6 +106,8 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
         if getattr(args, name) < (1 if name == "keep" else 0):
             raise UsageError(f"--{name.replace('_', '-')} must be >= {1 if name == 'keep' else 0}, "
                              f"got {getattr(args, name)}")
+    if args.max_restarts is not None and args.max_restarts < 0:
+        raise UsageError(f"--max-restarts must be >= 0, got {args.max_restarts}")
     if not args.storage_timeout > 0:
         raise UsageError(f"--storage-timeout must be > 0 seconds, got {args.storage_timeout}")
     for name in ("checkpoint_every_seconds", "hang_timeout"):
@@ -145,7 +152,8 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
                      storage_timeout=args.storage_timeout, grace_seconds=args.grace_seconds,
                      hang_timeout=args.hang_timeout, preemption_url=args.preemption_url,
                      preemption_poll_seconds=args.preemption_poll_seconds,
-                     warm_start_from=args.warm_start_from or None, warm_start_optimizer=args.warm_start_optimizer)
+                     warm_start_from=args.warm_start_from or None, warm_start_optimizer=args.warm_start_optimizer,
+                     max_restarts=args.max_restarts)
 
 
 def main(argv: list[str] | None = None) -> int:

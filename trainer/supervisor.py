@@ -64,6 +64,8 @@ class RunConfig:
     preemption_poll_seconds: float = contract.DEFAULT_PREEMPTION_POLL_SECONDS
     warm_start_from: str | None = None
     warm_start_optimizer: bool = False
+    #: Restarts in a row without a newly committed step before the run exits CRASH_LOOP; None: no budget.
+    max_restarts: int | None = None
 
 
 def torchrun_shutdown_timeout(grace_seconds: float) -> int:
@@ -223,6 +225,8 @@ class Supervisor:
         self._stop_reason: str | None = None
         self._interrupts = 0
         self._proc: subprocess.Popen | None = None
+        self._ledger = None  # trainer.ledger.Ledger once the start is recorded
+        self._verdict = None  # node 0's crash-loop verdict, seen by another node while its ranks start
 
     def request_stop(self, reason: str) -> None:
         """Ask the ranks to checkpoint and stop; safe from a signal handler or a thread."""
@@ -236,6 +240,10 @@ class Supervisor:
         self.request_stop(signal.Signals(signum).name)
 
     def run(self) -> int:
+        early = self._begin_ledger()
+        if early is not None:
+            self._report(early)
+            return int(early.code)
         given = self.env.get(contract.ENV_CONTROL_DIR)  # `launch chaos` watches progress there
         control = given or tempfile.mkdtemp(prefix="kubetrain-control-")
         os.makedirs(control, exist_ok=True)
@@ -252,9 +260,16 @@ class Supervisor:
 
             poller = NoticePoller(self.cfg.preemption_url, self.cfg.preemption_poll_seconds, self.request_stop)
             poller.start()
+        training = threading.Event()  # some local rank reported a step: rendezvous is over
+        if self._ledger is not None:
+            self._ledger.watch_verdict(self._on_verdict, training)
+        last_step = None
         try:
-            outcome = self._supervise(control, prefetch.start())
+            outcome = self._supervise(control, prefetch.start(), training)
+            steps = [s for s, _ in _read_progress(control).values()]
+            last_step = max(steps) if steps else None
         finally:
+            training.set()
             if poller is not None:
                 poller.stop()
             self._kill_group(signal.SIGKILL)
@@ -265,10 +280,42 @@ class Supervisor:
                 signal.signal(s, h)
             if not given:
                 shutil.rmtree(control, ignore_errors=True)
+        outcome = self._finish_ledger(outcome, last_step)
         self._report(outcome)
         return int(outcome.code)
 
-    def _supervise(self, control: str, prefetch_dir: str | None) -> Outcome:
+    def _begin_ledger(self) -> Outcome | None:
+        """Record this start in the run's restart ledger; an Outcome when the run must not start."""
+        from trainer.errors import StorageConfigError, UsageError
+        from trainer.ledger import Ledger, parse_env_node_rank
+
+        try:
+            ledger = Ledger.open(self.cfg.checkpoint_uri, self.cfg.run_id, parse_env_node_rank(self.env),
+                                 self.cfg.max_restarts)
+            verdict = ledger.begin()
+        except (StorageConfigError, UsageError) as e:
+            return Outcome(ExitCode.USAGE, str(e))
+        self._ledger = ledger
+        if verdict is not None:
+            return Outcome(ExitCode.CRASH_LOOP, verdict.message)
+        return None
+
+    def _on_verdict(self, verdict) -> None:
+        self._verdict = verdict
+        self._wake.set()
+
+    def _finish_ledger(self, outcome: Outcome, last_step: int | None) -> Outcome:
+        if self._ledger is None:
+            return outcome
+        # Inside the grace period when stopping: the kubelet's SIGKILL would cut a longer wait short.
+        timeout = contract.SUPERVISOR_GRACE_RESERVE / 2 if self._stop_reason else 10.0
+        verdict = self._ledger.finish(int(outcome.code), outcome.summary, last_step=last_step, timeout=timeout)
+        if verdict is not None:
+            return Outcome(ExitCode.CRASH_LOOP, f"{verdict.message}; this attempt: {outcome.summary}",
+                           outcome.root_cause)
+        return outcome
+
+    def _supervise(self, control: str, prefetch_dir: str | None, training: threading.Event) -> Outcome:
         cfg = self.cfg
         nproc = cfg.nproc_per_node or int(self.env.get("PET_NPROC_PER_NODE") or 1)
         cmd = [sys.executable, "-m", "trainer._torchrun", *torchrun_args(cfg, self.env)]
@@ -289,6 +336,11 @@ class Supervisor:
             if now >= next_reap:
                 reap_orphans(keep=frozenset({self._proc.pid}))
                 next_reap = now + REAP_EVERY_S
+                self._note_progress(control, training)
+            if self._verdict is not None and stop_sent_at is None and hang is None:
+                log.error("node 0 stopped the run: %s; stopping this node's ranks", self._verdict.message)
+                stop_sent_at = now
+                self._kill_group(signal.SIGKILL)
             if self._stop_reason and stop_sent_at is None:
                 stop_sent_at = now
                 with open(os.path.join(control, contract.CONTROL_STOP), "w") as f:
@@ -297,6 +349,8 @@ class Supervisor:
                 workers_deadline = now + budget
                 hard_deadline = workers_deadline + torchrun_shutdown_timeout(cfg.grace_seconds) + 0.5
                 log.warning("%s: asking the ranks to checkpoint and stop within %.0fs", self._stop_reason, budget)
+                if self._ledger is not None:
+                    self._ledger.update(stopping=self._stop_reason)
             if self._interrupts >= 2 and hard_deadline is not None:
                 log.warning("second interrupt: killing the workers without a checkpoint")
                 workers_deadline = hard_deadline = now
@@ -319,10 +373,25 @@ class Supervisor:
                     time.sleep(torchrun_shutdown_timeout(cfg.grace_seconds) + 0.5)
                     self._kill_group(signal.SIGKILL)
         rc = self._proc.wait()
+        self._note_progress(control, training)
+        if self._verdict is not None:
+            return Outcome(ExitCode.CRASH_LOOP, f"node 0 stopped the run: {self._verdict.message}")
         return classify(torchrun_rc=rc, result=_read_json(os.path.join(control, contract.CONTROL_RESULT)),
                         errors=_read_errors(control),
                         preempted=_read_json(os.path.join(control, contract.CONTROL_PREEMPTED)),
                         stop_reason=self._stop_reason, hang=hang)
+
+    def _note_progress(self, control: str, training: threading.Event) -> None:
+        """Move the ledger's progress mark to global rank 0's newest commit; note when training began."""
+        if not training.is_set() and _read_progress(control):
+            training.set()
+        if self._ledger is None or self._ledger.record is None:
+            return
+        from trainer.ledger import read_committed
+
+        committed = read_committed(control)
+        if committed is not None and committed[0] != self._ledger.record.committed:
+            self._ledger.update(committed=committed[0], committed_at=committed[1])
 
     def _signal_torchrun(self, sig: int) -> None:
         if self._proc is not None and self._proc.poll() is None:

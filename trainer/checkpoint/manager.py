@@ -630,6 +630,7 @@ class Checkpointer:
             if self.rank == 0:
                 log.info("checkpoint %s committed in %.2fs", contract.step_dir_name(job.step),
                          time.monotonic() - job.started)
+                self._tell_committed(job.step)
         else:
             self._failures += 1
             if outcome[0] == "permanent":
@@ -891,6 +892,18 @@ class Checkpointer:
             self._signalled.set()
 
         signal.signal(signal.SIGTERM, on_signal)
+
+    def _tell_committed(self, step: int) -> None:
+        """Global rank 0 tells its supervisor, which moves the restart ledger's progress mark."""
+        if self._control_dir is None:
+            return
+        path = os.path.join(self._control_dir, contract.CONTROL_COMMITTED)
+        try:
+            with open(path + ".tmp", "w") as f:
+                f.write(f"{step} {time.time()}\n")
+            os.replace(path + ".tmp", path)
+        except OSError as e:  # bookkeeping only: never fail a committed checkpoint for it
+            log.warning("could not tell the supervisor about the commit of step %d: %s", step, e)
 
     def _heartbeat(self, step: int, force: bool = False) -> None:
         if self._control_dir is None:
