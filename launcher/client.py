@@ -601,8 +601,14 @@ def cancel(api: Api, ns: str, name: str) -> int:
     get_job(api, ns, name)
     _delete(api, ns, "PyTorchJob", name)
     selector = f"{contract.LABEL_JOB}={name}"
-    for cm in _call("listing ConfigMaps", lambda: api.core.list_namespaced_config_map(ns, label_selector=selector)).items:
-        _delete(api, ns, "ConfigMap", cm.metadata.name)
+    from launcher.render import code_configmap_name
+
+    # By name too: a submit of the same name right after must not meet the old code ConfigMap
+    # waiting for the garbage collector.
+    cms = {cm.metadata.name for cm in _call("listing ConfigMaps", lambda: api.core.list_namespaced_config_map(
+        ns, label_selector=selector)).items} | {code_configmap_name(name)}
+    for cm in sorted(cms):
+        _delete(api, ns, "ConfigMap", cm)
     for pdb in _call("listing PDBs", lambda: api.policy.list_namespaced_pod_disruption_budget(
             ns, label_selector=selector)).items:
         _delete(api, ns, "PodDisruptionBudget", pdb.metadata.name)
