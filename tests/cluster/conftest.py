@@ -32,6 +32,7 @@ from trainer import contract
 
 TOKEN = "kubetrain-test-admin-token"
 NODE_LOSS_TOLERATION_SECONDS = 2
+KWOK_NODE_LEASE_SECONDS = 40  # kubelet's default
 # kwok's chaos stages (k8s/kwok/stages.yaml) act on objects carrying these labels.
 KWOK_POD_FAIL = "pod-container-running-failed.stage.kwok.x-k8s.io"  # exit code in annotation <this>/exit-code
 KWOK_NODE_NOT_READY = "node-not-ready.stage.kwok.x-k8s.io"
@@ -307,7 +308,13 @@ def operator_cluster(kubeconfig, tmp_path_factory, kwok_logs):
                 # The API server reaches each node's "kubelet" (logs) at InternalIP:node-port.
                 f"--node-port={kwok_port}", f"--tls-cert-file={d / 'webhook' / 'tls.crt'}",
                 f"--tls-private-key-file={d / 'webhook' / 'tls.key'}",
-                f"--server-address=127.0.0.1:{kwok_port}", "--node-ip=127.0.0.1"]
+                f"--server-address=127.0.0.1:{kwok_port}", "--node-ip=127.0.0.1",
+                # Without a lease duration kwok keeps no node Leases, and its heartbeat stage renews a
+                # node's status only every 600-1210 s: the node-lifecycle controller, which hears of no
+                # node for longer than --node-monitor-grace-period, marked nodes Unknown every few minutes
+                # and evicted real pods. With Leases (renewed every quarter of this) nodes stay Ready
+                # until a test makes one NotReady (KWOK_NODE_NOT_READY) or taints it.
+                f"--node-lease-duration-seconds={KWOK_NODE_LEASE_SECONDS}"]
     procs.append(_start(d, "kwok", kwok_cmd))
     try:
         core = client.CoreV1Api(api_client)
