@@ -85,3 +85,25 @@ def reap_orphans(keep: frozenset[int] = frozenset()) -> int:
             os.waitpid(pid, os.WNOHANG)
             n += 1
     return n
+
+
+def start_time(pid: int) -> int | None:
+    """When a process started (clock ticks since boot, /proc/PID/stat field 22); None when it is gone.
+
+    With the PID it names one process for good: a PID reused later has a later start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rfind(b")") + 2:].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pid_namespace() -> str:
+    """This process's PID namespace (the inode of /proc/self/ns/pid), "0" where unknown: PIDs mean
+    something only inside one, and a spool may be shared by pods on one host."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "0"
+    return "".join(c for c in link if c.isdigit()) or "0"

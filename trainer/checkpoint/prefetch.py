@@ -15,6 +15,10 @@ it to go rather than start a second download of the same bytes. A step that
 restore picks but the supervisor did not fetch (a fallback, a warm start) is
 fetched as before. The supervisor removes the folder when it exits.
 
+A SIGKILLed supervisor cannot: its folder (with the 256 MiB it may hold) stays in the spool. So the
+folder's name says who owns it, `kubetrain-prefetch-<pid namespace>-<pid>-<start time>-<random>`, and
+each start sweeps the folders whose owner is gone (in its own PID namespace; another's it cannot judge).
+
 Imports no torch: it runs in the supervisor, PID 1 of a pod.
 """
 
@@ -31,11 +35,49 @@ from typing import Mapping
 from trainer import contract
 from trainer.checkpoint import handoff, layout
 from trainer.errors import one_line
+from trainer.processes import pid_namespace, start_time
 from trainer.storage import file_info, is_local_uri, join, open_storage, spool_dir
 
 log = logging.getLogger("kubetrain.prefetch")
 
 PENDING = ".pending"
+FOLDER_PREFIX = "kubetrain-prefetch-"
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """`<pid namespace>-<pid>-<start time>`: the process that owns a prefetch folder, for good."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid_namespace()}-{pid}-{start_time(pid) or 0}"
+
+
+def parse_owner(name: str) -> tuple[str, int, int] | None:
+    """(pid namespace, pid, start time) from a prefetch folder's name; None for any other name."""
+    if not name.startswith(FOLDER_PREFIX):
+        return None
+    parts = name[len(FOLDER_PREFIX):].split("-")
+    if len(parts) < 4 or not all(p.isdigit() for p in parts[:3]):
+        return None  # not ours, or from before owners were named: left alone
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+def sweep_spool(spool: str) -> list[str]:
+    """Remove the prefetch folders in `spool` whose owner (a supervisor of this PID namespace) is gone."""
+    swept = []
+    ns = pid_namespace()
+    try:
+        names = os.listdir(spool)
+    except OSError:
+        return swept
+    for name in names:
+        owner = parse_owner(name)
+        if owner is None or owner[0] != ns or start_time(owner[1]) == owner[2]:
+            continue  # not ours to judge, or its owner is alive
+        shutil.rmtree(os.path.join(spool, name), ignore_errors=True)
+        swept.append(name)
+    if swept:
+        log.info("removed %d prefetch folder(s) that killed supervisors left in %s: %s", len(swept), spool,
+                 " ".join(swept))
+    return swept
 
 
 class Prefetch:
@@ -50,7 +92,9 @@ class Prefetch:
         if is_local_uri(self.uri):
             return None  # a local folder: restore reads it in place, nothing to fetch ahead
         try:
-            self.dir = tempfile.mkdtemp(prefix="kubetrain-prefetch-", dir=spool_dir())
+            spool = spool_dir()
+            sweep_spool(spool)
+            self.dir = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{owner_tag()}-", dir=spool)
             open(os.path.join(self.dir, PENDING), "w").close()
         except OSError as e:  # restore will meet the same spool and say so; the run need not die here
             log.warning("no prefetch of the newest checkpoint: %s", one_line(str(e)))
