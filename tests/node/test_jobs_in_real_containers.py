@@ -200,7 +200,7 @@ def test_in_the_container_uid_1000_restricted_seccomp_shm_read_only_code_fsgroup
     folder = local_volume(api, node, ns)
     code, _, err = launch(capsys, os.path.join(FIXTURES, "container_facts.py"), "--nodes", "1", "--nproc", "1",
                           "--image", node.image, "-n", ns, "--name", name, "--shm", "96Mi",
-                          "--pvc", f"{CLAIM}:/data", "--", "/data")
+                          "--pvc", f"{CLAIM}:/data", "--checkpoint", "/data/ckpt", "--", "/data")
     assert code == 0, err
     wait(lambda: succeeded(api, ns, name), 300, "the job to succeed", explain(api, node, ns))
     log = pod_log(api, ns, f"{name}-master-0")
@@ -283,9 +283,10 @@ def test_a_scheduled_retrain_runs_its_submitter_in_the_image_as_its_service_acco
         done = [c.type for c in job.status.conditions or [] if c.status == "True" and c.type in ("Complete", "Failed")]
         return done[0] if done else None
 
-    assert wait(job_done, 600, "the retrain's Job to finish", explain(api, node, ns)) == "Complete"
+    outcome = wait(job_done, 600, "the retrain's Job to finish", explain(api, node, ns))
     pod = api.core.list_namespaced_pod(ns, label_selector=f"{contract.JOB_NAME_LABEL}={run}").items[0]
     submitter_log = api.core.read_namespaced_pod_log(pod.metadata.name, ns)
+    assert outcome == "Complete", submitter_log + explain(api, node, ns)()
     # In-cluster config: the `kubernetes` Service through kube-proxy, with the projected token.
     assert f"created PyTorchJob {ns}/{run}" in submitter_log and f"PyTorchJob {ns}/{run}: Succeeded" in submitter_log, \
         submitter_log
