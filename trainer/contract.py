@@ -399,7 +399,10 @@ def attempt_end(a: Attempt, following: Attempt | None) -> tuple[str, int | None,
         cause = a.cause or describe_exit_code(code)
         if code == 0:
             return "finished", 0, cause
-        return ("preempted" if code == ExitCode.PREEMPTED else "failed"), code, cause
+        # Asked to stop (SIGTERM, a cloud notice), then killed for not stopping in time: the preemption's doing.
+        preempted = code == ExitCode.PREEMPTED or (bool(a.stopping) and is_retryable(code)
+                                                   and code != ExitCode.CRASH_LOOP)
+        return ("preempted" if preempted else "failed"), code, cause
     if following is None:
         return "running", None, "running (or killed; no later start yet)"
     if a.stopping:

@@ -211,7 +211,8 @@ class Ledger:
         with self._lock:
             self.record = dataclasses.replace(self.record, ended_at=now, code=int(code), cause=cause,
                                               last_step=last_step)
-        if (self.node_rank == 0 and contract.is_retryable(code) and code != contract.ExitCode.PREEMPTED
+        if (self.node_rank == 0 and contract.is_retryable(code)
+                and contract.attempt_end(self.record, None)[0] == "failed"
                 and not contract.made_progress(self.record, None)):
             failed = contract.crash_loop(self.previous + [self.record], self.max_restarts)
             if failed:

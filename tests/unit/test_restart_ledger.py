@@ -188,3 +188,20 @@ def test_a_ledger_that_cannot_be_written_stands_aside(tmp_path):
     l = Ledger.open(str(blocked), "run", 0, 0)
     assert l.begin(now=T0) is None
     assert l.finish(137, "killed", last_step=None, timeout=1) is None
+
+
+def test_an_attempt_killed_after_a_stop_request_is_a_preemption():
+    a = att(1, code=137, stopping="SIGTERM")
+    assert contract.attempt_end(a, None)[0] == "preempted"
+    assert contract.attempt_end(att(1, code=1, stopping="SIGTERM"), None)[0] == "failed"  # its own bug
+
+
+def test_launch_passes_its_max_restarts_to_the_runtime_and_to_the_backoff_limit():
+    from launcher.render import spec_to_pytorchjob
+    from launcher.spec import JobSpec
+
+    job = spec_to_pytorchjob(JobSpec(script="train.py", max_restarts=7, checkpoint_uri="s3://b/ckpts"), name="j", code=None, image="img")
+    assert job["spec"]["runPolicy"]["backoffLimit"] == 7
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        env = {e["name"]: e.get("value") for e in replica["template"]["spec"]["containers"][0]["env"]}
+        assert env[contract.ENV_MAX_RESTARTS] == "7"
