@@ -227,6 +227,9 @@ def submit(argv: list[str], env: Mapping[str, str], now: float) -> int:
 
     api = client.connect(context=args.context or defaults.get("context"))
     client.preflight(api, spec)
+    from launcher.bucket_lifecycle import warn_without_abort_rule
+
+    warn_without_abort_rule(spec.checkpoint_uri)  # one line on stderr, never fatal
     if code_uri:
         client.upload_bundle(code_uri, bundle.data)
     try:
