@@ -98,20 +98,29 @@ def restart_causes(job: dict, job_events: Sequence[dict], pod_events: Sequence[d
             causes.setdefault((m.group(1), cause), {"pod": m.group(1), "cause": cause, "exit_code": code,
                                                     "retried": contract.is_retryable(code)})
     mine = {u for uids in incarnations.values() for u in uids}
+    created = _time(job["metadata"].get("creationTimestamp"))
     for e in pod_events:
         pod = e["name"]
+        # The taint-eviction controller names the pod without its UID: such an event is this job's
+        # when it came after the job was created.
+        ours = e.get("uid") in mine if e.get("uid") else (
+            created is None or e.get("created") is None or e["created"] >= created)
         # The taint manager uses the same reason when it cancels an eviction.
-        if (pod in incarnations and e.get("uid") in mine and e["reason"] in POD_LOSS_CAUSES
+        if (pod in incarnations and ours and e["reason"] in POD_LOSS_CAUSES
                 and not (e.get("message") or "").startswith("Cancelling")):
             c = causes.setdefault((pod, POD_LOSS_CAUSES[e["reason"]]), {
                 "pod": pod, "cause": POD_LOSS_CAUSES[e["reason"]], "reason": e["reason"], "retried": True,
-                "uids": set()})
-            c["uids"].add(e["uid"])
+                "uids": set(), "anonymous": 0})
+            if e.get("uid"):
+                c["uids"].add(e["uid"])
+            else:
+                c["anonymous"] += e.get("count") or 1
     out = []
     for c in causes.values():
         c["replica"] = c["pod"][len(prefix):] if c["pod"].startswith(prefix) else c["pod"]
         if "uids" in c:  # one loss per pod incarnation, however many events it got
-            c["count"] = len(c.pop("uids"))
+            # Never more losses than the replica had pods: merged events cannot inflate it.
+            c["count"] = min(len(c.pop("uids")) + c.pop("anonymous"), max(len(incarnations.get(c["pod"], ())), 1))
         out.append(c)
     return sorted(out, key=lambda c: (natural_key(c["replica"]), c["cause"]))
 

@@ -249,3 +249,15 @@ def test_kubeconfig_pointing_at_a_missing_file_says_so(tmp_path, capsys, monkeyp
 @pytest.mark.parametrize("argv", [["x.py", "-h"], ["x.py", "--gpus", "8", "--he"], ["status", "-h"]])
 def test_help_anywhere_returns_0_and_never_exits(capsys, argv):
     assert main(argv) == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_evictions_named_without_a_uid_count_after_the_job_and_never_past_its_pods():
+    j = job(workers=0, created=at(100))
+    pods = [pod("j-master-0", "b")]
+    pod_events = [ev("j-master-0", "a", created=at(101)), ev("j-master-0", "b", created=at(130)),
+                  ev("j-master-0", None, reason="TaintManagerEviction", message="Marking for deletion",
+                     created=at(120), count=7),  # merged: 7 times the same text
+                  ev("j-master-0", None, reason="TaintManagerEviction", created=at(50))]  # an earlier job's
+    inc = st.pod_incarnations(j, pods, pod_events)
+    causes = st.restart_causes(j, [], pod_events, inc)
+    assert [(c["replica"], c["count"]) for c in causes] == [("master-0", 2)]
