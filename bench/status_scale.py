@@ -24,7 +24,6 @@ sys.path.insert(0, REPO)
 
 SIZES = [int(s) for s in os.environ.get("KUBETRAIN_BENCH_PODS", "128,512").split(",")]
 TRIALS = int(os.environ.get("KUBETRAIN_BENCH_TRIALS", "3"))
-RESULTS: list[dict] = []
 
 
 def _time(argv: list[str], kubeconfig: str) -> tuple[float, str]:
@@ -68,7 +67,8 @@ def bench_status_at_scale(operator_cluster, capsys, monkeypatch):
                     row["status_head"] = out.splitlines()[:3]
             baseline, _ = _time(["--help"], operator_cluster)
             row["launch_help_s"] = round(baseline, 2)
-            RESULTS.append(row)
+            with open(os.environ["KUBETRAIN_BENCH_OUT"], "a") as f:  # pytest imports this file anew: no shared list
+                f.write(json.dumps(row) + "\n")
             with capsys.disabled():
                 print(json.dumps(row), flush=True)
             launch(capsys, "cancel", "held", "-n", ns)
@@ -80,15 +80,20 @@ def bench_status_at_scale(operator_cluster, capsys, monkeypatch):
 def main() -> int:
     import pytest
 
+    os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
+    path = os.path.join(REPO, "bench", "results", time.strftime("status-%Y%m%d-%H%M%S.json"))
+    rows_path = path + ".rows"
+    os.environ["KUBETRAIN_BENCH_OUT"] = rows_path
     code = pytest.main([os.path.abspath(__file__), "-p", "tests.cluster.conftest", "-o", "python_functions=bench_*",
                         "-q", "-W", "ignore", "-p", "no:cacheprovider"])
-    if RESULTS:
-        os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
-        path = os.path.join(REPO, "bench", "results", time.strftime("status-%Y%m%d-%H%M%S.json"))
+    if os.path.exists(rows_path):
+        with open(rows_path) as f:
+            results = [json.loads(line) for line in f if line.strip()]
+        os.remove(rows_path)
         with open(path, "w") as f:
-            json.dump({"trials": TRIALS, "results": RESULTS}, f, indent=2)
+            json.dump({"trials": TRIALS, "results": results}, f, indent=2)
         print(f"{'pods':>5} {'status':>8} {'-o json':>8} {'list':>6} {'--help':>7} lines")
-        for r in RESULTS:
+        for r in results:
             print(f"{r['pods']:>5} {r['status_s']:>7}s {r['status_json_s']:>7}s {r['list_s']:>5}s "
                   f"{r['launch_help_s']:>6}s {r['status_lines']}")
         print(f"wrote {path}")
