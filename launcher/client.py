@@ -749,6 +749,18 @@ def find_job(api: Api, ns: str, name: str) -> dict | None:
         GROUP, VERSION, ns, PLURAL, name), missing_ok=True)
 
 
+#: An annotation whose only purpose is to change the job, so that its operator reconciles it.
+TOUCHED_ANNOTATION = "kubetrain.dev/touched-at"
+
+
+def touch_job(api: Api, ns: str, name: str) -> None:
+    """Change an annotation of the PyTorchJob, so that the operator looks at it again."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _call(f"annotating PyTorchJob {name}", lambda: api.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name, {"metadata": {"annotations": {TOUCHED_ANNOTATION: stamp}}}),
+        missing_ok=True)
+
+
 def create_job(api: Api, ns: str, job: dict) -> None:
     _call(f"creating Job {job['metadata']['name']}", lambda: _batch(api).create_namespaced_job(ns, job))
 

@@ -28,7 +28,9 @@ STORED_KEY = "schedule.json"
 #: the schedule's Jobs and PyTorchJobs (Forbid). Nothing cluster-scoped, no Secrets, no pods,
 #: nothing in another namespace.
 SUBMITTER_RULES: tuple[dict[str, Any], ...] = (
-    {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": ["create", "get", "list", "delete"]},
+    # patch: an annotation that makes the operator look at a run past its deadline again
+    # (launcher/submit.py, nudge_past_deadline); the operator v1.8 checks the deadline only then.
+    {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": ["create", "get", "list", "delete", "patch"]},
     # The run's ConfigMap and PDB name the PyTorchJob as owner with blockOwnerDeletion, which the
     # OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened clusters) allows only
     # to those who may update the owner's finalizers.

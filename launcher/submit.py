@@ -80,11 +80,34 @@ def submit_run(api, ns: str, schedule: str, run_name: str) -> bool:
     return True
 
 
-def wait_for(api, ns: str, run_name: str, *, poll_seconds: float, sleep: Callable[[float], None]) -> int:
+#: Seconds between two nudges of a run past its deadline (see past_deadline).
+NUDGE_EVERY_SECONDS = 15.0
+
+
+def past_deadline(job: dict, now: float) -> bool:
+    """True when the job has run longer than its runPolicy.activeDeadlineSeconds without finishing.
+
+    The training operator v1.8 checks the deadline only when something makes it reconcile the
+    job (its delayed re-check goes to a work queue that drops it), so a job whose pods never
+    schedule stays Pending past its deadline for as long as nothing about it changes.
+    """
+    import calendar
+
+    deadline = ((job.get("spec") or {}).get("runPolicy") or {}).get("activeDeadlineSeconds")
+    started = (job.get("status") or {}).get("startTime")
+    if not deadline or not started:
+        return False
+    start = calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ"))
+    return now - start > float(deadline)
+
+
+def wait_for(api, ns: str, run_name: str, *, poll_seconds: float, sleep: Callable[[float], None],
+             clock: Callable[[], float] = time.time) -> int:
     """Poll the run's PyTorchJob until it finishes; its result as a SubmitExit."""
     from launcher import client
 
     last = None
+    nudged_at = 0.0
     while True:
         job = client.find_job(api, ns, run_name)
         if job is None:
@@ -94,6 +117,12 @@ def wait_for(api, ns: str, run_name: str, *, poll_seconds: float, sleep: Callabl
         if state != last:
             log.info("PyTorchJob %s/%s: %s", ns, run_name, state)
             last = state
+        now = clock()
+        if state not in ("Succeeded", "Failed") and past_deadline(job, now) and now - nudged_at >= NUDGE_EVERY_SECONDS:
+            log.info("PyTorchJob %s/%s is past its deadline (--max-runtime): asking the operator to look again",
+                     ns, run_name)
+            client.touch_job(api, ns, run_name)
+            nudged_at = now
         if state in ("Succeeded", "Failed"):
             if state == "Failed":
                 cond = next((c for c in reversed((job.get("status") or {}).get("conditions") or [])
