@@ -60,8 +60,9 @@ def local_volume(api, node, ns: str) -> str:
     return str(folder)
 
 
-def launch_job(capsys, node, ns: str, name: str, *script_args: str, launch_args: tuple[str, ...] = ()) -> None:
-    code, _, err = launch(capsys, EXAMPLE, "--nodes", "2", "--nproc", "2", "--image", node.image, "-n", ns,
+def launch_job(capsys, node, ns: str, name: str, *script_args: str, launch_args: tuple[str, ...] = (),
+               nproc: int = 2) -> None:
+    code, _, err = launch(capsys, EXAMPLE, "--nodes", "2", "--nproc", str(nproc), "--image", node.image, "-n", ns,
                           "--name", name, "--checkpoint-every-steps", "5", *launch_args,
                           "--", *SCRIPT_ARGS, *script_args)
     assert code == 0, err
@@ -103,18 +104,24 @@ def final_digest(log: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def local_digest(tmp_path_factory) -> dict[int, str]:
-    """The final weights of `--local` runs of the same script on the same 4 ranks, by step count."""
-    cache: dict[int, str] = {}
+def local_digest(tmp_path_factory):
+    """The final weights of an uninterrupted `--local` run of the same script on as many ranks, by step count.
 
-    def digest(steps: int) -> str:
-        if steps not in cache:
+    Resumed jobs compare at 2 ranks (1 per pod): with more, DDP's first step after any start
+    reduces gradients in its initial bucket order and later steps in the order it rebuilt its
+    buckets in, and gloo then sums 3+ ranks' values in another order, so a resumed run differs
+    from an uninterrupted one in the last bits (seen with 2 pods x 2 ranks, and with 4 local ranks).
+    """
+    cache: dict[tuple[int, int], str] = {}
+
+    def digest(steps: int, ranks: int = 4) -> str:
+        if (steps, ranks) not in cache:
             d = tmp_path_factory.mktemp("local")
-            out = run(["--nproc-per-node", "4", "--checkpoint", str(d), "--run-id", "ref", EXAMPLE, "--",
+            out = run(["--nproc-per-node", str(ranks), "--checkpoint", str(d), "--run-id", "ref", EXAMPLE, "--",
                        *SCRIPT_ARGS, "--steps", str(steps), "--result", str(d / "result.json")], timeout=600)
             assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-            cache[steps] = json.loads((d / "result.json").read_text())["sha256"][:16]
-        return cache[steps]
+            cache[steps, ranks] = json.loads((d / "result.json").read_text())["sha256"][:16]
+        return cache[steps, ranks]
     return digest
 
 
@@ -148,7 +155,7 @@ def test_two_pods_train_in_real_containers_to_the_weights_of_a_local_run(api, no
 def _delete_and_resume(api, node, capsys, ns: str, replica: str, local_digest) -> None:
     name = f"del-{replica}"
     folder = local_volume(api, node, ns)
-    launch_job(capsys, node, ns, name, "--steps", "60", "--step-sleep", "0.2",
+    launch_job(capsys, node, ns, name, "--steps", "60", "--step-sleep", "0.2", nproc=1,
                launch_args=("--pvc", f"{CLAIM}:/checkpoints", "--checkpoint", "/checkpoints", "--grace-seconds", "60"))
     latest = os.path.join(folder, name, contract.LATEST_NAME)
     wait(lambda: os.path.exists(latest), 300, "a committed checkpoint", explain(api, node, ns))
@@ -157,7 +164,8 @@ def _delete_and_resume(api, node, capsys, ns: str, replica: str, local_digest) -
     api.core.delete_namespaced_pod(pod.metadata.name, ns)
     wait(lambda: succeeded(api, ns, name), 420, "the job to succeed after the restart", explain(api, node, ns))
     master_log = pod_log(api, ns, f"{name}-master-0")
-    assert final_digest(master_log) == local_digest(60)
+    worker_log = pod_log(api, ns, f"{name}-worker-0")
+    assert final_digest(master_log) == local_digest(60, ranks=2), f"{master_log[-4000:]}\n--- worker\n{worker_log[-4000:]}"
     resumed = contract.parse_runtime_log(master_log.splitlines())["resumed_from"]
     assert resumed is not None and resumed >= 5, master_log[-3000:]
     events = [e for e in api.core.list_namespaced_event(ns).items
@@ -221,20 +229,21 @@ def test_a_grace_period_shorter_than_the_commit_is_a_sigkill_and_the_job_resumes
         api, node, capsys, restricted_namespace, local_digest):
     ns, name = restricted_namespace, "short-grace"
     folder = local_volume(api, node, ns)
-    launch_job(capsys, node, ns, name, "--steps", "40", "--step-sleep", "1",
+    launch_job(capsys, node, ns, name, "--steps", "12", "--step-sleep", "3", nproc=1,
                launch_args=("--pvc", f"{CLAIM}:/checkpoints", "--checkpoint", "/checkpoints"))
     latest = os.path.join(folder, name, contract.LATEST_NAME)
     wait(lambda: os.path.exists(latest), 300, "a committed checkpoint", explain(api, node, ns))
     pod = wait(running_pod(api, ns, name, "master"), 60, "a running master")
-    # One second: the ranks agree on a stop step at the next step boundary (a second away) and read
-    # the agreement one boundary later, so the kubelet SIGKILLs before the stop checkpoint commits.
+    # One second: the ranks start agreeing on a stop step at the next step boundary and read the
+    # agreement one boundary later, a 3 s step after, so the kubelet SIGKILLs before the stop
+    # checkpoint can commit.
     api.core.delete_namespaced_pod(pod.metadata.name, ns, grace_period_seconds=1)
     wait(lambda: succeeded(api, ns, name), 420, "the job to succeed after the SIGKILL", explain(api, node, ns))
     master_log = pod_log(api, ns, f"{name}-master-0")
     resumed = contract.parse_runtime_log(master_log.splitlines())["resumed_from"]
     # Only periodic checkpoints (every 5 steps) can have committed: a stop step never did.
     assert resumed is not None and resumed % 5 == 0, master_log[-3000:]
-    assert final_digest(master_log) == local_digest(40)
+    assert final_digest(master_log) == local_digest(12, ranks=2)
     assert "gracePeriod=1" in node.log("kubelet", 10**7), "the kubelet's kill with the deletion's grace"
 
 
