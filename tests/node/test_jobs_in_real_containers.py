@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 
 import pytest
 
 from tests.cluster.test_launcher_against_apiserver import launch
-from tests.helpers import EXAMPLE, FIXTURES, REPO, run
+from tests.helpers import EXAMPLE, FIXTURES, run
 from tests.node import machine
 from trainer import contract
 
@@ -206,12 +205,17 @@ def test_in_the_container_uid_1000_restricted_seccomp_shm_read_only_code_fsgroup
         api, node, capsys, restricted_namespace):
     ns, name = restricted_namespace, "facts"
     folder = local_volume(api, node, ns)
-    code, _, err = launch(capsys, os.path.join(FIXTURES, "container_facts.py"), "--nodes", "1", "--nproc", "1",
-                          "--image", node.image, "-n", ns, "--name", name, "--shm", "96Mi",
+    # One of the node's fake GPUs, by its product label: the pod schedules on it, its rank runs on the CPU.
+    code, _, err = launch(capsys, os.path.join(FIXTURES, "container_facts.py"), "--gpus", "1",
+                          "--gpu-type", machine.GPU_PRODUCT, "--image", node.image, "-n", ns, "--name", name,
+                          "--shm", "96Mi",
                           "--pvc", f"{CLAIM}:/data", "--checkpoint", "/data/ckpt", "--", "/data")
     assert code == 0, err
     wait(lambda: succeeded(api, ns, name), 300, "the job to succeed", explain(api, node, ns))
     log = pod_log(api, ns, f"{name}-master-0")
+    pod = api.core.read_namespaced_pod(f"{name}-master-0", ns)
+    assert pod.spec.node_name == machine.NODE_NAME
+    assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
     facts = json.loads(log.split("FACTS ", 1)[1].splitlines()[0])
     assert (facts["uid"], facts["gid"]) == (1000, 1000) and 1000 in facts["groups"], facts
     assert facts["Seccomp"] == "2" and facts["NoNewPrivs"] == "1", facts  # RuntimeDefault: a filter in force
