@@ -129,7 +129,7 @@ def default_name(script: str, now: float) -> str:
 
 def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mapping[str, Any]):
     """Flags over project defaults → a validated JobSpec."""
-    from launcher.spec import Volume, parse_env, parse_nodes, split_gpus
+    from launcher.spec import Volume, parse_env, parse_nodes, split_gpus, split_over_nodes
 
     def pick(flag: str) -> Any:
         v = getattr(args, flag)
@@ -141,10 +141,7 @@ def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mappi
     if nodes is not None and nodes < 1:
         raise SpecError(f"--nodes must be >= 1, got {args.nodes}")
     if gpus and nodes is not None:
-        per = per_flag if per_flag is not None else (gpus // nodes if gpus % nodes == 0 else None)
-        if per is None or per * nodes != gpus:
-            raise SpecError(f"--gpus {gpus} does not split over --nodes {args.nodes}"
-                            + (f" at --gpus-per-node {per_flag}" if per_flag else ""))
+        per = split_over_nodes(gpus, min_nodes, nodes, per_flag)
     elif gpus:
         nodes, per = split_gpus(gpus, per_flag)
     else:

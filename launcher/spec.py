@@ -6,6 +6,8 @@ the field, the value and the flag that fixes it. No I/O here.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import re
 
@@ -204,6 +206,55 @@ def split_gpus(gpus: int, gpus_per_node: int | None) -> tuple[int, int]:
         raise SpecError(f"--gpus {gpus} is not a multiple of --gpus-per-node {per}; "
                         f"try --gpus {gpus - gpus % per or per} or --gpus-per-node {_largest_divisor(gpus, per)}")
     return gpus // per, per
+
+
+def split_over_nodes(gpus: int, min_nodes: int | None, nodes: int, gpus_per_node: int | None) -> int:
+    """GPUs per pod for `--gpus N --nodes [MIN:]MAX [--gpus-per-node M]` (N is the total at MAX pods).
+
+    SpecError when they do not split, naming values that do: the --gpus that fit, the node
+    counts that divide N, or the --gpus-per-node that fits.
+    """
+    per = gpus_per_node if gpus_per_node is not None else (gpus // nodes if gpus % nodes == 0 else None)
+    if per is not None and per * nodes == gpus:
+        return per
+    lo = min_nodes if min_nodes is not None else 1
+
+    def nodes_flag(n: int) -> str:
+        return f"--nodes {min(min_nodes, n)}:{n}" if min_nodes is not None else f"--nodes {n}"
+
+    asked = f"--nodes {min_nodes}:{nodes}" if min_nodes is not None else f"--nodes {nodes}"
+    if gpus_per_node is not None:
+        fixes = [f"--gpus {gpus_per_node * nodes}"]
+        if gpus % gpus_per_node == 0 and gpus // gpus_per_node >= 1:
+            fixes.append(nodes_flag(gpus // gpus_per_node))
+        if gpus % nodes == 0:
+            fixes.append(f"--gpus-per-node {gpus // nodes}")
+        return _refuse(f"--gpus {gpus} does not split over {asked} at --gpus-per-node {gpus_per_node} "
+                       f"(--gpus is the total at {nodes} pod(s): {nodes} x {gpus_per_node} = {gpus_per_node * nodes})",
+                       fixes)
+    below, above = gpus - gpus % nodes, gpus - gpus % nodes + nodes
+    fits = [g for g in (below, above) if g > 0]
+    divisors = [d for d in _divisors(gpus) if d >= lo]
+    near = sorted(divisors, key=lambda d: (abs(d - nodes), d))[:3]
+    fixes = ["--gpus " + _either([str(g) for g in fits]) + f" (multiples of {nodes})"]
+    if near:
+        fixes.append("--nodes " + _either([nodes_flag(d)[len("--nodes "):] for d in sorted(near)])
+                     + f" (pod counts that divide {gpus})")
+    return _refuse(f"--gpus {gpus} does not split over {asked} (--gpus is the total at {nodes} pod(s), "
+                   f"so it must be a multiple of {nodes})", fixes)
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _either(values: list[str]) -> str:
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
+
+
+def _refuse(message: str, fixes: list[str]) -> int:
+    raise SpecError(f"{message}; try {', or '.join(fixes)}")
 
 
 def _largest_divisor(n: int, limit: int) -> int:

@@ -109,6 +109,13 @@ def test_config_supplies_defaults_and_flags_win(tmp_path, capsys, monkeypatch):
     (["--gpus", "8", "--checkpoint", "s3://b/c", "--name", "Bad_Name"], "--name 'Bad_Name'"),
     (["--gpus", "8", "--checkpoint", "s3://b/c", "--env", "KUBETRAIN_RUN_ID=x"], "set by kubetrain"),
     (["--nodes", "2:1", "--checkpoint", "s3://b/c"], "MIN <= MAX"),
+    # --gpus that do not split over --nodes: the values that do are named
+    (["--gpus", "16", "--nodes", "2:3", "--checkpoint", "s3://b/c"],
+     "try --gpus 15 or 18 (multiples of 3), or --nodes 2:2, 2:4 or 2:8 (pod counts that divide 16)"),
+    (["--gpus", "16", "--nodes", "3", "--checkpoint", "s3://b/c"], "or --nodes 1, 2 or 4 (pod counts that divide 16)"),
+    (["--gpus", "16", "--nodes", "2:4", "--gpus-per-node", "8", "--checkpoint", "s3://b/c"],
+     "(--gpus is the total at 4 pod(s): 4 x 8 = 32); try --gpus 32, or --nodes 2:2, or --gpus-per-node 4"),
+    (["--gpus", "7", "--nodes", "2:4", "--checkpoint", "s3://b/c"], "try --gpus 4 or 8 (multiples of 4), or --nodes 2:7"),
 ])
 def test_requests_that_cannot_be_met_are_refused_with_the_fix(argv, needle, capsys):
     code, _, err = run_main([EXAMPLE, *argv], capsys)
@@ -168,3 +175,11 @@ def test_unpacking_never_escapes_the_work_dir(tmp_path, member):
     with pytest.raises(UsageError, match="refusing to unpack"):
         unpack(str(tmp_path / "b.tar.gz"), None, str(tmp_path / "out"))
     assert not (tmp_path / "evil.py").exists()
+
+
+def test_gpus_that_split_over_nodes_give_the_gpus_per_pod():
+    from launcher.spec import split_over_nodes
+
+    assert split_over_nodes(16, 2, 4, None) == 4  # --gpus is the total at MAX pods
+    assert split_over_nodes(32, 2, 4, 8) == 8
+    assert split_over_nodes(6, None, 3, None) == 2
