@@ -261,3 +261,39 @@ def test_evictions_named_without_a_uid_count_after_the_job_and_never_past_its_po
     inc = st.pod_incarnations(j, pods, pod_events)
     causes = st.restart_causes(j, [], pod_events, inc)
     assert [(c["replica"], c["count"]) for c in causes] == [("master-0", 2)]
+
+
+def test_pods_and_events_read_as_raw_json_become_the_plain_records():
+    """`launch status` reads pods and events as the API's JSON (no typed models: 5.7 s at 512 pods)."""
+    from launcher import client
+
+    job = {"metadata": {"name": "held", "uid": "job-1", "creationTimestamp": "2026-01-01T00:00:00Z"}}
+    pod = {"metadata": {"name": "held-worker-10", "uid": "p-10", "labels": {
+               "training.kubeflow.org/replica-type": "worker", "training.kubeflow.org/replica-index": "10"},
+               "ownerReferences": [{"uid": "job-1", "controller": True}]},
+           "spec": {"nodeName": "n-3"},
+           "status": {"phase": "Running", "containerStatuses": [
+               {"name": "pytorch", "restartCount": 2, "state": {"running": {}},
+                "lastState": {"terminated": {"exitCode": 143}}}]}}
+    pending = {"metadata": {"name": "held-worker-2", "uid": "p-2", "labels": {
+                   "training.kubeflow.org/replica-type": "Worker", "training.kubeflow.org/replica-index": "2"},
+                   "deletionTimestamp": "2026-01-01T00:01:00Z"},
+               "spec": {}, "status": {"phase": "Pending", "conditions": [
+                   {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": "0/5 nodes are available:\n  5 Insufficient nvidia.com/gpu."}]}}
+    running, waiting = client.describe_pod(pod), client.describe_pod(pending)
+    assert running["replica"] == "worker-10" and running["owner_uid"] == "job-1" and running["node"] == "n-3"
+    assert running["exit_code"] == 143 and running["retryable"] and not running["deleting"]
+    assert waiting["deleting"] and waiting["node"] is None and waiting["owner_uid"] is None
+    assert waiting["unschedulable"] == "0/5 nodes are available: 5 Insufficient nvidia.com/gpu."
+    assert st.pod_problem({**waiting, "deleting": False}).startswith("unschedulable: 0/5 nodes are available")
+    assert sorted([pod, pending], key=lambda p: st.natural_key(client.pod_label(p)))[0] is pending
+
+    event = client._event_record({"involvedObject": {"kind": "Pod", "name": "held-worker-10", "uid": "p-10"},
+                                  "reason": "Scheduled", "message": "assigned", "type": "Normal",
+                                  "metadata": {"creationTimestamp": "2026-01-01T00:00:05Z"}})
+    assert event["count"] == 1 and event["created"] == datetime.datetime(2026, 1, 1, 0, 0, 5, tzinfo=datetime.timezone.utc)
+    again = client._event_record({"involvedObject": {"kind": "Pod", "name": "held-worker-10", "uid": "p-9"},
+                                  "reason": "Scheduled", "count": 3, "metadata": {"creationTimestamp": "2026-01-01T00:00:01Z"}})
+    incarnations = st.pod_incarnations(job, [running], [event, again])
+    assert st.count_restarts(incarnations) == {"held-worker-10": 1}
