@@ -1,0 +1,155 @@
+"""The runtime's restart ledger in `launch status`: each incident and the job's goodput.
+
+The runtime records each start of the run in `<checkpoint>/<run-id>/attempts/*.json` (see
+trainer/contract.py). When the launcher can read that folder (a local path, or s3:// and the
+like through fsspec with the user's own credentials) `launch status` shows what each restart
+cost; when it cannot, one dim line says so and the rest of the status stands. Only the pure
+rules of trainer.contract are used here, as the runtime uses them.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+from trainer import contract
+
+#: Seconds the ledger read may take (it runs while the cluster is read): a bucket that does not
+#: answer, or credentials that take long to find, never hold `launch status` up for longer.
+READ_TIMEOUT = 5.0
+HEADER = ["STARTED", "FROM STEP", "ENDED", "REDONE", "LOST", "CAUSE"]
+
+
+def location(job: dict) -> tuple[str, str, int | None] | None:
+    """(checkpoint URI, run id, --max-restarts) from the job's pod template env; None without a checkpoint."""
+    specs = (job.get("spec") or {}).get("pytorchReplicaSpecs") or {}
+    for rtype in sorted(specs, key=lambda t: t != "Master"):
+        for c in ((specs[rtype].get("template") or {}).get("spec") or {}).get("containers") or []:
+            if c.get("name") != contract.CONTAINER_NAME:
+                continue
+            env = {e.get("name"): e.get("value") for e in c.get("env") or []}
+            uri, run_id = env.get(contract.ENV_CHECKPOINT_URI), env.get(contract.ENV_RUN_ID)
+            if not uri or not run_id:
+                return None
+            try:
+                budget = int(env[contract.ENV_MAX_RESTARTS]) if env.get(contract.ENV_MAX_RESTARTS) else None
+            except ValueError:
+                budget = None
+            return uri, run_id, budget
+    return None
+
+
+def folder(uri: str, run_id: str) -> str:
+    return "/".join([uri.rstrip("/"), run_id.strip("/"), contract.ATTEMPTS_DIR])
+
+
+def read_objects(path: str) -> dict[str, bytes | None]:
+    """{name: bytes} of the ledger folder's *.json objects, through fsspec; raises what fsspec raises."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    try:
+        names = [n for n in fs.ls(root, detail=False) if n.endswith(".json")]
+    except FileNotFoundError:
+        return {}
+    got = fs.cat(names, on_error="return") if names else {}
+    return {n.rsplit("/", 1)[-1]: (v if isinstance(v, bytes) else None) for n, v in got.items()}
+
+
+class Reader:
+    """Reads the ledger in a thread of its own, so it overlaps the cluster reads; `result` waits a bounded time."""
+
+    def __init__(self, job: dict, read: Callable[[str], Mapping[str, bytes | None]] = read_objects,
+                 timeout: float = READ_TIMEOUT) -> None:
+        self.where = location(job)
+        self.path = folder(self.where[0], self.where[1]) if self.where else None
+        self._read, self._timeout, self._deadline = read, timeout, time.monotonic() + timeout
+        self._out: dict[str, Any] = {}
+        self._thread = None
+        if self.path is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._out["objects"] = dict(self._read(self.path))
+        except BaseException as e:  # noqa: BLE001 — any failure is one dim line, never the status's end
+            self._out["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"[:160]
+
+    def result(self, now: float) -> tuple[contract.LedgerSummary | None, str | None]:
+        """(summary, None), or (None, why not) when the ledger could not be read in time."""
+        if self.path is None:
+            return None, "the job has no checkpoint folder"
+        self._thread.join(max(0.0, self._deadline - time.monotonic()))
+        if "objects" in self._out:
+            attempts = contract.parse_ledger(self._out["objects"])
+            if not attempts:
+                return None, f"no attempts recorded in {self.path} yet"
+            return contract.summarize_ledger(attempts, now, self.where[2]), None
+        if "error" in self._out:
+            return None, f"cannot read {self.path} ({self._out['error']})"
+        return None, f"cannot read {self.path} (no answer within {self._timeout:g}s)"
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t is not None else "-"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _short(text: str, width: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def doc(summary: contract.LedgerSummary) -> dict:
+    """The ledger part of `launch status -o json|yaml`."""
+    return {"attempts": summary.attempts,
+            "goodput": round(summary.goodput, 4) if summary.goodput is not None else None,
+            "first_start": _when(summary.first_start) if summary.first_start is not None else None,
+            "crash_loop": summary.crash_loop is not None,
+            "incidents": [{"started": _when(i.started_at), "ended": _when(i.ended_at) if i.ended_at else None,
+                           "node_rank": i.node_rank, "kind": i.kind, "code": i.code, "cause": i.cause,
+                           "resumed_from": i.resumed_from, "committed": i.committed,
+                           "steps_redone": i.steps_redone, "seconds_lost": i.seconds_lost}
+                          for i in incidents(summary)]}
+
+
+def incidents(summary: contract.LedgerSummary) -> list[contract.Incident]:
+    """The attempts that ended without finishing (preempted or failed): the restarts and what they cost."""
+    return [i for i in summary.incidents if i.kind in ("preempted", "failed")]
+
+
+def lines(summary: contract.LedgerSummary) -> list[str]:
+    """`launch status`'s ledger block: one summary line, then a table of the incidents (none: no table)."""
+    from launcher import status as status_fmt
+
+    shown = incidents(summary)
+    lost = sum(i.seconds_lost or 0.0 for i in shown)
+    redone = sum(i.steps_redone or 0 for i in shown)
+    goodput = f"{summary.goodput:.0%}" if summary.goodput is not None else "-"
+    head = (f"ledger    goodput {goodput} since {_when(summary.first_start)}, {summary.attempts} start(s), "
+            f"{len(shown)} incident(s)" + (f", {redone} step(s) redone, {_duration(lost)} lost" if shown else ""))
+    if summary.crash_loop is not None:
+        head += f"; crash loop: stopped after {len(summary.crash_loop)} failed start(s) in a row"
+    rows = [[_when(i.started_at), "-" if i.resumed_from is None else str(i.resumed_from),
+             _when(i.ended_at), "-" if i.steps_redone is None else str(i.steps_redone), _duration(i.seconds_lost),
+             _short((f"exit {i.code}: " if i.code is not None else "") + i.cause)] for i in shown]
+    return [head] + (status_fmt.table(HEADER, rows, indent="  ") if rows else [])
+
+
+def unread_line(why: str) -> str:
+    """One dim line (dim only on a terminal): the ledger was not shown, and why."""
+    text = f"ledger    not shown: {why}"
+    return f"\x1b[2m{text}\x1b[0m" if sys.stdout.isatty() else text
