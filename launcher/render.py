@@ -80,10 +80,13 @@ def runtime_env(spec: JobSpec, *, name: str, code: CodeRef | None) -> list[dict[
         (contract.ENV_CHECKPOINT_EVERY_STEPS, str(spec.checkpoint_every_steps)),
         (contract.ENV_GRACE_SECONDS, _num(spec.grace_seconds)),
         (contract.ENV_HANG_TIMEOUT, _num(spec.hang_timeout)),
+    ]
+    if not spec.elastic:
         # The runtime's crash-loop budget and the PyTorchJob's backoffLimit: one number (the
         # operator does not enforce backoffLimit under restartPolicy ExitCode; the runtime does).
-        (contract.ENV_MAX_RESTARTS, str(spec.max_restarts)),
-    ]
+        # Not for elastic jobs: their pods carry no node rank, so each would judge every other
+        # pod's running attempt as one that died, and the 5th pod to start would stop the job.
+        env.append((contract.ENV_MAX_RESTARTS, str(spec.max_restarts)))
     if spec.checkpoint_uri:
         env.append((contract.ENV_CHECKPOINT_URI, spec.checkpoint_uri))
     if code is not None:
