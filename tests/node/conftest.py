@@ -52,11 +52,11 @@ def node(tmp_path_factory):
                      pause_image=pause, init_image=image)
     try:
         n.start()
-    except Exception:
+    except Exception as e:
         logs = "\n".join(f"--- {name}\n{n.log(name, 1500)}" for name in
                          ("kube-apiserver", "containerd", "kubelet", "kube-proxy", "coredns", "training-operator"))
-        n.stop()
-        raise RuntimeError(f"the node tier did not start; logs in {n.workdir}\n{logs}") from None
+        n.stop()  # each step on its own; it does not raise
+        raise RuntimeError(f"the node tier did not start ({e}); logs in {n.workdir}\n{logs}") from None
     n.image = image
     yield n
     n.stop()
@@ -105,4 +105,9 @@ def node_s3(node, tmp_path_factory):
         yield url
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

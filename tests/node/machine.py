@@ -46,6 +46,10 @@ TOKEN = "kubetrain-node-tier-admin-token"
 FAKE_DEVICES = {"nvidia.com/gpu": "4", "nvidia.com/mig-1g.10gb": "2"}
 GPU_PRODUCT = "kubetrain-fake-cpu"  # the node's nvidia.com/gpu.product label, for --gpu-type
 STATE = Path("/run/kubetrain-node")  # containerd's state and socket, cleared at every start
+PIDS = Path("/run/kubetrain-node.pids")  # the daemons started, so that a killed run's are ended at the next start
+# The kubelet sets these (kernel defaults it wants for its own OOM and panic handling); they are
+# this machine's settings, so they are put back when the node stops.
+KUBELET_SYSCTLS = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory")
 CONTAINERD_SOCKET = STATE / "containerd.sock"
 CACHE = Path(os.environ.get("KUBETRAIN_NODE_CACHE", os.path.expanduser("~/.cache/kubetrain/node")))
 CNI_BIN = "/usr/lib/cni"  # Debian's containernetworking-plugins
@@ -58,7 +62,7 @@ def prerequisites_missing(bin_dir: str | None) -> list[str]:
     if os.geteuid() != 0:
         missing.append("root (containerd, the kubelet and the CNI bridge need it)")
     for tool, pkg in (("containerd", "containerd"), ("runc", "runc"), ("ctr", "containerd"),
-                      ("iptables", "iptables"), ("openssl", "openssl")):
+                      ("iptables", "iptables"), ("ip", "iproute2"), ("openssl", "openssl")):
         if shutil.which(tool) is None:
             missing.append(f"{tool} (apt-get install {pkg})")
     for plugin in ("bridge", "host-local", "loopback"):
@@ -137,6 +141,58 @@ def remove_bridge() -> None:
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
 
 
+def _kill_pod_processes() -> None:
+    """SIGKILL every process in the kubelet's pod cgroups (cgroupfs driver): the containers'."""
+    for procs in glob.glob("/sys/fs/cgroup/pids/kubepods/**/cgroup.procs", recursive=True):
+        try:
+            pids = open(procs).read().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _kill_recorded_daemons() -> None:
+    """End the daemons an earlier run recorded in PIDS and did not stop (pytest killed, say).
+
+    Each line is "PID ARGV0": a PID is killed only while it still runs that program, since
+    the PID of a daemon that ended may belong to another process by now.
+    """
+    try:
+        lines = PIDS.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        pid, _, argv0 = line.partition(" ")
+        try:
+            if open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode() == argv0:
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    PIDS.unlink(missing_ok=True)
+
+
+def _read_sysctls() -> dict[str, str]:
+    out = {}
+    for name in KUBELET_SYSCTLS:
+        try:
+            out[name] = Path("/proc/sys", name).read_text().strip()
+        except OSError:
+            pass
+    return out
+
+
+def _write_sysctls(values: dict[str, str]) -> None:
+    for name, value in values.items():
+        try:
+            Path("/proc/sys", name).write_text(value)
+        except OSError:
+            pass
+
+
 @dataclass
 class Node:
     """The node tier's cluster. `start()` brings everything up; `stop()` takes everything down."""
@@ -149,11 +205,13 @@ class Node:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     kubeconfig: str = ""
     api_port: int = 0
+    sysctls: dict[str, str] = field(default_factory=dict)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._clear_leftovers()
+        self.sysctls = _read_sysctls()
         self._bridge()
         self._certs()
         self._control_plane()
@@ -165,23 +223,30 @@ class Node:
         self._operator()
 
     def stop(self) -> None:
-        for name in ("training-operator", "kubelet", "kube-proxy", "coredns"):
-            self._end(name)
-        if "containerd" in self.procs:
-            # The pods' containers: gone before containerd, so nothing keeps running.
-            for task in _ctr("tasks", "ls", "-q", check=False).stdout.split():
-                _ctr("tasks", "kill", "-s", "SIGKILL", task, check=False)
-            time.sleep(1)
-            for c in _ctr("containers", "ls", "-q", check=False).stdout.split():
-                _ctr("tasks", "delete", "-f", c, check=False)
-                _ctr("containers", "delete", c, check=False)
-        for name in list(self.procs):
-            self._end(name)
-        _kill_our_shims()
-        subprocess.run([os.path.join(self.bin_dir, "kube-proxy"), "--cleanup"], capture_output=True)
-        _unmount_under(self.workdir)
-        _unmount_under(STATE)
-        remove_bridge()
+        """Everything down, each step on its own: one that fails or hangs does not skip the rest."""
+        steps = [lambda name=name: self._end(name) for name in ("training-operator", "kubelet", "kube-proxy", "coredns")]
+        steps += [self._remove_containers, *(lambda name=name: self._end(name) for name in list(self.procs)),
+                  lambda: self._end("containerd"), _kill_pod_processes, _kill_our_shims,
+                  lambda: subprocess.run([os.path.join(self.bin_dir, "kube-proxy"), "--cleanup"],
+                                         capture_output=True, timeout=60),
+                  lambda: _unmount_under(self.workdir), lambda: _unmount_under(STATE), remove_bridge,
+                  lambda: _write_sysctls(self.sysctls), lambda: PIDS.unlink(missing_ok=True)]
+        for step in steps:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - the rest must still run
+                print(f"node teardown: {e}")
+
+    def _remove_containers(self) -> None:
+        """The pods' containers, gone before containerd, so that nothing keeps running."""
+        if "containerd" not in self.procs:
+            return
+        for task in _ctr("tasks", "ls", "-q", check=False, timeout=60).stdout.split():
+            _ctr("tasks", "kill", "-s", "SIGKILL", task, check=False, timeout=60)
+        time.sleep(1)
+        for c in _ctr("containers", "ls", "-q", check=False, timeout=60).stdout.split():
+            _ctr("tasks", "delete", "-f", c, check=False, timeout=60)
+            _ctr("containers", "delete", c, check=False, timeout=60)
 
     def _end(self, name: str) -> None:
         p = self.procs.pop(name, None)
@@ -198,7 +263,10 @@ class Node:
         log = open(self.workdir / f"{name}.log", "w")
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                              start_new_session=True)
+        log.close()  # the child holds its own copy
         self.procs[name] = p
+        with open(PIDS, "a") as f:
+            f.write(f"{p.pid} {cmd[0]}\n")
         return p
 
     def log(self, name: str, tail: int = 4000) -> str:
@@ -207,7 +275,9 @@ class Node:
 
     # --- pieces ------------------------------------------------------------------------------
     def _clear_leftovers(self) -> None:
-        """A run killed before its teardown leaves shims, mounts and the bridge: clear them."""
+        """A run killed before its teardown leaves daemons, containers, mounts and the bridge: clear them."""
+        _kill_recorded_daemons()
+        _kill_pod_processes()
         _kill_our_shims()
         _unmount_under(STATE)
         shutil.rmtree(STATE, ignore_errors=True)
@@ -384,6 +454,7 @@ state = "{STATE / 'state'}"
             # The images were imported, never pulled: the kubelet must not collect them.
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+            "podLogsDirectory": str(self.workdir / "pod-logs"),  # not the machine's /var/log/pods
             "serializeImagePulls": False, "syncFrequency": "5s", "fileCheckFrequency": "5s",
             "nodeStatusUpdateFrequency": "5s",
         }))

@@ -94,7 +94,7 @@ def test_sigterm_before_any_checkpoint_committed_does_not_claim_one(tmp_path):
 
 
 ORPHANS = """
-import os, time
+import os, sys, time
 from trainer.processes import proc_table
 if os.environ.get("RANK") == "0":
     torchrun = os.getppid()
@@ -102,11 +102,14 @@ if os.environ.get("RANK") == "0":
     if os.fork() == 0:  # a child that exits at once, leaving a grandchild for the subreaper
         if os.fork() == 0:
             time.sleep(0.3)
+            with open(sys.argv[1], "w") as f:
+                f.write(str(os.getppid()))
             os._exit(0)
         os._exit(0)
     os.wait()
     time.sleep(4)
     zombies = [p for p, (pp, st) in proc_table().items() if pp == supervisor and st == "Z"]
+    print("orphan re-parented to the supervisor:", open(sys.argv[1]).read() == str(supervisor), flush=True)
     print("zombies of the supervisor:", len(zombies), flush=True)
 """
 
@@ -115,6 +118,9 @@ def test_orphans_reparented_to_the_supervisor_are_reaped_while_the_ranks_run(tmp
     """What PID 1 of a container must do: a rank's grandchild whose parent exited ends as no zombie."""
     script = tmp_path / "orphans.py"
     script.write_text(ORPHANS)
-    out = run(["--nproc-per-node", "1", "--checkpoint", str(tmp_path / "ckpt"), str(script)], timeout=300)
+    out = run(["--nproc-per-node", "1", "--checkpoint", str(tmp_path / "ckpt"), str(script),
+               str(tmp_path / "orphan-parent")], timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "zombies of the supervisor: 0" in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr[-3000:]
+    said = out.stdout + out.stderr
+    assert "orphan re-parented to the supervisor: True" in said, said[-3000:]  # else the check below is empty
+    assert "zombies of the supervisor: 0" in said, said[-3000:]
