@@ -421,7 +421,12 @@ def read_status(api: Api, ns: str, name: str, *, now: Any = None) -> dict:
     """
     import datetime
 
+    import time as _time
+
+    from launcher import restart_ledger
+
     job = get_job(api, ns, name)
+    ledger = restart_ledger.Reader(job)  # the runtime's restart ledger, read while the cluster is
     uid = job["metadata"].get("uid")
     listed = job_pod_docs(api, ns, name, uid)
     pods = [describe_pod(p) for p in listed]
@@ -445,6 +450,7 @@ def read_status(api: Api, ns: str, name: str, *, now: Any = None) -> dict:
         p["restarts"] = per_pod.get(p["name"], 0)
         if first is not None and p["name"] == first["name"]:
             p.update({k: progress[k] for k in ("resumed_from", "preempted_at")})
+    summary, unread = ledger.result(_time.time())
     return {"name": name, "namespace": ns, "uid": uid, "state": job_state(job),
             "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
                            for c in (job.get("status") or {}).get("conditions") or []],
@@ -457,12 +463,15 @@ def read_status(api: Api, ns: str, name: str, *, now: Any = None) -> dict:
             "committed_step": progress["step"],
             "committed_at": progress["at"].isoformat() if progress.get("at") else None,
             "events": restart_events(job_events),
-            "_progress": progress, "_now": now or datetime.datetime.now(datetime.timezone.utc)}
+            "ledger": restart_ledger.doc(summary) if summary is not None else {"not_shown": unread},
+            "_ledger": (summary, unread), "_progress": progress, "_now": now or datetime.datetime.now(datetime.timezone.utc)}
 
 
 def print_status(api: Api, ns: str, name: str, *, output: str = "text", all_pods: bool = False) -> int:
     doc = read_status(api, ns, name)
-    progress, now = doc.pop("_progress"), doc.pop("_now")
+    from launcher import restart_ledger
+
+    progress, now, (ledger, unread) = doc.pop("_progress"), doc.pop("_now"), doc.pop("_ledger")
     if output in ("json", "yaml"):
         print_doc(doc, output)
         return 0
@@ -475,6 +484,8 @@ def print_status(api: Api, ns: str, name: str, *, output: str = "text", all_pods
         print(f"  {c['type']:<10} {c['status']:<5} {c.get('reason') or ''}: {c.get('message') or ''}")
     if doc["create_failures"] and len(pods) < doc["expected_pods"]:
         print(f"  why: the operator cannot create the pods: {doc['create_failures'][0]}")
+    for line in restart_ledger.lines(ledger) if ledger is not None else [restart_ledger.unread_line(unread)]:
+        print("  " + line)
     rows = status_fmt.pod_rows(pods, {p["name"]: p["restarts"] for p in pods}, all_pods=all_pods)
     if rows:
         for line in status_fmt.table(status_fmt.POD_HEADER, rows, indent="  "):
