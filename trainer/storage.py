@@ -135,6 +135,17 @@ def permanent_s3_message(code: str, bucket: str) -> str:
     return f"checkpoint bucket s3://{bucket}: {code}: {S3_PERMANENT_ERRORS[code]}"
 
 
+#: Jitter for retries from a generator of its own: the process-wide `random` is part of the
+#: user's state that checkpoints save and restore, and a retry must not advance it.
+_JITTER = random.Random()
+#: Errors of our own code, never of a store: a retry cannot help and must not hide them.
+_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError)
+#: What a store's client may raise for a transient failure. fsspec backends do not all raise
+#: OSError for one (gcsfs' HttpError and adlfs' HttpResponseError are plain Exceptions), and a
+#: read error taken for a verdict on the step walked restores back through retained steps.
+ANY_BACKEND_ERROR: tuple[type[BaseException], ...] = (Exception,)
+
+
 def retry_call(fn: Callable[[], T], *, what: str, attempts: int = RETRY_ATTEMPTS,
                retry_on: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)) -> T:
     """Call fn, retrying transient I/O errors with exponential backoff and jitter."""
@@ -142,13 +153,13 @@ def retry_call(fn: Callable[[], T], *, what: str, attempts: int = RETRY_ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except (FileNotFoundError, StorageConfigError):
-            raise  # a fact about the object, or a configuration error: a retry changes neither
+        except (FileNotFoundError, StorageConfigError, *_PROGRAMMING_ERRORS):
+            raise  # a fact about the object, a configuration error or a bug: a retry changes none
         except retry_on as e:
             if attempt == attempts:
                 raise StorageError(f"{what} failed after {attempts} attempts: {e}") from e
             log.warning("%s failed (%s); retrying in %.1fs (%d/%d)", what, e, delay, attempt, attempts)
-            time.sleep(delay * (0.5 + random.random()))
+            time.sleep(delay * (0.5 + _JITTER.random()))
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
 
@@ -315,7 +326,7 @@ class FsspecStorage(Storage):
         fd, local = tempfile.mkstemp(dir=spool_dir(), prefix="fetch-")
         os.close(fd)
         try:
-            retry_call(lambda: self.fs.get_file(path, local), what=f"download {path}")
+            retry_call(lambda: self.fs.get_file(path, local), what=f"download {path}", retry_on=ANY_BACKEND_ERROR)
             yield local
         finally:
             os.unlink(local)
@@ -325,20 +336,22 @@ class FsspecStorage(Storage):
 
     def read_small(self, path):
         try:
-            return retry_call(lambda: self.fs.cat_file(path), what=f"read {path}")
+            return retry_call(lambda: self.fs.cat_file(path), what=f"read {path}", retry_on=ANY_BACKEND_ERROR)
         except FileNotFoundError:
             return None
 
     def list_names(self, path):
         try:
-            entries = retry_call(lambda: self.fs.ls(path, detail=False, refresh=True), what=f"list {path}")
+            entries = retry_call(lambda: self.fs.ls(path, detail=False, refresh=True), what=f"list {path}",
+                                 retry_on=ANY_BACKEND_ERROR)
         except FileNotFoundError:
             return []
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
     def sizes(self, path):
         try:
-            found = retry_call(lambda: self.fs.find(path, detail=True), what=f"list {path}")
+            found = retry_call(lambda: self.fs.find(path, detail=True), what=f"list {path}",
+                               retry_on=ANY_BACKEND_ERROR)
         except FileNotFoundError:
             return {}
         prefix = self.fs._strip_protocol(path).rstrip("/") + "/"

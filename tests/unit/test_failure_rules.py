@@ -151,3 +151,41 @@ def test_zombie_children_are_the_parents_zombies_but_the_kept_one():
     table = {10: (1, "S"), 11: (10, "Z"), 12: (10, "Z"), 13: (10, "R"), 14: (11, "Z"), 15: (1, "Z")}
     assert zombie_children(10, table) == [11, 12]
     assert zombie_children(10, table, keep=frozenset({11})) == [12]  # torchrun: Popen waits for it
+
+
+def test_a_backend_error_that_is_no_oserror_is_retried_then_a_storage_error_and_never_touches_random(monkeypatch):
+    """gcsfs and adlfs raise plain Exceptions for a 503: a read error, not a verdict on the step."""
+    import random
+
+    from trainer import storage
+    from trainer.errors import StorageError
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+
+    class HttpError(Exception):
+        pass
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise HttpError("503 Service Unavailable")
+        return b"ok"
+
+    random.seed(5)
+    before = random.getstate()
+    assert storage.retry_call(flaky, what="read x", retry_on=storage.ANY_BACKEND_ERROR) == b"ok"
+    assert random.getstate() == before  # the user's stream, which checkpoints restore, is untouched
+
+    def always():
+        raise HttpError("503")
+
+    with pytest.raises(StorageError):
+        storage.retry_call(always, what="read x", retry_on=storage.ANY_BACKEND_ERROR)
+
+    def bug():
+        raise TypeError("our own bug")
+
+    with pytest.raises(TypeError):  # never retried into a storage error
+        storage.retry_call(bug, what="read x", retry_on=storage.ANY_BACKEND_ERROR)
