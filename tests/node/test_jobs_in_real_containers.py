@@ -307,3 +307,24 @@ def test_a_scheduled_retrain_runs_its_submitter_in_the_image_as_its_service_acco
         submitter_log
     assert pod.spec.containers[0].image == node.image
     assert any(v.projected for v in pod.spec.volumes), "the ServiceAccount token, projected by the kubelet"
+
+
+def test_a_job_that_crashes_on_every_start_is_stopped_by_the_runtime_budget_and_the_operator_fails_it(
+        api, node, capsys, restricted_namespace):
+    """The operator v1.8 does not enforce backoffLimit under restartPolicy ExitCode: the runtime's ledger does."""
+    ns, name = restricted_namespace, "loop"
+    local_volume(api, node, ns)
+    code, _, err = launch(capsys, os.path.join(FIXTURES, "crashloop.py"), "--nodes", "1", "--nproc", "2",
+                          "--image", node.image, "-n", ns, "--name", name, "--max-restarts", "1",
+                          "--pvc", f"{CLAIM}:/checkpoints", "--checkpoint", "/checkpoints", "--", "--mode", "crash")
+    assert code == 0, err
+
+    def failed():
+        return job_conditions(api, ns, name).get("Failed") == "True"
+
+    wait(failed, 480, "the operator to fail the crash-looping job", explain(api, node, ns))
+    pod = api.core.read_namespaced_pod(f"{name}-master-0", ns)
+    terminated = pod.status.container_statuses[0].state.terminated
+    log = pod_log(api, ns, f"{name}-master-0")
+    assert terminated.exit_code == contract.ExitCode.CRASH_LOOP, log[-3000:]
+    assert "crash loop: 2 attempts in a row failed without committing a new step (--max-restarts 1)" in log, log[-3000:]
