@@ -128,8 +128,10 @@ def _watch(api: client.Api, ns: str, name: str, r: FaultResult, timeout: float) 
         r.note = f"not running again after {timeout:.0f}s"
         return
     r.running_s = time.monotonic() - r.at
-    log_deadline = min(deadline, time.monotonic() + 60)  # the runtime logs its resume step right after restore
-    while time.monotonic() < log_deadline:
+    # The runtime logs its resume step right after restore, and restore waits for the rendezvous:
+    # when the fault also stopped the other pods, for theirs to be recreated and started too
+    # (minutes on a busy node), so this waits as long as --wait allows, not a fixed minute.
+    while time.monotonic() < deadline:
         try:
             steps = [client.runtime_progress(api, ns, p)["resumed_from"] for p in replaced.values()]
         except ClusterError as e:

@@ -157,7 +157,10 @@ def _delete_and_resume(api, node, capsys, ns: str, replica: str, local_digest) -
     name = f"del-{replica}"
     folder = local_volume(api, node, ns)
     launch_job(capsys, node, ns, name, "--steps", "60", "--step-sleep", "0.2", nproc=1,
-               launch_args=("--pvc", f"{CLAIM}:/checkpoints", "--checkpoint", "/checkpoints", "--grace-seconds", "60"))
+               launch_args=("--pvc", f"{CLAIM}:/checkpoints", "--checkpoint", "/checkpoints", "--grace-seconds", "60",
+                            # Keep both pods when the job succeeds, to read their logs (the default,
+                            # Running, deletes a worker still on its way out).
+                            "--clean-pod-policy", "None"))
     latest = os.path.join(folder, name, contract.LATEST_NAME)
     wait(lambda: os.path.exists(latest), 300, "a committed checkpoint", explain(api, node, ns))
     pod = wait(running_pod(api, ns, name, replica), 60, f"a running {replica}")
@@ -240,9 +243,9 @@ def test_a_grace_period_shorter_than_the_commit_is_a_sigkill_and_the_job_resumes
     latest = os.path.join(folder, name, contract.LATEST_NAME)
     wait(lambda: os.path.exists(latest), 300, "a committed checkpoint", explain(api, node, ns))
     pod = wait(running_pod(api, ns, name, "master"), 60, "a running master")
-    # One second: the ranks start agreeing on a stop step at the next step boundary and read the
-    # agreement one boundary later, a 3 s step after, so the kubelet SIGKILLs before the stop
-    # checkpoint can commit.
+    # One second (the kubelet makes it its floor, 2 s): the ranks start agreeing on a stop step at
+    # the next step boundary and read the agreement one boundary later, a 3 s step after, so the
+    # kubelet SIGKILLs before the stop checkpoint can commit.
     api.core.delete_namespaced_pod(pod.metadata.name, ns, grace_period_seconds=1)
     wait(lambda: succeeded(api, ns, name), 420, "the job to succeed after the SIGKILL", explain(api, node, ns))
     master_log = pod_log(api, ns, f"{name}-master-0")
@@ -250,7 +253,10 @@ def test_a_grace_period_shorter_than_the_commit_is_a_sigkill_and_the_job_resumes
     # Only periodic checkpoints (every 5 steps) can have committed: a stop step never did.
     assert resumed is not None and resumed % 5 == 0, master_log[-3000:]
     assert final_digest(master_log) == local_digest(12, ranks=2)
-    assert "gracePeriod=1" in node.log("kubelet", 10**7), "the kubelet's kill with the deletion's grace"
+    # The deletion's 1 s, raised to the kubelet's floor of 2 s: still well short of the 3 s step.
+    kills = [line for line in node.log("kubelet", 10**7).splitlines()
+             if "Killing container with a grace period" in line and f'pod="{ns}/{name}-master-0"' in line]
+    assert kills and all("gracePeriod=2" in line for line in kills), kills
 
 
 def test_launch_chaos_kills_and_evicts_real_pods_and_reads_the_resume_step_from_their_logs(
@@ -264,6 +270,7 @@ def test_launch_chaos_kills_and_evicts_real_pods_and_reads_the_resume_step_from_
     code, out, err = launch(capsys, "chaos", name, "-n", ns, "--kill-pod", "worker-0", "--wait", "300s")
     assert code == 0, out + err
     assert f"deleted worker-0 ({name}-worker-0)" in out and "grace 0" in out, out
+    assert "resumed from step " in out, out
     resumed = int(out.split("resumed from step ")[1].split()[0].rstrip(";"))
     assert resumed >= 5, out
 
