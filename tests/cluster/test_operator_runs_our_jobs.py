@@ -23,14 +23,15 @@ def api(operator_cluster, monkeypatch):
     return client.connect()
 
 
-def wait(predicate, timeout: float, what: str):
+def wait(predicate, timeout: float, what: str, explain=None):
+    """predicate()'s first true value within timeout; else fail, with explain()'s text if given."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{explain()}" if explain else ""))
 
 
 def test_sixteen_gpus_on_two_nodes_run_to_success(api, capsys):

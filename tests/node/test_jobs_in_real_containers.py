@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 
 import pytest
 
 from tests.cluster.test_launcher_against_apiserver import launch
+from tests.cluster.test_operator_runs_our_jobs import wait
 from tests.helpers import EXAMPLE, FIXTURES, run
 from tests.node import machine
 from trainer import contract
@@ -25,16 +25,6 @@ pytestmark = [pytest.mark.node, pytest.mark.timeout(1200)]
 
 CLAIM = "checkpoints"
 SCRIPT_ARGS = ("--hidden", "16", "--samples", "2048", "--seed", "3")
-
-
-def wait(predicate, timeout: float, what: str, explain=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{explain()}" if explain else ""))
 
 
 def local_volume(api, node, ns: str) -> str:
