@@ -98,10 +98,11 @@ def final_digest(log: str) -> str:
 def local_digest(tmp_path_factory):
     """The final weights of an uninterrupted `--local` run of the same script on as many ranks, by step count.
 
-    Resumed jobs compare at 2 ranks (1 per pod): with more, DDP's first step after any start
-    reduces gradients in its initial bucket order and later steps in the order it rebuilt its
-    buckets in, and gloo then sums 3+ ranks' values in another order, so a resumed run differs
-    from an uninterrupted one in the last bits (seen with 2 pods x 2 ranks, and with 4 local ranks).
+    Resumed jobs compare at 2 ranks (1 per pod): with more, a resumed run differs from an
+    uninterrupted one in the last bits from the first step after the restore, although all the
+    state restored is identical (seen with 2 pods x 2 ranks, and with 4 local ranks). Likely
+    cause: DDP reduces that step in its initial bucket order and later ones in the order it
+    rebuilt its buckets in, and gloo sums 3+ ranks' values in another order then.
     """
     cache: dict[tuple[int, int], str] = {}
 
