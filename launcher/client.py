@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import sys
 import threading
 import time
@@ -307,17 +306,17 @@ def _raw(response: Any) -> dict:
 
 def job_pods(api: Api, ns: str, name: str, job_uid: str | None = None) -> list[Any]:
     """The job's pods, one list call by label; with job_uid, only those it owns (not a same-named job's)."""
-    pods = _call("listing pods", lambda: api.core.list_namespaced_pod(
-        ns, label_selector=f"{contract.OPERATOR_JOB_NAME_LABEL}={name}")).items
-    if job_uid:
-        pods = [p for p in pods if _owner_uid(p) in (None, job_uid)]
-    return sorted(pods, key=lambda p: status_fmt.natural_key(pod_label(p)))
+    return _owned_sorted(_call("listing pods", lambda: api.core.list_namespaced_pod(
+        ns, label_selector=f"{contract.OPERATOR_JOB_NAME_LABEL}={name}")).items, job_uid)
 
 
 def job_pod_docs(api: Api, ns: str, name: str, job_uid: str | None = None) -> list[dict]:
     """job_pods as plain JSON dicts (the pod as the API serves it): one list call, no typed models."""
-    pods = _call("listing pods", lambda: _raw(api.core.list_namespaced_pod(
-        ns, label_selector=f"{contract.OPERATOR_JOB_NAME_LABEL}={name}", _preload_content=False)))["items"]
+    return _owned_sorted(_call("listing pods", lambda: _raw(api.core.list_namespaced_pod(
+        ns, label_selector=f"{contract.OPERATOR_JOB_NAME_LABEL}={name}", _preload_content=False)))["items"], job_uid)
+
+
+def _owned_sorted(pods: list[Any], job_uid: str | None) -> list[Any]:
     if job_uid:
         pods = [p for p in pods if _owner_uid(p) in (None, job_uid)]
     return sorted(pods, key=lambda p: status_fmt.natural_key(pod_label(p)))

@@ -79,6 +79,14 @@ OPERATOR_ENV = (
     "PET_NODE_RANK",
 )
 
+def operator_node_rank(env) -> int:
+    """This pod's node rank from the operator's env (PET_NODE_RANK, else RANK when MASTER_ADDR is set); 0 if none."""
+    try:
+        return int(env.get("PET_NODE_RANK") or (env.get("RANK") if env.get("MASTER_ADDR") else 0) or 0)
+    except ValueError:
+        return 0
+
+
 # --- labels and names on the cluster -------------------------------------------------
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

@@ -24,7 +24,6 @@ import secrets
 import socket
 import threading
 import time
-from typing import Mapping
 
 from trainer import contract
 from trainer.contract import Attempt
@@ -271,8 +270,3 @@ def read_committed(control: str) -> tuple[int, float] | None:
         return None
 
 
-def parse_env_node_rank(env: Mapping[str, str]) -> int:
-    try:
-        return int(env.get("PET_NODE_RANK") or (env.get("RANK") if env.get("MASTER_ADDR") else 0) or 0)
-    except ValueError:
-        return 0

@@ -287,10 +287,10 @@ class Supervisor:
     def _begin_ledger(self) -> Outcome | None:
         """Record this start in the run's restart ledger; an Outcome when the run must not start."""
         from trainer.errors import StorageConfigError, UsageError
-        from trainer.ledger import Ledger, parse_env_node_rank
+        from trainer.ledger import Ledger
 
         try:
-            ledger = Ledger.open(self.cfg.checkpoint_uri, self.cfg.run_id, parse_env_node_rank(self.env),
+            ledger = Ledger.open(self.cfg.checkpoint_uri, self.cfg.run_id, contract.operator_node_rank(self.env),
                                  self.cfg.max_restarts)
             verdict = ledger.begin()
         except (StorageConfigError, UsageError) as e:
@@ -447,11 +447,7 @@ class Supervisor:
 
 
 def _node_ranks_start(env: Mapping[str, str], nproc: int) -> int:
-    try:
-        node_rank = int(env.get("PET_NODE_RANK") or (env.get("RANK") if env.get("MASTER_ADDR") else 0) or 0)
-    except ValueError:
-        node_rank = 0
-    return node_rank * nproc
+    return contract.operator_node_rank(env) * nproc
 
 
 def _read_json(path: str) -> dict | None:

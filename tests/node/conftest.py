@@ -17,7 +17,8 @@ from tests.helpers import REPO
 from tests.node import machine
 
 
-def _skip_or_fail(reason: str):
+def skip_or_fail(reason: str):
+    """Skip the node tier for `reason`, or fail where it is required (KUBETRAIN_REQUIRE_NODE_TIER=1, CI)."""
     if os.environ.get("KUBETRAIN_REQUIRE_NODE_TIER") == "1":
         pytest.fail(f"node tier: {reason}", pytrace=False)
     pytest.skip(f"node tier: {reason}")
@@ -44,7 +45,7 @@ def node(tmp_path_factory):
     bin_dir = _cluster_bin()
     missing = machine.prerequisites_missing(bin_dir)
     if missing:
-        _skip_or_fail("needs " + "; ".join(missing))
+        skip_or_fail("needs " + "; ".join(missing))
     env = built_images()
     image, pause = env["KUBETRAIN_IMAGE"], env["KUBETRAIN_PAUSE_IMAGE"]
     n = machine.Node(bin_dir=bin_dir, workdir=tmp_path_factory.mktemp("node"),
@@ -84,8 +85,6 @@ def restricted_namespace(api):
 def node_s3(node, tmp_path_factory):
     """moto's S3 server on the node's IP, where the pods (and this process) reach it; yields its URL."""
     import sys
-    import time
-    import urllib.request
 
     exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
     port = machine._free_port(machine.NODE_IP)
@@ -93,15 +92,7 @@ def node_s3(node, tmp_path_factory):
     proc = subprocess.Popen([exe, "-H", machine.NODE_IP, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://{machine.NODE_IP}:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start on {url}") from None
-                time.sleep(0.2)
+        machine._wait(lambda: machine._http_ok(url), 60, f"moto_server on {url}", [proc])
         yield url
     finally:
         proc.terminate()

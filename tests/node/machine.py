@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from launcher.client import INIT_CONTAINER_TEMPLATE as INIT_CONTAINER_TEMPLATE_PATH
 from tests.helpers import REPO
 
 BRIDGE = "kt0"
@@ -53,7 +54,7 @@ KUBELET_SYSCTLS = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory
 CONTAINERD_SOCKET = STATE / "containerd.sock"
 CACHE = Path(os.environ.get("KUBETRAIN_NODE_CACHE", os.path.expanduser("~/.cache/kubetrain/node")))
 CNI_BIN = "/usr/lib/cni"  # Debian's containernetworking-plugins
-INIT_CONTAINER_TEMPLATE = os.path.join(REPO, "k8s", "operator", "pytorch-init-container.yaml.tmpl")
+INIT_CONTAINER_TEMPLATE = os.path.join(REPO, INIT_CONTAINER_TEMPLATE_PATH)  # the file launch's preflight names
 
 
 def prerequisites_missing(bin_dir: str | None) -> list[str]:

@@ -22,6 +22,7 @@ import uuid
 import pytest
 
 from tests.helpers import EXAMPLE, REPO, read_json, run, wait_for
+from tests.node.conftest import skip_or_fail
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(3600)]  # the first build of the image takes minutes
 
@@ -29,20 +30,14 @@ STEPS = 200
 TRAIN_ARGS = ["--steps", str(STEPS), "--samples", "2048", "--hidden", "64"]
 
 
-def _skip_or_fail(reason: str):
-    if os.environ.get("KUBETRAIN_REQUIRE_NODE_TIER") == "1":
-        pytest.fail(f"image test: {reason}", pytrace=False)
-    pytest.skip(f"image test: {reason}")
-
-
 @pytest.fixture(scope="module")
 def image() -> dict[str, str]:
     """images/build's KEY=VALUE lines; the process environment gets its DOCKER_HOST."""
     if os.geteuid() != 0:
-        _skip_or_fail("needs root (dockerd does): run as root with `apt-get install docker.io mmdebstrap gcc`")
+        skip_or_fail("needs root (dockerd does): run as root with `apt-get install docker.io mmdebstrap gcc`")
     missing = [tool for tool in ("dockerd", "docker", "containerd", "mmdebstrap", "gcc") if not shutil.which(tool)]
     if missing:
-        _skip_or_fail(f"needs {', '.join(missing)}: apt-get install docker.io containerd mmdebstrap gcc")
+        skip_or_fail(f"needs {', '.join(missing)}: apt-get install docker.io containerd mmdebstrap gcc")
     out = subprocess.run([os.path.join(REPO, "images", "build"), "--print-env", "--no-save"], capture_output=True,
                          text=True, timeout=3600)
     assert out.returncode == 0, f"images/build failed:\n{out.stderr[-4000:]}"
