@@ -225,6 +225,19 @@ def checkpoint_uri_problem(uri: str, schemes: frozenset[str] | set[str] = CHECKP
 
 
 # --- checkpoint layout: <uri>/<run-id>/step-000001200/..., <uri>/<run-id>/latest ---
+#
+#     <uri>/<run-id>/step-000001200/   every file of the step, then manifest.json (sizes, sha256s)
+#     <uri>/<run-id>/latest            "1200\n": the step the run resumes from
+#
+# A step is committed iff `latest` names it. The commit point is the atomic replace of `latest`
+# (a put on an object store, write-temp-then-rename on a folder), after the step's manifest. A step
+# folder with a manifest that `latest` does not (yet) name is NOT committed: the commit was cut
+# between the two writes, and no restore, checker or report may treat it as one. Restore trusts
+# `latest` and falls back to an older step (one `latest` named before) only when the step it names
+# is verified corrupt (no manifest, a size or sha256 mismatch, a missing file); without `latest`
+# nothing is committed and the run starts from step 0. A commit cut while `latest` was replaced leaves
+# `latest` as it was and, on a folder, a `latest.tmp-<pid>` file: the next start and every commit
+# remove such leftovers. Older steps are pruned only after a newer one committed, manifest first.
 
 MANIFEST_NAME = "manifest.json"
 LATEST_NAME = "latest"
@@ -302,6 +315,14 @@ CHAOS_KINDS = ("sigterm", "kill-worker", "kill-during-upload", "corrupt-checkpoi
 FAULT_STORAGE_OUTAGE = "storage-outage"  # while present, every checkpoint write fails as in an outage
 FAULT_SLOW_COMMIT = "slow-commit"  # holds seconds: rank 0 waits that long before writing a manifest,
 # which widens the window in which a kill leaves a partial (uncommitted) step behind
+#: Holds "<phase> <step>": rank 0 SIGKILLs its own process when the commit of that step reaches that
+#: phase (COMMIT_PHASES), so a test can cut a commit at each of its boundaries deterministically.
+FAULT_KILL_AT = "kill-at"
+#: The phases of a commit, in order (see "checkpoint layout" above for what each leaves behind):
+#: every rank's files written; the manifest written; `latest`'s temp file written but not yet renamed
+#: over `latest` (local folders; elsewhere the put is atomic and this is "manifest"); `latest` replaced
+#: (committed); the prune of older steps under way (one step's manifest removed, its folder not yet).
+COMMIT_PHASES = ("files", "manifest", "latest-tmp", "latest", "prune")
 CONTROL_COMMITTED = "committed"  # written by global rank 0 after each commit: "<step> <time>"
 
 

@@ -189,8 +189,12 @@ class Storage:
         """A local path holding the object's bytes, valid inside the `with`."""
         raise NotImplementedError
 
-    def write_small(self, path: str, data: bytes) -> None:
-        """Replace the object at `path` with `data`, atomically."""
+    def write_small(self, path: str, data: bytes, *, before_replace: Callable[[], None] | None = None) -> None:
+        """Replace the object at `path` with `data`, atomically.
+
+        `before_replace` (a fault hook) runs once the new bytes are staged and the old object is
+        still in place: on a folder, between the temp file and its rename; elsewhere, before the put.
+        """
         raise NotImplementedError
 
     def read_small(self, path: str) -> bytes | None:
@@ -211,6 +215,12 @@ class Storage:
     def remove(self, path: str) -> None:
         """Delete one file; a missing one is not an error."""
         raise NotImplementedError
+
+    def remove_leftover_temps(self, path: str, *, recursive: bool = False) -> list[str]:
+        """Remove the temp files (`<name>.tmp-<pid>`) that writes cut short by a kill left in the folder
+        `path` (and below it with `recursive`); their paths. Only a folder has them: an object store's
+        put is atomic. The caller makes sure nothing is writing there now."""
+        return []
 
     def abort_stale_uploads(self, path: str, started_before: float) -> list[str]:
         """Abort incomplete multipart uploads under the folder `path` begun before `started_before`
@@ -233,7 +243,7 @@ class LocalStorage(Storage):
     def write_file(self, path, write):
         local = self._local(path)
         os.makedirs(os.path.dirname(local), exist_ok=True)
-        tmp = f"{local}.tmp-{os.getpid()}"
+        tmp = _temp_name(local)
         try:
             with open(tmp, "wb") as raw:
                 w = HashingWriter(raw)
@@ -253,16 +263,30 @@ class LocalStorage(Storage):
             raise FileNotFoundError(path)
         yield local
 
-    def write_small(self, path, data):
+    def write_small(self, path, data, *, before_replace=None):
         local = self._local(path)
         os.makedirs(os.path.dirname(local), exist_ok=True)
-        tmp = f"{local}.tmp-{os.getpid()}"
+        tmp = _temp_name(local)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, local)
         _fsync_dir(os.path.dirname(local))
+
+    def remove_leftover_temps(self, path, *, recursive=False):
+        root = self._local(path)
+        walk = os.walk(root) if recursive else [next(os.walk(root), (root, [], []))]
+        removed = []
+        for dirpath, _, files in walk:
+            for name in files:
+                if _TEMP_RE.search(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(dirpath, name))
+                        removed.append(os.path.join(dirpath, name))
+        return removed
 
     def read_small(self, path):
         try:
@@ -292,6 +316,15 @@ class LocalStorage(Storage):
     def remove(self, path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._local(path))
+
+
+#: What `_temp_name` appends; `remove_leftover_temps` finds a kill's leftovers by it.
+_TEMP_RE = re.compile(r"\.tmp-\d+$")
+
+
+def _temp_name(local: str) -> str:
+    """Where a write to `local` is staged before its rename: per process, so two writers never share one."""
+    return f"{local}.tmp-{os.getpid()}"
 
 
 def _fsync_dir(path: str) -> None:
@@ -331,7 +364,9 @@ class FsspecStorage(Storage):
         finally:
             os.unlink(local)
 
-    def write_small(self, path, data):
+    def write_small(self, path, data, *, before_replace=None):
+        if before_replace is not None:
+            before_replace()
         retry_call(lambda: self.fs.pipe_file(path, data), what=f"write {path}")
 
     def read_small(self, path):
@@ -494,7 +529,9 @@ class S3Storage(Storage):
                 raise FileNotFoundError(path) from e
             raise
 
-    def write_small(self, path, data):
+    def write_small(self, path, data, *, before_replace=None):
+        if before_replace is not None:
+            before_replace()
         self._retry(lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data),
                     f"write {path}")
 

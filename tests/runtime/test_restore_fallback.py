@@ -81,14 +81,14 @@ def test_restore_falls_back_to_the_previous_good_step_and_says_so(tmp_path, capl
         assert torch.equal(v, weights[10][k])
 
 
-def test_a_step_whose_manifest_committed_but_latest_did_not_move_is_still_used(tmp_path):
+def test_a_step_whose_manifest_was_written_but_latest_did_not_move_is_not_committed(tmp_path):
     model, opt, ckpt = make(tmp_path)
     train_and_save(model, opt, ckpt, [10, 20])
     with open(os.path.join(str(tmp_path), "r", contract.LATEST_NAME), "w") as f:
         f.write("10\n")
-    assert make(tmp_path)[2].restore() == 10  # latest wins when it verifies
+    assert make(tmp_path)[2].restore() == 10  # `latest` names the committed step, never a newer one
     os.unlink(os.path.join(str(tmp_path), "r", contract.LATEST_NAME))
-    assert make(tmp_path)[2].restore() == 20
+    assert make(tmp_path)[2].restore() == 0  # without `latest` nothing was committed
 
 
 def test_nothing_usable_starts_from_zero(tmp_path):

@@ -41,11 +41,12 @@ def test_parse_latest(data, step):
 
 @pytest.mark.parametrize("latest,listed,expected", [
     (None, [], []),
-    (30, [10, 20, 30], [30, 20, 10]),
-    (20, [10, 20, 30], [20, 30, 10]),  # a step committed after `latest` moved is tried, after latest
-    (50, [10, 20], [50, 20, 10]),      # `latest` pointing at a vanished folder falls back
-    (None, [20, 10], [20, 10]),
-], ids=["empty", "normal", "newer-than-latest", "latest-missing", "no-latest"])
+    (b"30\n", [10, 20, 30], [30, 20, 10]),
+    (b"20\n", [10, 20, 30], [20, 10]),  # 30's commit was cut before `latest` moved: not committed
+    (b"50\n", [10, 20], [50, 20, 10]),  # `latest` pointing at a vanished folder falls back
+    (None, [20, 10], []),                # no `latest`: nothing was ever committed
+    (b"junk", [20, 10], [20, 10]),       # a `latest` that names no step is corrupt: every step is a fallback
+], ids=["empty", "normal", "newer-than-latest", "latest-missing", "no-latest", "latest-unreadable"])
 def test_restore_candidates(latest, listed, expected):
     assert layout.restore_candidates(latest, listed) == expected
 

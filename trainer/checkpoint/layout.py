@@ -1,11 +1,12 @@
 """The checkpoint folder protocol, as pure functions over names and bytes.
 
     <root>/<run-id>/step-000001200/   every file of the step, manifest.json LAST
-    <root>/<run-id>/latest            the newest committed step, after its manifest
+    <root>/<run-id>/latest            the committed step: the commit point
 
-A step without a valid manifest does not exist. This module decides which
-steps exist, in which order restore should try them, and which may be pruned;
-it does no I/O so each rule is tested on its own.
+What "committed" means is defined once, in trainer.contract ("checkpoint
+layout"): a step is committed iff `latest` names it. This module decides which
+steps restore may try and in which order, and which may be pruned; it does no
+I/O so each rule is tested on its own.
 """
 
 from __future__ import annotations
@@ -77,14 +78,20 @@ def parse_latest(data: bytes | None) -> int | None:
     return step if step >= 0 else None
 
 
-def restore_candidates(latest: int | None, listed_steps: list[int]) -> list[int]:
-    """Steps to try on restore, best first: `latest`, then every other step newest first.
+def restore_candidates(latest: bytes | None, listed_steps: list[int]) -> list[int]:
+    """Steps to try on restore, best first: the one `latest` names, then older steps, newest first.
 
-    Steps newer than `latest` are tried too, after it: a commit can write its
-    manifest and die before `latest` moves, and that step is still whole.
+    `latest`: the bytes of the `latest` object, None when there is none. A step newer than
+    `latest` is never tried: a commit cut after its manifest and before `latest` moved did not
+    commit it. Without `latest` nothing was committed. A `latest` that names no step (it is
+    written atomically, so only a hand or a foreign writer makes one) is taken as corrupt:
+    every listed step is a fallback, newest first.
     """
-    rest = sorted((s for s in set(listed_steps) if s != latest), reverse=True)
-    return ([latest] if latest is not None else []) + rest
+    if latest is None:
+        return []
+    step = parse_latest(latest)
+    older = sorted((s for s in set(listed_steps) if step is None or s < step), reverse=True)
+    return ([step] if step is not None else []) + older
 
 
 def steps_to_prune(committed: list[int], all_steps: list[int], *, newest: int, keep: int) -> list[int]:

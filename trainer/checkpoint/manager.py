@@ -37,7 +37,7 @@ from typing import Any, Mapping, Protocol
 import torch
 
 from trainer import contract, dist
-from trainer.checkpoint import handoff, layout, prefetch, state as st
+from trainer.checkpoint import faults, handoff, layout, prefetch, state as st
 from trainer.errors import CheckpointError, StorageConfigError, StorageError, one_line
 from trainer.storage import FileInfo, Storage, file_info, join, open_storage, spool_dir
 
@@ -61,25 +61,6 @@ def agreement_stride(slowest_step_s: float) -> int:
     if slowest_step_s <= 0:
         return 1
     return max(1, min(AGREE_MAX_STEPS, int(AGREE_WITHIN_S / slowest_step_s)))
-
-
-def _fault_file(name: str) -> str | None:
-    """The path of a fault-injection file when `launch chaos` has put it there, else None."""
-    folder = os.environ.get(contract.ENV_FAULTS_DIR)
-    path = os.path.join(folder, name) if folder else None
-    return path if path and os.path.exists(path) else None
-
-
-def _injected_outage() -> None:
-    if _fault_file(contract.FAULT_STORAGE_OUTAGE):
-        raise StorageError(f"injected storage outage ({contract.ENV_FAULTS_DIR}/{contract.FAULT_STORAGE_OUTAGE})")
-
-
-def _injected_slow_commit() -> None:
-    path = _fault_file(contract.FAULT_SLOW_COMMIT)
-    if path:
-        with open(path) as f:
-            time.sleep(float(f.read().strip() or 0))
 
 
 def rank_file(rank: int) -> str:
@@ -256,6 +237,7 @@ class Checkpointer:
         self._heartbeat(0, force=True)
         if self.rank == 0:
             self._sweep_stale_uploads()
+            self._remove_leftover_temps(self.run_uri)
         wait = _StorageWait(self.config.storage_timeout)
         token = dist.broadcast_object(uuid.uuid4().hex[:12] if self.rank == 0 else "", self._control_group)
         candidates = self._agreed_listing(lambda: self._candidates(self.run_uri, self.storage), wait,
@@ -293,11 +275,24 @@ class Checkpointer:
             log.warning("aborted %d incomplete upload(s) an earlier attempt left under %s: %s", len(aborted),
                         self.run_uri, ", ".join(sorted(set(aborted))))
 
+    def _remove_leftover_temps(self, folder: str, recursive: bool = False) -> None:
+        """Rank 0: remove the temp files a kill left in `folder` (a `latest.tmp-<pid>` of a commit cut while
+        `latest` was replaced); nothing else writes there now. Bookkeeping: never fails a restore or commit."""
+        try:
+            removed = self.storage.remove_leftover_temps(folder, recursive=recursive)
+        except OSError as e:
+            log.warning("could not remove leftover temp files under %s: %s", folder, one_line(str(e)))
+            return
+        if removed:
+            log.info("removed %d temp file(s) a killed write left: %s", len(removed),
+                     ", ".join(os.path.basename(p) for p in sorted(removed)))
+
     @staticmethod
     def _candidates(run_uri: str, storage: Storage) -> list[int]:
-        """Rank 0: the committed-looking steps of a run folder, newest first (`latest` first of all)."""
-        latest = layout.parse_latest(storage.read_small(join(run_uri, contract.LATEST_NAME)))
-        return layout.restore_candidates(latest, layout.steps_in_listing(storage.list_names(run_uri)))
+        """Rank 0: the steps restore may use, best first: the one `latest` names, then older ones."""
+        raw = storage.read_small(join(run_uri, contract.LATEST_NAME))
+        listed = layout.steps_in_listing(storage.list_names(run_uri)) if raw is not None else []
+        return layout.restore_candidates(raw, listed)
 
     def _agreed_listing(self, list_fn: Any, wait: "_StorageWait", what: str) -> Any:
         """`list_fn()` on rank 0, the same answer on every rank; retried like a step's read.
@@ -600,7 +595,7 @@ class Checkpointer:
         """Write this rank's files, then rank 0 commits; every rank learns the outcome."""
         step_uri = join(self.run_uri, contract.step_dir_name(job.step))
         try:
-            _injected_outage()
+            faults.injected_outage()
             files: dict[str, FileInfo] = {}
             if job.replicated is not None:
                 files[layout.REPLICATED_FILE] = self.storage.write_file(
@@ -649,12 +644,20 @@ class Checkpointer:
             files.update(f)
         step_uri = join(self.run_uri, contract.step_dir_name(step))
         try:
-            _injected_slow_commit()
+            faults.kill_point("files", step)
+            faults.injected_slow_commit()
+            # Every rank's writes to the step ended (gathered): a temp file left in its folder is a kill's.
+            self._remove_leftover_temps(step_uri, recursive=True)
             manifest = layout.Manifest(step=step, world_size=self.world_size,
                                        kind="sharded" if any(k.startswith(layout.SHARDED_DIR + "/") for k in files)
                                        else "replicated", files=files, created=time.time())
             self.storage.write_small(join(step_uri, contract.MANIFEST_NAME), layout.manifest_to_bytes(manifest))
-            self.storage.write_small(join(self.run_uri, contract.LATEST_NAME), f"{step}\n".encode())
+            faults.kill_point("manifest", step)
+            self._remove_leftover_temps(self.run_uri)  # a `latest.tmp-*` of an earlier commit cut short
+            # The commit point (trainer.contract, "checkpoint layout"): the step is committed once this replace lands.
+            self.storage.write_small(join(self.run_uri, contract.LATEST_NAME), f"{step}\n".encode(),
+                                     before_replace=lambda: faults.kill_point("latest-tmp", step))
+            faults.kill_point("latest", step)
         except StorageConfigError as e:
             return ("permanent", str(e))
         except Exception as e:
@@ -679,6 +682,7 @@ class Checkpointer:
             step_uri = join(self.run_uri, contract.step_dir_name(s))
             # Manifest first: a prune cut short must leave an uncommitted folder, not a committed hole.
             self.storage.remove(join(step_uri, contract.MANIFEST_NAME))
+            faults.kill_point("prune", newest)
             self.storage.remove_tree(step_uri)
 
     def _write_sharded(self, step_uri: str, state: Any) -> dict[str, FileInfo]:
