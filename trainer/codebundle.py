@@ -13,12 +13,13 @@ import shutil
 import tarfile
 import tempfile
 
+from trainer import contract
 from trainer.errors import UsageError
 
 
 def _fetch(uri: str, dest: str) -> None:
-    if "://" not in uri or uri.startswith("file://"):
-        shutil.copyfile(uri[len("file://"):] if uri.startswith("file://") else uri, dest)
+    if contract.is_local_uri(uri):
+        shutil.copyfile(contract.local_path(uri), dest)
         return
     import fsspec
 

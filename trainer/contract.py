@@ -192,7 +192,7 @@ def describe_exit_code(code: int) -> str:
 
 # --- checkpoint URIs: the one rule for what is local and what the runtime can open ---
 
-#: URI schemes the runtime opens (trainer/storage.py: boto3 for s3/s3a, fsspec for the rest;
+#: URI schemes the runtime opens (trainer/storage/: boto3 for s3/s3a, fsspec for the rest;
 #: gs/gcs and az/abfs need gcsfs and adlfs beside fsspec). `launch` rejects any other scheme
 #: before it creates anything: the pod would only fail with exit 2 once it was scheduled.
 CHECKPOINT_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
@@ -204,6 +204,11 @@ _SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]*$")
 def is_local_uri(uri: str) -> bool:
     """A folder on this machine (a path or file://), read in place rather than downloaded."""
     return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    """The path of a local URI (is_local_uri): a file:// URI without its scheme, a path as it is."""
+    return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
 def checkpoint_uri_problem(uri: str, schemes: frozenset[str] | set[str] = CHECKPOINT_SCHEMES) -> str | None:

@@ -82,8 +82,3 @@ def gather_objects(obj: Any, group: Any) -> list[Any] | None:
     out = [None] * world_size() if rank() == 0 else None
     dist.gather_object(obj, out, dst=0, group=group)
     return out
-
-
-def barrier(group: Any) -> None:
-    if group is not None:
-        dist.barrier(group=group)

@@ -160,7 +160,7 @@ def test_a_backend_error_that_is_no_oserror_is_retried_then_a_storage_error_and_
     from trainer import storage
     from trainer.errors import StorageError
 
-    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    monkeypatch.setattr(storage.retry.time, "sleep", lambda s: None)
 
     class HttpError(Exception):
         pass

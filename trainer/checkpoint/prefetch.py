@@ -36,7 +36,7 @@ from trainer import contract
 from trainer.checkpoint import handoff, layout
 from trainer.errors import one_line
 from trainer.processes import pid_namespace, start_time
-from trainer.storage import file_info, is_local_uri, join, open_storage, spool_dir
+from trainer.storage import file_info, join, open_storage, spool_dir
 
 log = logging.getLogger("kubetrain.prefetch")
 
@@ -89,7 +89,7 @@ class Prefetch:
 
     def start(self) -> str | None:
         """Begin the download in the background; the folder the ranks should look in (ENV_PREFETCH_DIR)."""
-        if is_local_uri(self.uri):
+        if contract.is_local_uri(self.uri):
             return None  # a local folder: restore reads it in place, nothing to fetch ahead
         try:
             spool = spool_dir()
