@@ -1,0 +1,79 @@
+"""What happened -> exit code: the facts of a finished run mapped onto the contract (pure)."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from typing import Any, Mapping
+
+from trainer.contract import ExitCode
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    code: int
+    summary: str
+    root_cause: str | None = None  # a traceback, printed once
+    #: What the exit code means this time, where the contract's general words would be untrue
+    #: (143 without a committed checkpoint); None: contract.describe_exit_code.
+    meaning: str | None = None
+
+
+def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list[Mapping[str, Any]],
+             preempted: Mapping[str, Any] | None, stop_reason: str | None, hang: str | None) -> Outcome:
+    """Map the facts of a finished run onto the exit-code contract."""
+    if hang:
+        return Outcome(ExitCode.HANG, f"hang: {hang}; workers killed")
+    if preempted is not None:
+        return Outcome(ExitCode.PREEMPTED, f"preempted ({stop_reason or 'ranks on another node were stopping'}); "
+                       f"checkpoint step {preempted.get('step')} committed")
+    if result and result.get("usage_error"):  # before any worker started: a retry fails the same way
+        return Outcome(ExitCode.USAGE, f"torchrun refused its arguments: {result['usage_error']}")
+    if result and result.get("incompatible_torch"):
+        return Outcome(ExitCode.USAGE, f"this torch cannot run torchrun: {result['incompatible_torch']}")
+    if torchrun_rc == 0:
+        return Outcome(ExitCode.OK, "finished")
+    failures = list((result or {}).get("failures", []))
+    config = sorted((e for e in errors if e.get("config_error")), key=lambda e: e.get("time", 0))
+    if config:  # the object store refused the bucket or credentials: permanent, whoever died after it
+        return Outcome(ExitCode.USAGE, config[0]["message"])
+    user = sorted((e for e in errors if not e.get("comm_error") and not e.get("infra_error")),
+                  key=lambda e: e.get("time", 0))
+    infra = sorted((e for e in errors if e.get("infra_error")), key=lambda e: e.get("time", 0))
+    killed = [f for f in failures if (f.get("exitcode") or 0) < 0
+              and -f["exitcode"] not in (signal.SIGTERM, signal.SIGINT)]
+    if killed and not user:
+        f = killed[0]
+        return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
+    if stop_reason is not None:
+        return Outcome(ExitCode.PREEMPTED, f"stopped ({stop_reason}) before a checkpoint committed; the next run "
+                       "resumes from the last committed one",
+                       meaning=f"stopped ({stop_reason}), no checkpoint committed by this run")
+    if user:
+        e = user[0]
+        return Outcome(ExitCode.USER_ERROR, f"rank {e['rank']} raised {e['type']}: {e['message']}", e.get("traceback"))
+    if infra:  # checkpoint storage kept failing: retry later rather than fail the job for good
+        e = infra[0]
+        return Outcome(ExitCode.INFRA, f"rank {e['rank']}: {e['type']}: {e['message']}")
+    if killed:
+        f = killed[0]
+        return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
+    # A rank that exited on its own (sys.exit(N)) rather than because a peer vanished.
+    comm_ranks = {e.get("rank") for e in errors if e.get("comm_error")}
+    direct = sorted((f for f in failures if (f.get("exitcode") or 0) > 0 and f["rank"] not in comm_ranks),
+                    key=lambda f: f.get("time", 0))
+    if direct:
+        f = direct[0]
+        return Outcome(f["exitcode"] if f["exitcode"] < 256 else ExitCode.USER_ERROR,
+                       f"rank {f['rank']} exited with {f['exitcode']}")
+    if any((f.get("exitcode") or 0) < 0 for f in failures):
+        f = next(f for f in failures if f["exitcode"] < 0)
+        return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
+    if errors:
+        e = sorted(errors, key=lambda e: e.get("time", 0))[0]
+        return Outcome(ExitCode.INFRA, f"rank {e['rank']} lost its peers: {e['type']}: {e['message']}")
+    if result and result.get("agent_error"):
+        return Outcome(ExitCode.INFRA, f"torchrun failed: {result['agent_error']}")
+    if torchrun_rc < 0:
+        return Outcome(ExitCode.for_signal(-torchrun_rc), f"torchrun was killed by signal {-torchrun_rc}")
+    return Outcome(torchrun_rc if torchrun_rc >= 128 else ExitCode.INFRA, f"torchrun exited with {torchrun_rc}")

@@ -1,0 +1,257 @@
+"""The supervisor's process: start torchrun, watch it, hold the grace deadline, report one exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Mapping
+
+from trainer import contract
+from trainer.contract import ExitCode
+from trainer.processes import descendants, parent_map, reap_orphans, set_child_subreaper
+from trainer.settings import RunConfig
+from trainer.supervisor.classify import Outcome, classify
+from trainer.supervisor.control import read_errors, read_json, read_progress
+from trainer.supervisor.torchrun import torchrun_args, torchrun_shutdown_timeout, worker_env
+from trainer.supervisor.watchdog import describe_stall, stalled_ranks
+
+log = logging.getLogger("kubetrain.supervisor")
+POLL_S = 0.1
+REAP_EVERY_S = 1.0  # how often orphans re-parented to the supervisor are reaped (a /proc scan)
+
+
+class Supervisor:
+    def __init__(self, cfg: RunConfig, env: Mapping[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.env = dict(os.environ if env is None else env)
+        self._wake = threading.Event()
+        self._stop_reason: str | None = None
+        self._interrupts = 0
+        self._proc: subprocess.Popen | None = None
+        self._ledger = None  # trainer.ledger.Ledger once the start is recorded
+        self._verdict = None  # node 0's crash-loop verdict, seen by another node while its ranks start
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the ranks to checkpoint and stop; safe from a signal handler or a thread."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._wake.set()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+        self.request_stop(signal.Signals(signum).name)
+
+    def run(self) -> int:
+        early = self._begin_ledger()
+        if early is not None:
+            self._report(early)
+            return int(early.code)
+        given = self.env.get(contract.ENV_CONTROL_DIR)  # `launch chaos` watches progress there
+        control = given or tempfile.mkdtemp(prefix="kubetrain-control-")
+        os.makedirs(control, exist_ok=True)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        if not set_child_subreaper(True):
+            log.warning("cannot become a child subreaper (prctl); ranks of a killed torchrun may outlive it")
+        # Light (no torch): the download overlaps the ranks' start; see checkpoint/prefetch.py.
+        from trainer.checkpoint.prefetch import Prefetch
+
+        prefetch = Prefetch(self.cfg.checkpoint_uri, self.cfg.run_id)
+        poller = None
+        if self.cfg.preemption_url:
+            from trainer.preemption import NoticePoller
+
+            poller = NoticePoller(self.cfg.preemption_url, self.cfg.preemption_poll_seconds, self.request_stop)
+            poller.start()
+        training = threading.Event()  # some local rank reported a step: rendezvous is over
+        if self._ledger is not None:
+            self._ledger.watch_verdict(self._on_verdict, training)
+        last_step = None
+        try:
+            outcome = self._supervise(control, prefetch.start(), training)
+            steps = [s for s, _ in read_progress(control).values()]
+            last_step = max(steps) if steps else None
+        finally:
+            training.set()
+            if poller is not None:
+                poller.stop()
+            self._kill_group(signal.SIGKILL)
+            self._kill_descendants()
+            set_child_subreaper(False)
+            prefetch.close()
+            for s, h in previous.items():
+                signal.signal(s, h)
+            if not given:
+                shutil.rmtree(control, ignore_errors=True)
+        outcome = self._finish_ledger(outcome, last_step)
+        self._report(outcome)
+        return int(outcome.code)
+
+    def _begin_ledger(self) -> Outcome | None:
+        """Record this start in the run's restart ledger; an Outcome when the run must not start."""
+        from trainer.errors import StorageConfigError, UsageError
+        from trainer.ledger import Ledger
+
+        try:
+            ledger = Ledger.open(self.cfg.checkpoint_uri, self.cfg.run_id, contract.operator_node_rank(self.env),
+                                 self.cfg.max_restarts)
+            verdict = ledger.begin()
+        except (StorageConfigError, UsageError) as e:
+            return Outcome(ExitCode.USAGE, str(e))
+        self._ledger = ledger
+        if verdict is not None:
+            return Outcome(ExitCode.CRASH_LOOP, verdict.message)
+        return None
+
+    def _on_verdict(self, verdict) -> None:
+        self._verdict = verdict
+        self._wake.set()
+
+    def _finish_ledger(self, outcome: Outcome, last_step: int | None) -> Outcome:
+        if self._ledger is None:
+            return outcome
+        # Inside the grace period when stopping: the kubelet's SIGKILL would cut a longer wait short.
+        timeout = contract.SUPERVISOR_GRACE_RESERVE / 2 if self._stop_reason else 10.0
+        verdict = self._ledger.finish(int(outcome.code), outcome.summary, last_step=last_step, timeout=timeout)
+        if verdict is not None:
+            return Outcome(ExitCode.CRASH_LOOP, f"{verdict.message}; this attempt: {outcome.summary}",
+                           outcome.root_cause)
+        return outcome
+
+    def _supervise(self, control: str, prefetch_dir: str | None, training: threading.Event) -> Outcome:
+        cfg = self.cfg
+        nproc = cfg.nproc_per_node or int(self.env.get("PET_NPROC_PER_NODE") or 1)
+        cmd = [sys.executable, "-m", "trainer._torchrun", *torchrun_args(cfg, self.env)]
+        log.info("starting %d rank(s) of %s; checkpoints in %s/%s", nproc, cfg.script, cfg.checkpoint_uri, cfg.run_id)
+        # Own session: a terminal's Ctrl-C reaches only us, and we decide what the ranks see.
+        self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control, prefetch_dir),
+                                      start_new_session=True)
+        first_rank = contract.operator_node_rank(self.env) * nproc
+        local_ranks = list(range(first_rank, first_rank + nproc))
+        stop_sent_at: float | None = None
+        workers_deadline = hard_deadline = None
+        hang: str | None = None
+        next_reap = 0.0
+        while self._proc.poll() is None:
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+            now = time.monotonic()
+            if now >= next_reap:
+                reap_orphans(keep=frozenset({self._proc.pid}))
+                next_reap = now + REAP_EVERY_S
+                self._note_progress(control, training)
+            if self._verdict is not None and stop_sent_at is None and hang is None:
+                log.error("node 0 stopped the run: %s; stopping this node's ranks", self._verdict.message)
+                stop_sent_at = now
+                self._kill_group(signal.SIGKILL)
+            if self._stop_reason and stop_sent_at is None:
+                stop_sent_at = now
+                with open(os.path.join(control, contract.CONTROL_STOP), "w") as f:
+                    f.write(self._stop_reason)
+                budget = max(cfg.grace_seconds - contract.SUPERVISOR_GRACE_RESERVE, 0.5)
+                workers_deadline = now + budget
+                hard_deadline = workers_deadline + torchrun_shutdown_timeout(cfg.grace_seconds) + 0.5
+                log.warning("%s: asking the ranks to checkpoint and stop within %.0fs", self._stop_reason, budget)
+                if self._ledger is not None:
+                    self._ledger.update(stopping=self._stop_reason)
+            if self._interrupts >= 2 and hard_deadline is not None:
+                log.warning("second interrupt: killing the workers without a checkpoint")
+                workers_deadline = hard_deadline = now
+            if workers_deadline is not None and now >= workers_deadline:
+                workers_deadline = None
+                log.error("the ranks did not stop within the grace period; terminating them")
+                self._signal_torchrun(signal.SIGTERM)
+            if hard_deadline is not None and now >= hard_deadline:
+                self._kill_group(signal.SIGKILL)
+                hard_deadline = None
+            if cfg.hang_timeout > 0 and stop_sent_at is None and hang is None:
+                stalled = stalled_ranks(read_progress(control), local_ranks, now=time.time(),
+                                        timeout=cfg.hang_timeout)
+                if stalled:
+                    hang = describe_stall(stalled, cfg.hang_timeout)
+                    log.error("watchdog: %s; killing the workers", hang)
+                    self._signal_torchrun(signal.SIGTERM)
+                    time.sleep(torchrun_shutdown_timeout(cfg.grace_seconds) + 0.5)
+                    self._kill_group(signal.SIGKILL)
+        rc = self._proc.wait()
+        self._note_progress(control, training)
+        if self._verdict is not None:
+            return Outcome(ExitCode.CRASH_LOOP, f"node 0 stopped the run: {self._verdict.message}")
+        return classify(torchrun_rc=rc, result=read_json(os.path.join(control, contract.CONTROL_RESULT)),
+                        errors=read_errors(control),
+                        preempted=read_json(os.path.join(control, contract.CONTROL_PREEMPTED)),
+                        stop_reason=self._stop_reason, hang=hang)
+
+    def _note_progress(self, control: str, training: threading.Event) -> None:
+        """Move the ledger's progress mark to global rank 0's newest commit; note when training began."""
+        if not training.is_set() and read_progress(control):
+            training.set()
+        if self._ledger is None or self._ledger.record is None:
+            return
+        from trainer.ledger import read_committed
+
+        committed = read_committed(control)
+        if committed is not None and committed[0] != self._ledger.record.committed:
+            self._ledger.update(committed=committed[0], committed_at=committed[1])
+
+    def _signal_torchrun(self, sig: int) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                os.kill(self._proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _kill_group(self, sig: int) -> None:
+        if self._proc is None:
+            return
+        try:
+            os.killpg(self._proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _kill_descendants(self) -> None:
+        """SIGKILL every process below this one and reap those that are (now) our children.
+
+        torchrun's group is not enough: its workers run in their own sessions. Repeated, since
+        a process may fork while we kill its parent; the subreaper keeps the orphans ours.
+        """
+        me = os.getpid()
+        for _ in range(50):
+            pids = descendants(me, parent_map())
+            if not pids:
+                return
+            log.warning("killing %d process(es) left below the supervisor: %s", len(pids),
+                        " ".join(map(str, pids)))
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                left = [p for p in descendants(me, parent_map()) if p in pids]
+                for pid in left:
+                    if self._proc is not None and pid == self._proc.pid:
+                        continue  # Popen reaps its own
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)
+                if not left:
+                    break
+                time.sleep(0.02)
+
+    def _report(self, outcome: Outcome) -> None:
+        if outcome.root_cause:
+            sys.stderr.write("kubetrain: root cause (first failure; other ranks' errors follow from it):\n")
+            sys.stderr.write(outcome.root_cause if outcome.root_cause.endswith("\n") else outcome.root_cause + "\n")
+        level = logging.INFO if outcome.code == 0 else logging.ERROR
+        log.log(level, "%s; exit %d (%s)", outcome.summary, outcome.code,
+                (outcome.meaning or contract.describe_exit_code(outcome.code))
+                + ("; retryable" if contract.is_retryable(outcome.code) else "" if outcome.code == 0 else "; permanent"))
+
+

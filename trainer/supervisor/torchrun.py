@@ -1,0 +1,51 @@
+"""torchrun's command line and its workers' environment, from our flags and the operator's env (pure)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from trainer import contract
+from trainer.settings import RunConfig, to_worker_env
+
+
+def torchrun_shutdown_timeout(grace_seconds: float) -> int:
+    """torchrun's --shutdown-timeout: it must fit in the reserve after the workers' deadline."""
+    return max(1, int(min(contract.SUPERVISOR_GRACE_RESERVE, grace_seconds) / 2))
+
+
+def torchrun_args(cfg: RunConfig, env: Mapping[str, str]) -> list[str]:
+    """torchrun's arguments from our flags and the Kubeflow operator's environment.
+
+    Elastic jobs (PET_RDZV_*) are left to torchrun, which reads PET_* itself.
+    Static multi-node jobs get the operator's MASTER_ADDR/PORT and node rank.
+    Anything else is one node: --standalone picks a free port on loopback.
+    """
+    nproc = cfg.nproc_per_node or int(env.get("PET_NPROC_PER_NODE") or 1)
+    args = [f"--nproc-per-node={nproc}", "--max-restarts=0", "--monitor-interval=0.1",
+            f"--shutdown-timeout={torchrun_shutdown_timeout(cfg.grace_seconds)}"]
+    nnodes = env.get("PET_NNODES") or "1"
+    if env.get("PET_RDZV_ENDPOINT") or env.get("PET_RDZV_BACKEND") or ":" in nnodes:
+        pass
+    elif env.get("MASTER_ADDR") and nnodes != "1":
+        args += [f"--nnodes={nnodes}", f"--node-rank={env.get('PET_NODE_RANK') or env.get('RANK') or 0}",
+                 f"--master-addr={env['MASTER_ADDR']}", f"--master-port={env.get('MASTER_PORT') or 29500}"]
+    else:
+        args += ["--standalone", "--nnodes=1"]
+    return args + ["-m", "trainer.worker", cfg.script, *cfg.script_args]
+
+
+def worker_env(cfg: RunConfig, base: Mapping[str, str], control_dir: str,
+               prefetch_dir: str | None = None) -> dict[str, str]:
+    """The environment of torchrun and its workers: ours on top of the pod's.
+
+    The settings each rank's Checkpointer reads are the ones trainer/settings.py marks `to_workers`.
+    """
+    env = dict(base)
+    env.pop(contract.ENV_PREFETCH_DIR, None)  # only ever this supervisor's own
+    if prefetch_dir:
+        env[contract.ENV_PREFETCH_DIR] = prefetch_dir
+    env.update(to_worker_env(cfg))
+    env.update({contract.ENV_CONTROL_DIR: control_dir, "PYTHONUNBUFFERED": "1"})
+    # torchrun sets this to 1 for several ranks anyway, with a banner; same value, no banner.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
