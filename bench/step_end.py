@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.workload import build_model  # noqa: E402
-from trainer.checkpoint import manager  # noqa: E402
+from trainer.checkpoint import Checkpointer, agreement  # noqa: E402
 
 
 def main() -> None:
@@ -28,14 +28,14 @@ def main() -> None:
     model = build_model(16)
     x = torch.randn(64, 1024)
     with tempfile.TemporaryDirectory() as d:
-        ckpt = manager.Checkpointer(model, uri=d, run_id="step-end", every_steps=0)
+        ckpt = Checkpointer(model, uri=d, run_id="step-end", every_steps=0)
         ckpt.restore()
-        calls: dict[int, list[float]] = {1: [], manager.AGREE_MAX_STEPS: []}
+        calls: dict[int, list[float]] = {1: [], agreement.AGREE_MAX_STEPS: []}
         steps: dict[int, list[float]] = {k: [] for k in calls}
         n = 0
         for _ in range(4):
             for k in calls:
-                manager.AGREE_MAX_STEPS = k  # every rank switches at the same call
+                agreement.AGREE_MAX_STEPS = k  # every rank switches at the same call
                 for _ in range(300):
                     t0 = time.perf_counter()
                     with torch.no_grad():

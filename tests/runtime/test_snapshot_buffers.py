@@ -8,7 +8,7 @@ from trainer.checkpoint import Checkpointer
 
 
 def _pointers(ckpt: Checkpointer) -> dict:
-    return {path: t.data_ptr() for path, t in ckpt._buffers["replicated"].items()}
+    return {path: t.data_ptr() for path, t in ckpt._saver.buffers["replicated"].items()}
 
 
 def test_the_first_step_end_preallocates_what_the_first_save_copies_into(tmp_path):
@@ -18,7 +18,7 @@ def test_the_first_step_end_preallocates_what_the_first_save_copies_into(tmp_pat
     opt.step()  # Adam builds its state lazily: it exists only after a step
     ckpt = Checkpointer(model, opt, uri=str(tmp_path), run_id="r", every_steps=1000)
     ckpt.step_end(1)
-    ckpt._allocator.join()
+    ckpt._saver.allocator.join()
     before = _pointers(ckpt)
     assert any(path[0] == "optimizer" for path in before), "the optimizer's state was not preallocated"
     assert sum(1 for path in before if path[0] == "model") == 4

@@ -1,6 +1,6 @@
-"""How often the ranks agree on stopping (trainer/checkpoint/manager.py, agreement_stride)."""
+"""How often the ranks agree on stopping (trainer/checkpoint/agreement.py, agreement_stride)."""
 
-from trainer.checkpoint.manager import AGREE_MAX_STEPS, AGREE_WITHIN_S, agreement_stride
+from trainer.checkpoint.agreement import AGREE_MAX_STEPS, AGREE_WITHIN_S, agreement_stride
 
 
 def test_the_ranks_agree_every_step_unless_steps_are_short():

@@ -1,5 +1,17 @@
 """Checkpoint API for train.py: `from trainer.checkpoint import Checkpointer`.
 
+    api         the Checkpointer facade: wires the parts below together
+    config      CheckpointConfig (settings.py's checkpoint settings) and the run the parts share
+    agreement   the ranks' stop agreement and SIGTERM
+    saver       snapshot, write, commit (`latest` is the commit point), prune
+    restore     the one restore policy (own checkpoints and warm starts), over loader
+    loader      fetch and verify one rank's files of a step: a verdict
+    objects     the live model/optimizer/... and applying loaded state to them
+    layout      the folder protocol as pure functions; state: snapshots and RNG
+    handoff     one download per node; prefetch: the supervisor's early download
+    control     the control files a rank writes for its supervisor
+    sweep       leftovers of killed writers; faults: fault hooks for `launch chaos` and tests
+
 Loads torch only when the Checkpointer is asked for: the supervisor imports
 `layout` and `prefetch` from here and must stay light (it is PID 1 of a pod).
 """
@@ -12,8 +24,12 @@ __all__ = ["Checkpointer", "CheckpointConfig"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from trainer.checkpoint import manager
+    if name == "Checkpointer":
+        from trainer.checkpoint.api import Checkpointer
 
-        return getattr(manager, name)
+        return Checkpointer
+    if name == "CheckpointConfig":
+        from trainer.checkpoint.config import CheckpointConfig
+
+        return CheckpointConfig
     raise AttributeError(f"module 'trainer.checkpoint' has no attribute {name!r}")
