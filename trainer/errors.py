@@ -1,10 +1,14 @@
-"""The runtime's error tree. Only `main()` catches `KubetrainError`."""
+"""The runtime's error tree. Only `main()` catches `KubetrainError`.
+
+`KubetrainError` and `one_line` live in the contract, so the launcher's errors can derive from the
+same class without importing more of `trainer` than the contract; they are re-exported here.
+"""
 
 from __future__ import annotations
 
+from trainer.contract.errors import KubetrainError, one_line
 
-class KubetrainError(Exception):
-    """A failure with a message for the user; `main()` prints it on one line."""
+__all__ = ["CheckpointError", "KubetrainError", "StorageConfigError", "StorageError", "UsageError", "one_line"]
 
 
 class UsageError(KubetrainError):
@@ -23,7 +27,3 @@ class StorageConfigError(UsageError):
 class CheckpointError(KubetrainError):
     """A checkpoint could not be saved, committed or restored."""
 
-
-def one_line(message: str) -> str:
-    """The message with control and line-break characters escaped: errors echo user input."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))

@@ -19,10 +19,9 @@ from typing import Mapping
 from trainer import contract
 from trainer.storage import FileInfo
 
-#: A replicated checkpoint's state on rank 0 (model, optimizer, scheduler, extra), one torch.save file.
-REPLICATED_FILE = "state.pt"
-#: A sharded checkpoint's torch.distributed.checkpoint files, under this folder of the step.
-SHARDED_DIR = "dcp"
+#: The names of a step's files, from the one place they are defined.
+REPLICATED_FILE = contract.REPLICATED_FILE
+SHARDED_DIR = contract.SHARDED_DIR
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,10 +25,6 @@ from trainer.storage import FileInfo, Storage, file_info, join, spool_dir
 log = logging.getLogger("kubetrain.checkpoint")
 
 
-def rank_file(rank: int) -> str:
-    return f"rank-{rank:05d}.pt"
-
-
 def load_own(path: str) -> Any:
     # Our own, checksum-verified file: it holds RNG tuples and user state, not only tensors.
     return torch.load(path, map_location="cpu", weights_only=False)
@@ -119,7 +115,7 @@ def _load_into(run: CheckpointRun, loaded: Loaded, step_uri: str, storage: Stora
         if layout.REPLICATED_FILE in manifest.files:
             loaded.replicated = _fetch_replicated(step_uri, manifest.files[layout.REPLICATED_FILE], storage,
                                                   loaded.shared)
-        own_file = rank_file(run.rank)
+        own_file = contract.rank_file(run.rank)
         if not per_rank:
             pass  # a warm start takes no RNG streams or data position from another run
         elif own_file in manifest.files:

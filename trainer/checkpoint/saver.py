@@ -27,7 +27,6 @@ import torch
 from trainer import contract, dist
 from trainer.checkpoint import faults, layout, state as st
 from trainer.checkpoint.config import CheckpointRun
-from trainer.checkpoint.loader import rank_file
 from trainer.checkpoint.objects import Trainables
 from trainer.checkpoint.sweep import remove_leftover_temps
 from trainer.errors import CheckpointError, StorageConfigError, one_line
@@ -153,8 +152,8 @@ class Saver:
             if job.replicated is not None:
                 files[layout.REPLICATED_FILE] = run.storage.write_file(
                     join(step_uri, layout.REPLICATED_FILE), lambda f: torch.save(job.replicated, f))
-            files[rank_file(run.rank)] = run.storage.write_file(
-                join(step_uri, rank_file(run.rank)), lambda f: torch.save(job.per_rank, f))
+            files[contract.rank_file(run.rank)] = run.storage.write_file(
+                join(step_uri, contract.rank_file(run.rank)), lambda f: torch.save(job.per_rank, f))
             if job.sharded is not None:
                 files.update(self._write_sharded(step_uri, job.sharded))
             mine: tuple[str, Any] = ("ok", files)

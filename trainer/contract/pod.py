@@ -1,0 +1,53 @@
+"""What crosses inside a pod: the log lines `launch` reads back, control files, fault-injection files."""
+
+from __future__ import annotations
+
+import re
+
+# --- runtime log lines that the launcher reads back (launch status) ---------------
+
+#: Logged by rank 0 after restore(); the launcher parses it, so both use this text.
+LOG_RESUMED = "resuming after step {step}"
+#: Logged by rank 0 when a run without a checkpoint of its own starts from another run's.
+LOG_WARM_START = "warm start from {uri} step {step}"
+#: Logged by rank 0 once the preemption checkpoint committed.
+LOG_PREEMPTED = "preempted: checkpoint step {step} committed"
+_RESUMED_RE = re.compile(r"resuming after step (\d+)")
+_PREEMPTED_RE = re.compile(r"preempted: checkpoint step (\d+) committed")
+
+
+def parse_runtime_log(lines: list[str]) -> dict[str, int | None]:
+    """The last resume and preemption steps a runtime log reports."""
+    out: dict[str, int | None] = {"resumed_from": None, "preempted_at": None}
+    for line in lines:
+        if m := _RESUMED_RE.search(line):
+            out["resumed_from"] = int(m.group(1))
+        if m := _PREEMPTED_RE.search(line):
+            out["preempted_at"] = int(m.group(1))
+    return out
+
+
+# --- control files between the supervisor and its workers (one pod, local disk) ---
+
+CONTROL_STOP = "stop"  # written by the supervisor: please stop at the next step boundary
+CONTROL_PREEMPTED = "preempted.json"  # written by each node's local rank 0 once the stop checkpoint committed
+CONTROL_PROGRESS_PREFIX = "progress-rank-"  # heartbeat of each local rank: "<step> <time>"
+CONTROL_ERROR_PREFIX = "error-rank-"  # the first exception of each rank, JSON
+CONTROL_RESULT = "result.json"  # torchrun's outcome, written by trainer._torchrun
+
+# --- fault-injection files in ENV_FAULTS_DIR (launch chaos) ---
+
+#: What `launch chaos --local` can do to a run (trainer/chaos.py says what each one is).
+CHAOS_KINDS = ("sigterm", "kill-worker", "kill-during-upload", "corrupt-checkpoint", "storage-outage")
+FAULT_STORAGE_OUTAGE = "storage-outage"  # while present, every checkpoint write fails as in an outage
+FAULT_SLOW_COMMIT = "slow-commit"  # holds seconds: rank 0 waits that long before writing a manifest,
+# which widens the window in which a kill leaves a partial (uncommitted) step behind
+#: Holds "<phase> <step>": rank 0 SIGKILLs its own process when the commit of that step reaches that
+#: phase (COMMIT_PHASES), so a test can cut a commit at each of its boundaries deterministically.
+FAULT_KILL_AT = "kill-at"
+#: The phases of a commit, in order (see "checkpoint layout" above for what each leaves behind):
+#: every rank's files written; the manifest written; `latest`'s temp file written but not yet renamed
+#: over `latest` (local folders; elsewhere the put is atomic and this is "manifest"); `latest` replaced
+#: (committed); the prune of older steps under way (one step's manifest removed, its folder not yet).
+COMMIT_PHASES = ("files", "manifest", "latest-tmp", "latest", "prune")
+CONTROL_COMMITTED = "committed"  # written by global rank 0 after each commit: "<step> <time>"
