@@ -82,7 +82,7 @@ def parse_run_config(argv: list[str], env: Mapping[str, str]):
     if storage.is_local:
         uri = storage.uri  # absolute, before any chdir below: the workers may run elsewhere
     if args.preemption_url:
-        from trainer.preemption import notice_format
+        from trainer.supervisor.preemption import notice_format
 
         try:
             notice_format(args.preemption_url)

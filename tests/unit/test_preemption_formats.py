@@ -1,6 +1,6 @@
 import pytest
 
-from trainer import preemption
+from trainer.supervisor import preemption
 
 
 @pytest.mark.parametrize("url,fmt", [

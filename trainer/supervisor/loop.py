@@ -67,7 +67,7 @@ class Supervisor:
         prefetch = Prefetch(self.cfg.checkpoint_uri, self.cfg.run_id)
         poller = None
         if self.cfg.preemption_url:
-            from trainer.preemption import NoticePoller
+            from trainer.supervisor.preemption import NoticePoller
 
             poller = NoticePoller(self.cfg.preemption_url, self.cfg.preemption_poll_seconds, self.request_stop)
             poller.start()
