@@ -44,7 +44,7 @@ def temp_files(root: str) -> list[str]:
 @pytest.mark.parametrize("phase,step,latest", [
     ("files", 30, 20),       # every file of 30 written, no manifest
     ("manifest", 30, 20),    # 30 has a valid manifest, but `latest` still names 20
-    ("latest-tmp", 30, 20),  # `latest.tmp-<pid>` holds 30, the rename never happened
+    ("latest-tmp", 30, 20),  # `latest.tmp-*` holds 30, the rename never happened
     ("latest", 30, 30),      # `latest` replaced: 30 is committed
     ("prune", 30, 30),       # 20's manifest removed, its folder not yet
     ("manifest", 10, None),  # the first commit cut after its manifest: nothing is committed

@@ -70,11 +70,11 @@ def test_a_folder_loses_only_the_temp_files_a_killed_write_left(tmp_path):
 
     run = tmp_path / "r"
     (run / "step-000000010").mkdir(parents=True)
-    for name in ("latest", "latest.tmp-4242", "step-000000010/state.pt", "step-000000010/rank-00000.pt.tmp-7",
+    for name in ("latest", "latest.tmp-4242-0", "step-000000010/state.pt", "step-000000010/rank-00000.pt.tmp-7-3",
                  "step-000000010/notes.tmp-x"):
         (run / name).write_text("x")
     storage = open_storage(str(tmp_path))
-    assert [p.rsplit("/", 1)[-1] for p in storage.remove_leftover_temps(str(run))] == ["latest.tmp-4242"]
-    assert (run / "step-000000010/rank-00000.pt.tmp-7").exists()  # not recursive: the step's own sweep
+    assert [p.rsplit("/", 1)[-1] for p in storage.remove_leftover_temps(str(run))] == ["latest.tmp-4242-0"]
+    assert (run / "step-000000010/rank-00000.pt.tmp-7-3").exists()  # not recursive: the step's own sweep
     storage.remove_leftover_temps(str(run), recursive=True)
     assert sorted(p.name for p in run.rglob("*") if p.is_file()) == ["latest", "notes.tmp-x", "state.pt"]

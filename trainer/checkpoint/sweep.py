@@ -28,7 +28,7 @@ def abort_stale_uploads(storage: Storage, run_uri: str, started_before: float) -
 
 
 def remove_leftover_temps(storage: Storage, folder: str, recursive: bool = False) -> None:
-    """Remove the temp files a kill left in `folder` (a `latest.tmp-<pid>` of a commit cut while `latest`
+    """Remove the temp files a kill left in `folder` (a `latest.tmp-*` of a commit cut while `latest`
     was replaced); the caller knows nothing else writes there now. Never fails a restore or a commit."""
     try:
         removed = storage.remove_leftover_temps(folder, recursive=recursive)

@@ -55,7 +55,7 @@ def checkpoint_uri_problem(uri: str, schemes: frozenset[str] | set[str] = CHECKP
 # `latest` and falls back to an older step (one `latest` named before) only when the step it names
 # is verified corrupt (no manifest, a size or sha256 mismatch, a missing file); without `latest`
 # nothing is committed and the run starts from step 0. A commit cut while `latest` was replaced leaves
-# `latest` as it was and, on a folder, a `latest.tmp-<pid>` file: the next start and every commit
+# `latest` as it was and, on a folder, a `latest.tmp-<pid>-<n>` file: the next start and every commit
 # remove such leftovers. Older steps are pruned only after a newer one committed, manifest first.
 
 MANIFEST_NAME = "manifest.json"

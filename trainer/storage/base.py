@@ -116,7 +116,7 @@ class Storage:
         raise NotImplementedError
 
     def remove_leftover_temps(self, path: str, *, recursive: bool = False) -> list[str]:
-        """Remove the temp files (`<name>.tmp-<pid>`) that writes cut short by a kill left in the folder
+        """Remove the temp files (`<name>.tmp-<pid>-<n>`) that writes cut short by a kill left in the folder
         `path` (and below it with `recursive`); their paths. Only a folder has them: an object store's
         put is atomic. The caller makes sure nothing is writing there now."""
         return []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -93,12 +94,14 @@ class LocalStorage(Storage):
 
 
 #: What `_temp_name` appends; `remove_leftover_temps` finds a kill's leftovers by it.
-_TEMP_RE = re.compile(r"\.tmp-\d+$")
+_TEMP_RE = re.compile(r"\.tmp-\d+(-\d+)?$")  # older versions wrote <name>.tmp-<pid>
+_WRITES = itertools.count()
 
 
 def _temp_name(local: str) -> str:
-    """Where a write to `local` is staged before its rename: per process, so two writers never share one."""
-    return f"{local}.tmp-{os.getpid()}"
+    """Where a write to `local` is staged before its rename: `<name>.tmp-<pid>-<n>`, unique per write, so two
+    writers never share one, not even two threads of one process (the ledger's) writing the same object."""
+    return f"{local}.tmp-{os.getpid()}-{next(_WRITES)}"
 
 
 def _fsync_dir(path: str) -> None:
