@@ -55,8 +55,8 @@ def launch(argv: list[str]) -> str:
 
 
 def _run_objects(schedule_yaml: str) -> str:
-    from launcher.schedule_render import run_to_objects
-    from launcher.schedule_spec import stored_from_dict
+    from launcher.schedule.render import run_to_objects
+    from launcher.schedule.spec import stored_from_dict
     from trainer import contract
 
     cm = next(o for o in yaml.safe_load_all(schedule_yaml) if o["kind"] == "ConfigMap")

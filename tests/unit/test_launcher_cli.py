@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from launcher.cli import main
-from launcher.code import make_bundle
+from launcher.job.bundle import make_bundle
 from tests.helpers import EXAMPLE, REPO
 from trainer.codebundle import unpack
 from trainer.errors import UsageError
@@ -180,7 +180,7 @@ def test_unpacking_never_escapes_the_work_dir(tmp_path, member):
 
 
 def test_gpus_that_split_over_nodes_give_the_gpus_per_pod():
-    from launcher.spec import split_over_nodes
+    from launcher.job.spec import split_over_nodes
 
     assert split_over_nodes(16, 2, 4, None) == 4  # --gpus is the total at MAX pods
     assert split_over_nodes(32, 2, 4, 8) == 8

@@ -14,10 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from launcher import chart
 from launcher.cli import main
-from launcher.schedule_render import SUBMITTER, cronjob_to_job, run_to_objects
-from launcher.schedule_spec import SubmitExit, stored_from_dict
+from launcher.schedule.render import SUBMITTER, cronjob_to_job, run_to_objects
+from launcher.schedule.spec import SubmitExit, stored_from_dict
 from tests.golden import cases
 from tests.helpers import EXAMPLE, REPO
 from tests.unit.test_launcher_manifests import K8S_VERSION, crd_schema
@@ -165,7 +164,9 @@ def test_the_submitter_without_its_environment_says_what_is_missing_and_exits_2(
 
 
 def test_the_charts_generated_templates_are_up_to_date():
-    assert chart.stale() == [], "run `python -m launcher.chart`"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "gen-chart"), "--check"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr  # run `scripts/gen-chart`
 
 
 def test_the_charts_default_quota_is_the_k8s_namespace_quota():
@@ -188,14 +189,14 @@ def test_chart_values_pass_the_charts_schema(capsys):
 
 
 def test_the_schedule_modules_load_no_torch():
-    code = ("import sys, launcher.schedule, launcher.submit, launcher.schedule_render, launcher.chart; "
+    code = ("import sys, launcher.schedule.command, launcher.submit, launcher.schedule.render; "
             "assert 'torch' not in sys.modules, 'torch'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_a_stored_spec_round_trips_and_a_bundle_in_the_object_store_is_not_copied_into_it(capsys):
-    from launcher.render import CodeRef
-    from launcher.schedule_render import schedule_to_configmap
+    from launcher.job.render import CodeRef
+    from launcher.schedule.render import schedule_to_configmap
 
     stored = stored_of(schedule(capsys, *CASES["spot-secret-pvc"]))
     assert stored.code.configmap_data is not None
