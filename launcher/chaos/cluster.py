@@ -70,7 +70,7 @@ def _wait_all_running(api: Api, ns: str, name: str, timeout: float) -> tuple[str
         state = job_state(job)
         if state in FINISHED:
             return state, []
-        live = _live(job_pods(api, ns, name))
+        live = _live(job_pods(api, ns, name, backend=backends.of(job)))
         if len(live) >= backends.of(job).min_pods(job):
             return "running", live
         if time.monotonic() >= deadline:

@@ -53,7 +53,9 @@ def state(job: dict, kind: str | None = None) -> str:
 def replica_id(pod: Any) -> str:
     """`worker-3`: the replica a pod runs, of a typed pod or a pod's JSON."""
     labels = (pod.get("metadata", {}).get("labels") if isinstance(pod, dict) else pod.metadata.labels) or {}
-    return backends.DEFAULT.replica_id(labels)
+    # A pod does not name its job's kind; the operator that made it left its own job-name label.
+    backend = next((b for b in backends.BACKENDS.values() if b.POD_JOB_LABEL in labels), backends.DEFAULT)
+    return backend.replica_id(labels)
 
 
 def owner_uid(pod: Any) -> str | None:

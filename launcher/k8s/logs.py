@@ -124,7 +124,7 @@ def stream_logs(api: Api, ns: str, name: str, *, follow: bool) -> int:
     threads: list[threading.Thread] = []
     said = None
     while True:
-        pods = job_pods(api, ns, name, job["metadata"].get("uid"))
+        pods = job_pods(api, ns, name, job["metadata"].get("uid"), backends.of(job))
         if follow and not pods:  # the operator has not created any pod (yet): say why we wait
             failures = create_failures(api, ns, job)
             waiting = (f"the operator cannot create its pods: {failures[0]}" if failures

@@ -85,7 +85,7 @@ def restart_events(job_events: list[dict]) -> list[dict]:
 def pod_recreations(api: Api, ns: str, name: str) -> int:
     """How often the job's pods were created again: pod UIDs per replica less one (launcher/status/format.py)."""
     job = get_job(api, ns, name)
-    pods = [describe_pod(p) for p in job_pod_docs(api, ns, name, job["metadata"].get("uid"))]
+    pods = [describe_pod(p) for p in job_pod_docs(api, ns, name, job["metadata"].get("uid"), backends.of(job))]
     incarnations = status_fmt.pod_incarnations(job, pods, list_events(api, ns, "involvedObject.kind=Pod"))
     return sum(status_fmt.count_restarts(incarnations).values())
 
@@ -100,7 +100,7 @@ def read_status(api: Api, ns: str, name: str, *, now: Any = None) -> dict:
     backend = backends.of(job)
     ledger = restart_ledger.Reader(job)  # the runtime's restart ledger, read while the cluster is
     uid = job["metadata"].get("uid")
-    pods = [describe_pod(p) for p in job_pod_docs(api, ns, name, uid)]
+    pods = [describe_pod(p) for p in job_pod_docs(api, ns, name, uid, backend)]
     job_events = list_events(api, ns, f"involvedObject.uid={uid}")
     pod_events = list_events(api, ns, "involvedObject.kind=Pod")
     incarnations = status_fmt.pod_incarnations(job, pods, pod_events)
