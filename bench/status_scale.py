@@ -38,7 +38,7 @@ def _time(argv: list[str], kubeconfig: str) -> tuple[float, str]:
 
 def bench_status_at_scale(operator_cluster, capsys, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", operator_cluster)
-    from launcher import client
+    from launcher.k8s import api as client
     from tests.cluster.scale import SCALE_GPU_PRODUCT, scale_nodes, wait_running
     from tests.cluster.test_launcher_against_apiserver import launch, namespace
     from tests.helpers import EXAMPLE

@@ -61,9 +61,9 @@ def load_config(path: str) -> dict[str, Any]:
             with open(path, encoding="utf-8") as f:
                 doc = yaml.safe_load(f) or {}
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path}: cannot read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise SpecError(f"{path}: cannot read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     except Exception as e:  # yaml.YAMLError and friends
-        raise SpecError(f"{path}: not valid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise SpecError(f"{path}: not valid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     return check_config(doc, path)
 
 
@@ -90,3 +90,9 @@ def merged_defaults(config: Mapping[str, Any], env: Mapping[str, str]) -> dict[s
         if env.get(name):
             out[key] = env[name]
     return out
+
+
+def project_defaults(env: Mapping[str, str], cwd: str | None = None) -> dict[str, Any]:
+    """The one load every command does: the nearest project config under the KUBETRAIN_* env."""
+    path = find_config(cwd or os.getcwd())
+    return merged_defaults(load_config(path) if path else {}, env)

@@ -17,3 +17,8 @@ class ClusterError(KubetrainError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+def one_line(message: str) -> str:
+    """The message with control and line-break characters escaped: errors echo user input."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))

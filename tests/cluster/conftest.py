@@ -145,7 +145,7 @@ def kubeconfig(tmp_path_factory):
 def kube(kubeconfig, monkeypatch):
     """The test's KUBECONFIG, and API clients on it."""
     monkeypatch.setenv("KUBECONFIG", kubeconfig)
-    from launcher import client
+    from launcher.k8s import api as client
 
     return client.connect()
 

@@ -117,9 +117,9 @@ def test_a_node_going_not_ready_evicts_and_the_pod_is_recreated_on_another_node(
 
 
 def client_cause(reason: str) -> str:
-    from launcher import client
+    from launcher.status.format import POD_LOSS_CAUSES
 
-    return client.POD_LOSS_CAUSES[reason]
+    return POD_LOSS_CAUSES[reason]
 
 
 def cri_line(text: str) -> str:

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture
 def api(operator_cluster, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", operator_cluster)
-    from launcher import client
+    from launcher.k8s import api as client
 
     return client.connect()
 

@@ -21,8 +21,8 @@ import time
 import pytest
 import yaml
 
-from launcher.schedule_render import SUBMITTER, SUBMITTER_CONTAINER
-from launcher.schedule_spec import SubmitExit
+from launcher.schedule.render import SUBMITTER, SUBMITTER_CONTAINER
+from launcher.schedule.spec import SubmitExit
 from tests.cluster.test_launcher_against_apiserver import launch, namespace
 from tests.cluster.test_operator_runs_our_jobs import wait
 from tests.helpers import EXAMPLE, REPO
@@ -36,7 +36,7 @@ NO_SUCH_GPU = ["--gpu-type", "NVIDIA-B200"]  # no kwok node has it: the run's po
 @pytest.fixture
 def api(operator_cluster, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", operator_cluster)
-    from launcher import client
+    from launcher.k8s import api as client
 
     return client.connect()
 
@@ -54,7 +54,7 @@ def keep_submitters_off_kwok(ns: str, name: str) -> None:
     """Test setup only: kwok would report the submitter pod exited 0 without running it."""
     from kubernetes import client
 
-    from launcher import client as kt
+    from launcher.k8s import api as kt
 
     client.BatchV1Api(kt.connect().core.api_client).patch_namespaced_cron_job(name, ns, {"spec": {"jobTemplate": {
         "spec": {"template": {"spec": {"nodeSelector": {"kubetrain.dev/test": "no-such-node"}}}}}}})

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from launcher.cli import main
-from launcher.schedule_render import submitter_rbac
+from launcher.schedule.render import submitter_rbac
 from tests.cluster.conftest import _cluster_bin
 from tests.cluster.test_launcher_against_apiserver import namespace
 from tests.helpers import EXAMPLE, REPO
@@ -90,7 +90,7 @@ def test_helm_installs_the_chart_on_the_cluster_and_launch_triggers_its_schedule
     monkeypatch.setenv("KUBECONFIG", operator_cluster)
     from kubernetes import client, dynamic
 
-    from launcher import client as kt
+    from launcher.k8s import api as kt
 
     api = kt.connect()
     ns = namespace(api)

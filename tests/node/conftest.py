@@ -66,7 +66,7 @@ def node(tmp_path_factory):
 @pytest.fixture
 def api(node, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", node.kubeconfig)
-    from launcher import client
+    from launcher.k8s import api as client
 
     return client.connect()
 

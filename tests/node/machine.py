@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from launcher.client import INIT_CONTAINER_TEMPLATE as INIT_CONTAINER_TEMPLATE_PATH
+from launcher.k8s.preflight import INIT_CONTAINER_TEMPLATE as INIT_CONTAINER_TEMPLATE_PATH
 from tests.helpers import REPO
 
 BRIDGE = "kt0"

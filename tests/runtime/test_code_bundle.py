@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from launcher.code import make_bundle
+from launcher.job.bundle import make_bundle
 from tests.helpers import EXAMPLE, run
 
 pytestmark = pytest.mark.runtime

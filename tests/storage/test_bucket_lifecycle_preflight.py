@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from launcher import bucket_lifecycle as bl
+from launcher.job import bucket_lifecycle as bl
 
 pytestmark = pytest.mark.storage
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from launcher import bucket_lifecycle as bl
+from launcher.job import bucket_lifecycle as bl
 
 ABORT = {"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}}
 

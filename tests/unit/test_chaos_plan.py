@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from launcher.chaos import parse_duration
+from launcher.chaos.command import parse_duration
 from launcher.cli import main
 from tests.helpers import EXAMPLE
 from trainer import chaos, contract
@@ -68,7 +68,7 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_runs(argv, needle, cap
 
 def test_the_cli_defaults_are_the_plans():
     # The parser cannot import trainer.chaos (torch) to read them: this keeps the two in step.
-    from launcher.chaos import build_parser
+    from launcher.chaos.command import build_parser
 
     args = build_parser().parse_args([EXAMPLE, "--local"])
     fields = chaos.ChaosPlan.__dataclass_fields__

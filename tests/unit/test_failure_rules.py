@@ -33,13 +33,14 @@ def test_the_contract_accepts_what_the_runtime_opens(uri):
 @pytest.mark.parametrize("uri,needle", BAD_URIS[:3])
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_launch_refuses_a_bad_checkpoint_uri_before_creating_anything(uri, needle, dry_run, capsys, monkeypatch):
-    from launcher import client
+    from launcher.job import bundle
+    from launcher.k8s import api, jobs, preflight
 
     def nothing(*a, **k):
         raise AssertionError("launch reached the cluster with a bad --checkpoint")
 
-    for name in ("connect", "preflight", "create_all", "upload_bundle"):
-        monkeypatch.setattr(client, name, nothing)
+    for module, name in ((api, "connect"), (preflight, "preflight"), (jobs, "create_job"), (bundle, "upload")):
+        monkeypatch.setattr(module, name, nothing)
     code = launch([EXAMPLE, "--gpus", "8", "--checkpoint", uri, *(["--dry-run"] if dry_run else [])])
     err = capsys.readouterr().err
     assert code == 2, err

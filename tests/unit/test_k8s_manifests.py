@@ -11,7 +11,7 @@ from tests.helpers import REPO
 
 FILES = sorted(f for f in glob.glob(os.path.join(REPO, "k8s", "**", "*.yaml"), recursive=True)
                if "/crds/" not in f and "/chart/" not in f  # the Helm chart: tests/*/test_schedule_chart*.py
-               and "/kind/" not in f)  # kind's own Cluster config: tests/cluster/test_kind_files.py
+               and "/kind/" not in f)  # kind's own Cluster config: tests/unit/test_kind_files.py
 
 
 @pytest.mark.parametrize("path", FILES, ids=[os.path.relpath(f, REPO) for f in FILES])
@@ -20,8 +20,7 @@ def test_k8s_manifest_validates(path):
     assert docs
     for doc in docs:
         if doc["apiVersion"].startswith("kwok.x-k8s.io/"):
-            assert doc["kind"] == "Stage" and doc["spec"]["resourceRef"]["kind"] == "Pod" or \
-                doc["spec"]["resourceRef"]["kind"] in ("Node", "Lease")
+            assert doc["kind"] == "Stage" and doc["spec"]["resourceRef"]["kind"] in ("Pod", "Node", "Lease")
             continue  # kwok's own kinds: the cluster tier loads them into kwok
         kubernetes_validate.validate(doc, "1.31.0", strict=True)
 

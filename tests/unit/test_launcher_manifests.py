@@ -14,29 +14,14 @@ import pytest
 import yaml
 
 from launcher.cli import main
+from tests.golden import cases
 from tests.helpers import EXAMPLE, REPO
 from trainer import contract
 
 K8S_VERSION = "1.31.0"
 CRD = os.path.join(REPO, "k8s", "crds", "kubeflow.org_pytorchjobs.yaml")
-BASE = ["--checkpoint", "s3://bucket/ckpts", "--name", "job-a"]
-
-CASES = {
-    "one-node-8-gpus": ["--gpus", "8"],
-    "two-nodes": ["--gpus", "16", "--gpus-per-node", "8"],
-    "mig": ["--gpus", "2", "--gpu-resource", "nvidia.com/mig-1g.10gb"],
-    "gpu-type-spot-require": ["--gpus", "8", "--gpu-type", "NVIDIA-H100-80GB-HBM3", "--spot", "require"],
-    "spot-prefer": ["--gpus", "8", "--spot"],
-    "cpu-job": ["--nodes", "2", "--nproc", "4", "--cpu", "4", "--memory", "8Gi"],
-    "elastic": ["--gpus", "32", "--gpus-per-node", "8", "--nodes", "2:4"],
-    "gang-volcano": ["--gpus", "16", "--gang", "volcano", "--priority-class", "spot-training"],
-    "gang-scheduler-plugins": ["--gpus", "16", "--gang", "scheduler-plugins"],
-    "pvc-secret-shm": ["--gpus", "8", "--pvc", "data:/data:ro", "--pvc", "scratch:/scratch", "--secret-env", "aws-creds",
-                       "--shm", "16Gi", "--env", "NCCL_DEBUG=INFO"],
-    "policies": ["--gpus", "8", "--max-restarts", "10", "--max-runtime", "86400", "--ttl", "3600",
-                 "--clean-pod-policy", "All", "--grace-seconds", "90", "--hang-timeout", "600"],
-    "pvc-checkpoint": ["--gpus", "1", "--pvc", "ckpt:/ckpt", "--checkpoint", "/ckpt/runs"],
-}
+BASE = cases.LAUNCH_BASE
+CASES = cases.LAUNCH
 
 
 def dry_run(flags: list[str], capsys) -> list[dict]:
@@ -89,7 +74,7 @@ def test_two_nodes_of_eight_gpus(capsys):
 def test_grace_is_one_number_for_the_pod_and_the_runtime(capsys):
     spec = pod_spec(dry_run(BASE + CASES["policies"], capsys))
     env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
-    assert spec["terminationGracePeriodSeconds"] == contract.termination_grace_period_seconds(90)
+    assert spec["terminationGracePeriodSeconds"] == 90  # the kubelet's SIGKILL: the runtime's budget, whole seconds
     assert env[contract.ENV_GRACE_SECONDS] == "90"
     assert env[contract.ENV_RUN_ID] == "job-a" and env[contract.ENV_CHECKPOINT_URI] == "s3://bucket/ckpts"
 

@@ -197,10 +197,11 @@ def test_an_attempt_killed_after_a_stop_request_is_a_preemption():
 
 
 def test_launch_passes_its_max_restarts_to_the_runtime_and_to_the_backoff_limit():
-    from launcher.render import spec_to_pytorchjob
-    from launcher.spec import JobSpec
+    from launcher.job.render import spec_to_objects
+    from launcher.job.spec import JobSpec
 
-    job = spec_to_pytorchjob(JobSpec(script="train.py", max_restarts=7, checkpoint_uri="s3://b/ckpts"), name="j", code=None, image="img")
+    job = spec_to_objects(JobSpec(script="train.py", max_restarts=7, checkpoint_uri="s3://b/ckpts"), name="j", code=None,
+                          image="img")[0]
     assert job["spec"]["runPolicy"]["backoffLimit"] == 7
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         env = {e["name"]: e.get("value") for e in replica["template"]["spec"]["containers"][0]["env"]}
@@ -208,11 +209,11 @@ def test_launch_passes_its_max_restarts_to_the_runtime_and_to_the_backoff_limit(
 
 
 def test_an_elastic_job_gets_no_runtime_budget_its_pods_have_no_node_rank_to_keep_one_series():
-    from launcher.render import spec_to_pytorchjob
-    from launcher.spec import JobSpec
+    from launcher.job.render import spec_to_objects
+    from launcher.job.spec import JobSpec
 
-    job = spec_to_pytorchjob(JobSpec(script="train.py", max_restarts=7, nodes=4, min_nodes=2,
-                                     checkpoint_uri="s3://b/ckpts"), name="j", code=None, image="img")
+    job = spec_to_objects(JobSpec(script="train.py", max_restarts=7, nodes=4, min_nodes=2,
+                                  checkpoint_uri="s3://b/ckpts"), name="j", code=None, image="img")[0]
     (worker,) = job["spec"]["pytorchReplicaSpecs"].values()
     env = {e["name"] for e in worker["template"]["spec"]["containers"][0]["env"]}
     assert contract.ENV_MAX_RESTARTS not in env and job["spec"]["elasticPolicy"]["maxRestarts"] == 7

@@ -14,25 +14,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from launcher import chart
 from launcher.cli import main
-from launcher.render import spec_to_objects
-from launcher.schedule_render import SUBMITTER, cronjob_to_job, run_to_objects
-from launcher.schedule_spec import SubmitExit, stored_from_dict
+from launcher.schedule.render import SUBMITTER, cronjob_to_job, run_to_objects
+from launcher.schedule.spec import SubmitExit, stored_from_dict
+from tests.golden import cases
 from tests.helpers import EXAMPLE, REPO
 from tests.unit.test_launcher_manifests import K8S_VERSION, crd_schema
 from trainer import contract
 
-BASE = ["--checkpoint", "s3://bucket/ckpts", "--name", "nightly", "--cron", "0 3 * * *"]
-CASES = {
-    "eight-gpus": ["--gpus", "8"],
-    "time-zone-warm-start": ["--gpus", "16", "--time-zone", "Europe/Berlin", "--warm-start-from", "latest"],
-    "warm-start-optimizer-from-uri": ["--gpus", "8", "--warm-start-from", "s3://bucket/ckpts/base-29000000",
-                                      "--warm-start-optimizer"],
-    "cpu-macro-history": ["--nodes", "2", "--nproc", "2", "--cron", "@daily", "--keep-history", "5",
-                          "--starting-deadline", "600"],
-    "spot-secret-pvc": ["--gpus", "8", "--spot", "--secret-env", "aws-creds", "--pvc", "data:/data:ro"],
-}
+BASE = cases.SCHEDULE_BASE
+CASES = cases.SCHEDULE
+CHART = os.path.join(REPO, "k8s", "chart")
 
 
 def schedule(capsys, *flags: str, fmt: str = "json") -> list[dict] | str:
@@ -102,14 +94,13 @@ def test_the_submitter_role_is_namespaced_and_never_reaches_secrets_pods_or_wild
 
 
 def test_a_run_is_launchs_own_job_named_for_the_run_with_the_schedule_label_and_warm_start(capsys):
+    """The whole run, object by object, is tests/golden/schedule-run/*.yaml; here what each field is for."""
     objects = schedule(capsys, *CASES["warm-start-optimizer-from-uri"])
     stored = stored_of(objects)
     run = run_to_objects(stored, run_name="nightly-29403360", namespace="team-a")
-    plain = spec_to_objects(dataclasses.replace(stored.schedule.job, namespace="team-a"), name="nightly-29403360",
-                            code=stored.code, image=stored.image)
-    assert [o["kind"] for o in run] == [o["kind"] for o in plain]
-    for got, want in zip(run, plain):
-        assert got["metadata"]["labels"] == {**want["metadata"]["labels"], contract.LABEL_SCHEDULE: "nightly"}
+    assert [o["kind"] for o in run] == ["PyTorchJob", "ConfigMap", "PodDisruptionBudget"]  # launch's own objects
+    for got in run:
+        assert got["metadata"]["labels"][contract.LABEL_SCHEDULE] == "nightly"
         assert got["metadata"]["namespace"] == "team-a"
     c = run[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in c["env"]}
@@ -173,37 +164,39 @@ def test_the_submitter_without_its_environment_says_what_is_missing_and_exits_2(
 
 
 def test_the_charts_generated_templates_are_up_to_date():
-    assert chart.stale() == [], "run `python -m launcher.chart`"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "gen-chart"), "--check"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr  # run `scripts/gen-chart`
 
 
 def test_the_charts_default_quota_is_the_k8s_namespace_quota():
-    values = yaml.safe_load(open(os.path.join(chart.CHART, "values.yaml")))
+    values = yaml.safe_load(open(os.path.join(CHART, "values.yaml")))
     quota = yaml.safe_load(open(os.path.join(REPO, "k8s", "namespace", "resourcequota.yaml")))
     assert values["quota"]["hard"] == quota["spec"]["hard"]
 
 
-def test_chart_values_are_the_dry_run_objects_and_pass_the_charts_schema(capsys):
-    objects = schedule(capsys, *CASES["time-zone-warm-start"])
+def test_chart_values_pass_the_charts_schema(capsys):
+    """Their content is tests/golden/chart-values/*.yaml; here that the chart accepts them, and its defaults."""
     assert main(["schedule", EXAMPLE, *BASE, *CASES["time-zone-warm-start"], "--chart-values", "--",
                  "--steps", "5"]) == 0
     values = yaml.safe_load(capsys.readouterr().out)
-    schema = json.load(open(os.path.join(chart.CHART, "values.schema.json")))
+    schema = json.load(open(os.path.join(CHART, "values.schema.json")))
     jsonschema.validate(values, schema)
-    jsonschema.validate(yaml.safe_load(open(os.path.join(chart.CHART, "values.yaml"))), schema)
-    want = [o for o in objects if o["kind"] in ("CronJob", "ConfigMap")]
+    jsonschema.validate(yaml.safe_load(open(os.path.join(CHART, "values.yaml"))), schema)
     got = values["schedules"]["nightly"]["objects"]
-    assert got == [dict(o, metadata={k: v for k, v in o["metadata"].items() if k != "namespace"}) for o in want]
+    assert [o["kind"] for o in got] == ["CronJob", "ConfigMap"]
+    assert not any("namespace" in o["metadata"] for o in got)  # the release's namespace, set by the chart
 
 
 def test_the_schedule_modules_load_no_torch():
-    code = ("import sys, launcher.schedule, launcher.submit, launcher.schedule_render, launcher.chart; "
+    code = ("import sys, launcher.schedule.command, launcher.submit, launcher.schedule.render; "
             "assert 'torch' not in sys.modules, 'torch'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_a_stored_spec_round_trips_and_a_bundle_in_the_object_store_is_not_copied_into_it(capsys):
-    from launcher.render import CodeRef
-    from launcher.schedule_render import schedule_to_configmap
+    from launcher.job.render import CodeRef
+    from launcher.schedule.render import schedule_to_configmap
 
     stored = stored_of(schedule(capsys, *CASES["spot-secret-pvc"]))
     assert stored.code.configmap_data is not None

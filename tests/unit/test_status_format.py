@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from launcher import status as st
+from launcher.status import format as st
 from launcher.cli import main
 
 T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
@@ -151,7 +151,7 @@ def test_age(seconds, text):
 
 
 def test_pod_security_warning_only_for_multi_pod_jobs_in_restricted_namespaces():
-    from launcher.client import pod_security_warning
+    from launcher.k8s.preflight import pod_security_warning
 
     restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
     assert pod_security_warning(restricted, 1) is None
@@ -204,9 +204,9 @@ def silent_server():
 def test_a_server_that_never_answers_is_one_line_naming_it(tmp_path, capsys, monkeypatch, silent_server, argv):
     import time
 
-    from launcher import client
+    from launcher.k8s import api
 
-    monkeypatch.setattr(client, "READ_TIMEOUT", 1.0)
+    monkeypatch.setattr(api, "READ_TIMEOUT", 1.0)
     monkeypatch.setenv("KUBECONFIG", kubeconfig_for(tmp_path, silent_server))
     started = time.monotonic()
     code = main(argv)
@@ -217,10 +217,10 @@ def test_a_server_that_never_answers_is_one_line_naming_it(tmp_path, capsys, mon
 
 
 def test_a_submit_to_a_server_that_never_answers_is_one_line(tmp_path, capsys, monkeypatch, silent_server):
-    from launcher import client
+    from launcher.k8s import api
     from tests.helpers import EXAMPLE
 
-    monkeypatch.setattr(client, "READ_TIMEOUT", 1.0)
+    monkeypatch.setattr(api, "READ_TIMEOUT", 1.0)
     monkeypatch.setenv("KUBECONFIG", kubeconfig_for(tmp_path, silent_server))
     code = main([EXAMPLE, "--gpus", "8", "--checkpoint", "s3://b/c"])
     err = capsys.readouterr().err
@@ -265,7 +265,7 @@ def test_evictions_named_without_a_uid_count_after_the_job_and_never_past_its_po
 
 def test_pods_and_events_read_as_raw_json_become_the_plain_records():
     """`launch status` reads pods and events as the API's JSON (no typed models: 5.7 s at 512 pods)."""
-    from launcher import client
+    from launcher.k8s import jobs, status
 
     job = {"metadata": {"name": "held", "uid": "job-1", "creationTimestamp": "2026-01-01T00:00:00Z"}}
     pod = {"metadata": {"name": "held-worker-10", "uid": "p-10", "labels": {
@@ -281,19 +281,19 @@ def test_pods_and_events_read_as_raw_json_become_the_plain_records():
                "spec": {}, "status": {"phase": "Pending", "conditions": [
                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                     "message": "0/5 nodes are available:\n  5 Insufficient nvidia.com/gpu."}]}}
-    running, waiting = client.describe_pod(pod), client.describe_pod(pending)
+    running, waiting = status.describe_pod(pod), status.describe_pod(pending)
     assert running["replica"] == "worker-10" and running["owner_uid"] == "job-1" and running["node"] == "n-3"
     assert running["exit_code"] == 143 and running["retryable"] and not running["deleting"]
     assert waiting["deleting"] and waiting["node"] is None and waiting["owner_uid"] is None
     assert waiting["unschedulable"] == "0/5 nodes are available: 5 Insufficient nvidia.com/gpu."
     assert st.pod_problem({**waiting, "deleting": False}).startswith("unschedulable: 0/5 nodes are available")
-    assert sorted([pod, pending], key=lambda p: st.natural_key(client.pod_label(p)))[0] is pending
+    assert sorted([pod, pending], key=lambda p: st.natural_key(jobs.replica_id(p)))[0] is pending
 
-    event = client._event_record({"involvedObject": {"kind": "Pod", "name": "held-worker-10", "uid": "p-10"},
+    event = status.event_record({"involvedObject": {"kind": "Pod", "name": "held-worker-10", "uid": "p-10"},
                                   "reason": "Scheduled", "message": "assigned", "type": "Normal",
                                   "metadata": {"creationTimestamp": "2026-01-01T00:00:05Z"}})
     assert event["count"] == 1 and event["created"] == datetime.datetime(2026, 1, 1, 0, 0, 5, tzinfo=datetime.timezone.utc)
-    again = client._event_record({"involvedObject": {"kind": "Pod", "name": "held-worker-10", "uid": "p-9"},
+    again = status.event_record({"involvedObject": {"kind": "Pod", "name": "held-worker-10", "uid": "p-9"},
                                   "reason": "Scheduled", "count": 3, "metadata": {"creationTimestamp": "2026-01-01T00:00:01Z"}})
     incarnations = st.pod_incarnations(job, [running], [event, again])
     assert st.count_restarts(incarnations) == {"held-worker-10": 1}

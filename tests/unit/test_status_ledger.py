@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from launcher import restart_ledger as rl
+from launcher.status import ledger as rl
 from tests.helpers import REPO
 from trainer import contract
 

@@ -3,8 +3,9 @@
 import calendar
 import time
 
-from launcher import client, submit
-from launcher.schedule_spec import SubmitExit
+from launcher.k8s import jobs
+from launcher.schedule import submitter as submit
+from launcher.schedule.spec import SubmitExit
 
 
 def job(state: str | None, deadline: int | None = 3, started: str | None = "2026-12-02T10:00:00Z") -> dict:
@@ -31,8 +32,8 @@ def test_past_deadline_only_with_a_deadline_and_a_start_time():
 def test_a_run_past_its_deadline_is_touched_until_the_operator_fails_it(monkeypatch):
     states = iter([None, None, None, "Failed"])
     touched = []
-    monkeypatch.setattr(client, "find_job", lambda api, ns, name: job(next(states)))
-    monkeypatch.setattr(client, "touch_job", lambda api, ns, name: touched.append(name))
+    monkeypatch.setattr(jobs, "get_job", lambda api, ns, name, required=True: job(next(states)))
+    monkeypatch.setattr(jobs, "touch_job", lambda api, ns, name: touched.append(name))
     clock = iter([T0 + 1, T0 + 5, T0 + 6, T0 + 30]).__next__
     code = submit.wait_for(None, "ns", "run", poll_seconds=1, sleep=lambda s: None, clock=clock)
     assert code == SubmitExit.JOB_FAILED

@@ -23,6 +23,8 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: An extended resource name such as nvidia.com/gpu or nvidia.com/mig-1g.10gb.
 _RESOURCE_RE = re.compile(r"^[a-z0-9.-]+/[A-Za-z0-9._-]+$")
 
+#: The runtime image `launch` runs unless told otherwise (--image, KUBETRAIN_IMAGE, project config).
+DEFAULT_IMAGE = "kubetrain/runtime:0.1.0"  # built from images/Dockerfile
 GPU_RESOURCE = "nvidia.com/gpu"
 SPOT_MODES = ("prefer", "require")
 GANG_SCHEDULERS = ("volcano", "scheduler-plugins")

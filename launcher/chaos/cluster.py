@@ -13,10 +13,15 @@ import random
 import time
 from typing import Any
 
-from launcher import client
+from launcher import backends
 from launcher.errors import ClusterError, SpecError
+from launcher.k8s import faults
+from launcher.k8s.api import Api
+from launcher.k8s.jobs import get_job, job_pods, replica_id
+from launcher.k8s.jobs import state as job_state
+from launcher.k8s.status import pod_recreations, runtime_progress
 
-FINISHED = ("Succeeded", "Failed")
+FINISHED = backends.FINISHED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,75 +54,66 @@ def pick_pod(pods: list[Any], which: str, rng: random.Random) -> Any | None:
         return None
     if which == "random":
         return rng.choice(pods)
-    label = "master-0" if which == "master" else which  # pod_label: <replica type>-<index>
-    return next((p for p in pods if client.pod_label(p) == label), None)
+    label = "master-0" if which == "master" else which  # replica_id: <replica type>-<index>
+    return next((p for p in pods if replica_id(p) == label), None)
 
 
 def _live(pods: list[Any]) -> list[Any]:
     return [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
 
 
-def _replicas(job: dict) -> int:
-    """Pods the job needs running: every replica, or an elastic job's minimum."""
-    spec = job.get("spec") or {}
-    elastic = (spec.get("elasticPolicy") or {}).get("minReplicas")
-    if elastic:
-        return int(elastic)
-    return sum(int(s.get("replicas") or 1) for s in (spec.get("pytorchReplicaSpecs") or {}).values())
-
-
-def _wait_all_running(api: client.Api, ns: str, name: str, timeout: float) -> tuple[str, list[Any]]:
+def _wait_all_running(api: Api, ns: str, name: str, timeout: float) -> tuple[str, list[Any]]:
     """('running', pods) once every replica runs; (state, []) if the job finished; ('timeout', live pods)."""
     deadline = time.monotonic() + timeout
     while True:
-        job = client.get_job(api, ns, name)
-        state = client.job_state(job)
+        job = get_job(api, ns, name)
+        state = job_state(job)
         if state in FINISHED:
             return state, []
-        live = _live(client.job_pods(api, ns, name))
-        if len(live) >= _replicas(job):
+        live = _live(job_pods(api, ns, name, backend=backends.of(job)))
+        if len(live) >= backends.of(job).min_pods(job):
             return "running", live
         if time.monotonic() >= deadline:
             return "timeout", live
         time.sleep(1)
 
 
-def _inject(api: client.Api, ns: str, action: ChaosAction, pods: list[Any], n: int,
+def inject_fault(api: Api, ns: str, action: ChaosAction, pods: list[Any], n: int,
             rng: random.Random, cordoned: list[str]) -> FaultResult:
     if action.kill_pod:
         pod = pick_pod(pods, action.kill_pod, rng)
         if pod is None:
             raise SpecError(f"--kill-pod {action.kill_pod}: the job has no such running pod "
-                            f"(it has {', '.join(client.pod_label(p) for p in pods)})")
-        client.delete_pod(api, ns, pod.metadata.name, grace_seconds=0)
-        return FaultResult(n, f"deleted {client.pod_label(pod)} ({pod.metadata.name}) on {pod.spec.node_name}, "
+                            f"(it has {', '.join(replica_id(p) for p in pods)})")
+        faults.delete_pod(api, ns, pod.metadata.name, grace_seconds=0)
+        return FaultResult(n, f"deleted {replica_id(pod)} ({pod.metadata.name}) on {pod.spec.node_name}, "
                               "grace 0", [pod.metadata.name], {pod.metadata.name: pod.metadata.uid}, time.monotonic())
     if action.evict_grace is not None:
         pod = rng.choice(pods)
         grace = int(round(action.evict_grace))
-        refused = client.evict_pod(api, ns, pod.metadata.name, grace_seconds=grace)
-        return FaultResult(n, f"evicted {client.pod_label(pod)} ({pod.metadata.name}) on {pod.spec.node_name}, "
+        refused = faults.evict_pod(api, ns, pod.metadata.name, grace_seconds=grace)
+        return FaultResult(n, f"evicted {replica_id(pod)} ({pod.metadata.name}) on {pod.spec.node_name}, "
                               f"grace {grace}s", [pod.metadata.name], {pod.metadata.name: pod.metadata.uid},
                            time.monotonic(), refused=refused)
     node = rng.choice(pods).spec.node_name
-    client.set_unschedulable(api, node, True)
+    faults.set_unschedulable(api, node, True)
     cordoned.append(node)
     victims = [p for p in pods if p.spec.node_name == node]
-    refusals = [r for r in (client.evict_pod(api, ns, p.metadata.name, grace_seconds=None) for p in victims) if r]
-    return FaultResult(n, f"drained node {node}: cordoned, evicted {', '.join(client.pod_label(p) for p in victims)}",
+    refusals = [r for r in (faults.evict_pod(api, ns, p.metadata.name, grace_seconds=None) for p in victims) if r]
+    return FaultResult(n, f"drained node {node}: cordoned, evicted {', '.join(replica_id(p) for p in victims)}",
                        [p.metadata.name for p in victims], {p.metadata.name: p.metadata.uid for p in victims},
                        time.monotonic(), refused="; ".join(refusals) or None)
 
 
-def _watch(api: client.Api, ns: str, name: str, r: FaultResult, timeout: float) -> None:
+def _watch(api: Api, ns: str, name: str, r: FaultResult, timeout: float) -> None:
     """Wait for the operator to recreate the pods the fault removed and for them to run; read their logs."""
     deadline = r.at + timeout
     replaced: dict[str, Any] = {}
     while time.monotonic() < deadline and len(replaced) < len(r.pods):
-        if client.job_state(client.get_job(api, ns, name)) in FINISHED:
+        if job_state(get_job(api, ns, name)) in FINISHED:
             r.note = "the job finished"
             return
-        for p in client.job_pods(api, ns, name):
+        for p in job_pods(api, ns, name):
             if p.metadata.name in r.uids and p.metadata.uid != r.uids[p.metadata.name]:
                 if r.recreated_s is None:
                     r.recreated_s = time.monotonic() - r.at
@@ -133,7 +129,7 @@ def _watch(api: client.Api, ns: str, name: str, r: FaultResult, timeout: float) 
     # (minutes on a busy node), so this waits as long as --wait allows, not a fixed minute.
     while time.monotonic() < deadline:
         try:
-            steps = [client.runtime_progress(api, ns, p)["resumed_from"] for p in replaced.values()]
+            steps = [runtime_progress(api, ns, p)["resumed_from"] for p in replaced.values()]
         except ClusterError as e:
             r.note = f"resume step unknown: its log cannot be read ({e})"
             return
@@ -144,7 +140,7 @@ def _watch(api: client.Api, ns: str, name: str, r: FaultResult, timeout: float) 
     r.note = "its log names no resume step yet"
 
 
-def _line(r: FaultResult, count: int) -> str:
+def fault_line(r: FaultResult, count: int) -> str:
     head = f"fault {r.n}/{count}: {r.what}"
     if r.refused:
         return f"{head}\n  refused: {r.refused}"
@@ -160,15 +156,15 @@ def _line(r: FaultResult, count: int) -> str:
     return f"{head}\n  " + ("; ".join(parts) or "no reaction seen")
 
 
-def run_cluster_chaos(api: client.Api, ns: str, name: str, action: ChaosAction, *, seed: int | None) -> int:
+def run_cluster_chaos(api: Api, ns: str, name: str, action: ChaosAction, *, seed: int | None) -> int:
     seed = seed if seed is not None else random.SystemRandom().randrange(1 << 31)
     rng = random.Random(seed)
-    job = client.get_job(api, ns, name)
-    state = client.job_state(job)
+    job = get_job(api, ns, name)
+    state = job_state(job)
     if state in FINISHED:
-        raise SpecError(f"PyTorchJob {ns}/{name} has {state.lower()}: chaos needs a running job")
-    restarts_before = client.pod_recreations(api, ns, name)
-    print(f"launch chaos: {ns}/{name} ({state}, {_replicas(job)} pod(s)); {action.count} fault(s), "
+        raise SpecError(f"{backends.of(job).KIND} {ns}/{name} has {state.lower()}: chaos needs a running job")
+    restarts_before = pod_recreations(api, ns, name)
+    print(f"launch chaos: {ns}/{name} ({state}, {backends.of(job).min_pods(job)} pod(s)); {action.count} fault(s), "
           f"{action.every_s:g}s apart; seed {seed}", flush=True)
     cordoned: list[str] = []
     results: list[FaultResult] = []
@@ -181,18 +177,18 @@ def run_cluster_chaos(api: client.Api, ns: str, name: str, action: ChaosAction, 
                 print(f"stopping before fault {n}: " + (f"the job {state.lower()}" if state in FINISHED else
                       f"its pods were not all running after {action.wait_s:g}s"))
                 break
-            r = _inject(api, ns, action, pods, n, rng, cordoned)
+            r = inject_fault(api, ns, action, pods, n, rng, cordoned)
             results.append(r)
             if not r.refused:
                 _watch(api, ns, name, r, action.every_s if n < action.count else action.wait_s)
-            print(_line(r, action.count), flush=True)
+            print(fault_line(r, action.count), flush=True)
     finally:
         for node in cordoned:
-            client.set_unschedulable(api, node, False)
+            faults.set_unschedulable(api, node, False)
             print(f"uncordoned node {node}")
-    job = client.get_job(api, ns, name)
-    state = client.job_state(job)
-    restarts = client.pod_recreations(api, ns, name)
+    job = get_job(api, ns, name)
+    state = job_state(job)
+    restarts = pod_recreations(api, ns, name)
     print(f"{ns}/{name}: {state}; pods recreated {restarts - restarts_before} time(s) during chaos "
           f"(`launch status {name} -n {ns}` has the causes and the retry budget)")
     recovered = bool(results) and state != "Failed" and all(

@@ -20,7 +20,7 @@ import signal
 import sys
 from typing import Mapping
 
-from launcher.cli import _Parser, split_script_args
+from launcher.commandline import Parser, add_target_flags, context, namespace, split_script_args
 from launcher.errors import SpecError
 from trainer import contract
 
@@ -29,7 +29,7 @@ EPILOG = """exit codes: 0 every invariant held (--local) or every fault was done
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="launch chaos", description=__doc__.split("\n\n")[0] + " Script arguments go after `--`.",
+    p = Parser(prog="launch chaos", description=__doc__.split("\n\n")[0] + " Script arguments go after `--`.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", help="--local: the training script; else: the name of a running job")
     g = p.add_argument_group("local: the script, without and with faults, compared")
@@ -56,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--every", default="120s", help="time between faults: 90s, 2m (default 120s)")
     g.add_argument("--count", type=int, default=1, help="faults to inject (default 1)")
     g.add_argument("--wait", default="10m", help="how long to wait for the job to recover after the last fault")
-    g.add_argument("--namespace", "-n", default=None)
-    g.add_argument("--context", default=None)
+    add_target_flags(g)
     return p
 
 
@@ -98,7 +97,7 @@ def _local(args: argparse.Namespace, script_args: list[str]) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
         report = chaos.run_chaos(plan, echo=echo)
     except UsageError as e:
-        raise SpecError(str(e)) from None
+        raise SpecError(str(e)) from e
     print(chaos.report_json(report) if args.output == "json" else "\n" + chaos.format_report(report))
     return 0 if report.ok else 1
 
@@ -119,18 +118,15 @@ def _cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise SpecError(f"--count must be >= 1, got {args.count}")
     every = parse_duration(args.every, "--every")
     wait = parse_duration(args.wait, "--wait")
-    from launcher import client
-    from launcher.cluster_chaos import ChaosAction, run_cluster_chaos
-    from launcher.config import find_config, load_config, merged_defaults
+    from launcher.chaos.cluster import ChaosAction, run_cluster_chaos
+    from launcher.config import project_defaults
+    from launcher.k8s.api import connect
 
-    config_path = find_config(os.getcwd())
-    defaults = merged_defaults(load_config(config_path) if config_path else {}, env)
-    namespace = args.namespace or defaults.get("namespace") or "default"
+    defaults = project_defaults(env)
     action = ChaosAction(kill_pod=args.kill_pod, evict_grace=args.evict_with_grace, drain_node=args.drain_node,
                          every_s=every, count=args.count, wait_s=wait)
-    api = client.connect(context=args.context or defaults.get("context"))
-    return run_cluster_chaos(api, namespace, args.target, action, seed=args.seed)
-
+    api = connect(context=context(args, defaults))
+    return run_cluster_chaos(api, namespace(args, defaults), args.target, action, seed=args.seed)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main(sys.argv[1:], os.environ))

@@ -2,20 +2,21 @@
 
 `spec_to_objects(spec, name=..., code=..., image=...)` returns every object
 `launch` creates for one job, in creation order; `--dry-run` prints exactly
-this list.
+this list. The pod (container, env, volumes, scheduling) is built here, once;
+the job object around it comes from the backend (launcher/backends/).
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
+from types import ModuleType
 from typing import Any
 
-from launcher.spec import GPU_RESOURCE, JobSpec
+from launcher import backends
+from launcher.job.spec import GPU_RESOURCE, JobSpec
 from trainer import contract
 
-PYTORCHJOB_API = "kubeflow.org/v1"
 RUNTIME_UID = 1000  # the runtime image's non-root user (images/Dockerfile)
 
 #: Spot/preemptible capacity labels: (label, value, taint effect or None) per provider.
@@ -59,7 +60,7 @@ def code_to_configmap(name: str, spec: JobSpec, code: CodeRef) -> dict[str, Any]
             "immutable": True}
 
 
-def spec_to_pdb(spec: JobSpec, *, name: str) -> dict[str, Any]:
+def spec_to_pdb(spec: JobSpec, *, name: str, backend: ModuleType = backends.DEFAULT) -> dict[str, Any]:
     """At most one of the job's pods voluntarily disrupted at a time (drains go pod by pod).
 
     An integer minAvailable, not maxUnavailable: maxUnavailable makes the disruption
@@ -70,7 +71,7 @@ def spec_to_pdb(spec: JobSpec, *, name: str) -> dict[str, Any]:
     """
     floor = spec.min_nodes if spec.min_nodes is not None else spec.nodes - 1
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(name, spec),
-            "spec": {"minAvailable": floor, "selector": {"matchLabels": {contract.OPERATOR_JOB_NAME_LABEL: name}}}}
+            "spec": {"minAvailable": floor, "selector": {"matchLabels": {backend.POD_JOB_LABEL: name}}}}
 
 
 def runtime_env(spec: JobSpec, *, name: str, code: CodeRef | None) -> list[dict[str, Any]]:
@@ -193,42 +194,12 @@ def _pod_template(spec: JobSpec, *, name: str, code: CodeRef | None, image: str)
     return {"metadata": {"labels": labels(name)}, "spec": pod}
 
 
-def spec_to_pytorchjob(spec: JobSpec, *, name: str, code: CodeRef | None, image: str) -> dict[str, Any]:
-    """The kubeflow.org/v1 PyTorchJob: Master + Workers (or elastic Workers), restartPolicy ExitCode."""
-    template = _pod_template(spec, name=name, code=code, image=image)
-
-    def replica(count: int) -> dict[str, Any]:
-        # ExitCode: the operator retries 128-255 (preemption, signals, our hang/infra codes), not 1-127.
-        # A copy per replica type, so that YAML output has no anchors and edits stay local.
-        return {"replicas": count, "restartPolicy": "ExitCode", "template": copy.deepcopy(template)}
-
-    run_policy: dict[str, Any] = {"backoffLimit": spec.max_restarts, "cleanPodPolicy": spec.clean_pod_policy}
-    if spec.active_deadline_seconds:
-        run_policy["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    if spec.ttl_seconds_after_finished:
-        run_policy["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    if spec.gang:
-        policy: dict[str, Any] = {"minAvailable": spec.min_nodes or spec.nodes}
-        if spec.priority_class:
-            policy["priorityClass"] = spec.priority_class
-        run_policy["schedulingPolicy"] = policy
-    job_spec: dict[str, Any] = {"runPolicy": run_policy, "nprocPerNode": str(spec.nproc_per_node)}
-    if spec.elastic:
-        job_spec["elasticPolicy"] = {"minReplicas": spec.min_nodes, "maxReplicas": spec.nodes, "rdzvBackend": "c10d",
-                                     "maxRestarts": spec.max_restarts}
-        job_spec["pytorchReplicaSpecs"] = {"Worker": replica(spec.nodes)}
-    else:
-        replicas = {"Master": replica(1)}
-        if spec.nodes > 1:
-            replicas["Worker"] = replica(spec.nodes - 1)
-        job_spec["pytorchReplicaSpecs"] = replicas
-    return {"apiVersion": PYTORCHJOB_API, "kind": "PyTorchJob", "metadata": _metadata(name, spec), "spec": job_spec}
-
-
-def spec_to_objects(spec: JobSpec, *, name: str, code: CodeRef | None, image: str) -> list[dict[str, Any]]:
+def spec_to_objects(spec: JobSpec, *, name: str, code: CodeRef | None, image: str,
+                    backend: ModuleType = backends.DEFAULT) -> list[dict[str, Any]]:
     """Everything one `launch` creates, job first (the others are owned by it once it exists)."""
-    objects = [spec_to_pytorchjob(spec, name=name, code=code, image=image)]
+    pod_template = _pod_template(spec, name=name, code=code, image=image)
+    objects = [backend.render(spec, metadata=_metadata(name, spec), pod_template=pod_template)]
     if code is not None and code.configmap_data is not None:
         objects.append(code_to_configmap(name, spec, code))
-    objects.append(spec_to_pdb(spec, name=name))
+    objects.append(spec_to_pdb(spec, name=name, backend=backend))
     return objects

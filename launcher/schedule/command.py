@@ -15,36 +15,32 @@ creates the PyTorchJob NAME-MINUTES, waits for it and exits with its result.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
 import time
 from typing import Any, Mapping
 
+from launcher.commandline import (Parser, add_target_flags, context, field_default, namespace, print_doc,
+                                  print_objects, split_script_args)
 from launcher.errors import ClusterError, SpecError
 from trainer import contract
 
 VERBS = ("list", "delete", "trigger")
 
 
-def _create_parser() -> argparse.ArgumentParser:
-    from launcher.cli import _submit_parser
-    from launcher.schedule_spec import MAX_NAME, ScheduleSpec
+def build_parser() -> argparse.ArgumentParser:
+    from launcher.job.command import add_job_flags
+    from launcher.schedule.spec import MAX_NAME, ScheduleSpec
 
-    def default(field: str) -> Any:
-        return ScheduleSpec.__dataclass_fields__[field].default
-
-    # `launch`'s own parser, so the job flags cannot drift; only what differs is changed.
-    p = _submit_parser()
-    p.prog = "launch schedule"
-    p.description = ("Retrain on a cron schedule: a CronJob whose pod submits SCRIPT as a PyTorchJob (the same flags "
-                     "as `launch`), waits for it and exits with its result. Script arguments go after `--`.")
-    p.epilog = "other verbs: launch schedule list | delete NAME | trigger NAME  (each has --help)"
-    actions = {a.dest: a for a in p._actions}  # argparse has no public way to re-word an inherited flag
-    actions["local"].help = argparse.SUPPRESS  # refused below: a schedule runs on the cluster
-    actions["name"].help = (f"schedule name, at most {MAX_NAME} characters (default: SCRIPT); "
-                            "each run is NAME-MINUTES (the Unix minute it was started for)")
+    p = Parser(prog="launch schedule", description="Retrain on a cron schedule: a CronJob whose pod submits SCRIPT "
+               "as a PyTorchJob (the same flags as `launch`), waits for it and exits with its result. Script "
+               "arguments go after `--`.", epilog="other verbs: launch schedule list | delete NAME | trigger NAME  "
+               "(each has --help)", formatter_class=argparse.RawDescriptionHelpFormatter)
+    # `launch`'s own job flags, so they cannot drift. --local is there but hidden: it is refused
+    # with the reason (a schedule runs on the cluster), not as an unknown flag.
+    add_job_flags(p, name_help=f"schedule name, at most {MAX_NAME} characters (default: SCRIPT); "
+                  "each run is NAME-MINUTES (the Unix minute it was started for)", local_help=argparse.SUPPRESS)
     g = p.add_argument_group("schedule")
     g.add_argument("--cron", required=True, help="when to run, cron syntax: \"0 3 * * *\" (03:00 daily), @daily, ...")
     g.add_argument("--time-zone", default=None, help="IANA zone for --cron, e.g. Europe/Berlin "
@@ -54,18 +50,16 @@ def _create_parser() -> argparse.ArgumentParser:
                         f"('{contract.WARM_START_LATEST}') or of a run folder URI")
     g.add_argument("--warm-start-optimizer", action="store_true", help="restore the optimizer too (default: fresh)")
     g.add_argument("--starting-deadline", type=int, default=None, help="skip a run that could not start this many "
-                   f"seconds after its time (default {default('starting_deadline_seconds')})")
+                   f"seconds after its time (default {field_default(ScheduleSpec, 'starting_deadline_seconds')})")
     g.add_argument("--keep-history", type=int, default=None, help="finished runs (Jobs) kept, of each outcome "
-                   f"(default {default('successful_history')})")
+                   f"(default {field_default(ScheduleSpec, 'successful_history')})")
     g.add_argument("--chart-values", action="store_true",
                    help="print a values file for the Helm chart in k8s/chart holding this schedule; create nothing")
     return p
 
 
-def _verb_parser(verb: str) -> argparse.ArgumentParser:
-    from launcher.cli import _Parser
-
-    p = _Parser(prog=f"launch schedule {verb}", description={
+def build_verb_parser(verb: str) -> argparse.ArgumentParser:
+    p = Parser(prog=f"launch schedule {verb}", description={
         "list": "Schedules in the namespace, with their runs (Jobs) and how each ended.",
         "delete": "Delete the schedule (its CronJob and stored spec); runs already started keep running.",
         "trigger": "Start a run now, as the CronJob would; skipped (exit 1) while another run of it is active.",
@@ -75,20 +69,12 @@ def _verb_parser(verb: str) -> argparse.ArgumentParser:
     if verb == "list":
         p.add_argument("-o", "--output", choices=("text", "json", "yaml", "wide"), default="text",
                        help="text (default: the three newest runs), json, yaml, or wide (every run)")
-    p.add_argument("--namespace", "-n", default=None)
-    p.add_argument("--context", default=None)
+    add_target_flags(p)
     return p
 
 
-def _defaults(env: Mapping[str, str]) -> dict[str, Any]:
-    from launcher.config import find_config, load_config, merged_defaults
-
-    path = find_config(os.getcwd())
-    return merged_defaults(load_config(path) if path else {}, env)
-
-
 def default_schedule_name(script: str) -> str:
-    from launcher.schedule_spec import MAX_NAME
+    from launcher.schedule.spec import MAX_NAME
 
     stem = re.sub(r"[^a-z0-9-]+", "-", os.path.splitext(os.path.basename(script))[0].lower()).strip("-")
     return stem[:MAX_NAME].strip("-") or "retrain"
@@ -102,15 +88,17 @@ def chart_values(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def create(argv: list[str], env: Mapping[str, str]) -> int:
-    from launcher.cli import DEFAULT_IMAGE, _dump, build_spec, pack_code, split_script_args
-    from launcher.schedule_render import schedule_to_objects
-    from launcher.schedule_spec import ScheduleSpec
+    from launcher.config import project_defaults
+    from launcher.job.command import build_spec, pack_code
+    from launcher.job.spec import DEFAULT_IMAGE
+    from launcher.schedule.render import schedule_to_objects
+    from launcher.schedule.spec import ScheduleSpec
 
     flags, script_args = split_script_args(argv)
-    args = _create_parser().parse_args(flags)
+    args = build_parser().parse_args(flags)
     if args.local:
         raise SpecError("--local runs once, here: use `launch SCRIPT --local`; a schedule runs on the cluster")
-    defaults = _defaults(env)
+    defaults = project_defaults(env)
     job = build_spec(args, script_args, defaults)
     name = args.name or default_schedule_name(job.script)
     given = {k: v for k, v in {"time_zone": args.time_zone, "warm_start_from": args.warm_start_from,
@@ -127,19 +115,22 @@ def create(argv: list[str], env: Mapping[str, str]) -> int:
         print(yaml.safe_dump(chart_values(objects, name), sort_keys=True), end="")
         return 0
     if args.dry_run:
-        print(_dump(objects, args.output), end="" if args.output == "yaml" else "\n")
+        print_objects(objects, args.output)
         return 0
-    from launcher import client
+    from launcher.job import bundle as shipping
+    from launcher.k8s import api as k8s
+    from launcher.k8s.preflight import preflight
+    from launcher.k8s.schedules import create_schedule
 
-    api = client.connect(context=args.context or defaults.get("context"))
-    client.preflight(api, job)
+    api = k8s.connect(context=context(args, defaults))
+    preflight(api, job)
     if code.uri:
-        client.upload_bundle(code.uri, bundle.data)
+        shipping.upload(code.uri, bundle.data)
     try:
-        client.create_schedule(api, job.namespace, objects)
+        create_schedule(api, job.namespace, objects)
     except BaseException:
         if code.uri:  # nothing half-created: not on the cluster, not in the bucket
-            client.remove_bundle(code.uri)
+            shipping.remove(code.uri)
         raise
     ns = job.namespace
     tz = f" ({schedule.time_zone})" if schedule.time_zone else ""
@@ -150,33 +141,35 @@ def create(argv: list[str], env: Mapping[str, str]) -> int:
 
 
 def run_verb(verb: str, argv: list[str], env: Mapping[str, str], now: float) -> int:
-    from launcher import client
+    from launcher.config import project_defaults
+    from launcher.k8s import api as k8s
+    from launcher.k8s import schedules
 
-    args = _verb_parser(verb).parse_args(argv)
-    defaults = _defaults(env)
-    ns = args.namespace or defaults.get("namespace") or "default"
-    api = client.connect(context=args.context or defaults.get("context"))
+    args = build_verb_parser(verb).parse_args(argv)
+    defaults = project_defaults(env)
+    ns = namespace(args, defaults)
+    api = k8s.connect(context=context(args, defaults))
     if verb == "list":
-        rows = client.list_schedules(api, ns)
+        rows = schedules.list_schedules(api, ns)
         if args.output in ("json", "yaml"):
-            client.print_doc(rows, args.output)
+            print_doc(rows, args.output)
             return 0
         import datetime
 
-        from launcher.status import render, schedule_rows
+        from launcher.status.format import render, schedule_rows
 
         header, table = schedule_rows(rows, datetime.datetime.now(datetime.timezone.utc), wide=args.output == "wide")
         print(render(header, table, f"No schedules in namespace {ns}."))
         return 0
     name = args.schedule
     if verb == "delete":
-        client.delete_schedule(api, ns, name)
+        schedules.delete_schedule(api, ns, name)
         print(f"deleted schedule {ns}/{name} (runs already started keep running; `launch list -n {ns}`)")
         return 0
-    from launcher.schedule_render import cronjob_to_job
+    from launcher.schedule.render import cronjob_to_job
 
-    cronjob = client.get_cronjob(api, ns, name)
-    active = client.active_runs(api, ns, name)
+    cronjob = schedules.get_cronjob(api, ns, name)
+    active = schedules.active_runs(api, ns, name)
     if active:
         # A Job created here bypasses the CronJob controller, so Forbid is honoured here (and by the submitter).
         print(f"launch: skipped: run {active[0]} of schedule {name} is still active (concurrencyPolicy Forbid)",
@@ -184,10 +177,10 @@ def run_verb(verb: str, argv: list[str], env: Mapping[str, str], now: float) -> 
         return 1
     run = contract.scheduled_run_name(name, now)
     try:
-        client.create_job(api, ns, cronjob_to_job(cronjob, name=run))
+        schedules.create_run(api, ns, cronjob_to_job(cronjob, name=run))
     except ClusterError as e:
         if e.status == 409:
-            raise SpecError(f"run {run} exists already (one run per minute); try again in a minute") from None
+            raise SpecError(f"run {run} exists already (one run per minute); try again in a minute") from e
         raise
     print(f"triggered run {ns}/{run}: its Job submits PyTorchJob {run}")
     print(f"  launch status {run} -n {ns}   |   launch schedule list -n {ns}")
@@ -197,7 +190,7 @@ def run_verb(verb: str, argv: list[str], env: Mapping[str, str], now: float) -> 
 def main(argv: list[str], env: Mapping[str, str]) -> int:
     """`launch schedule ...`; raises KubetrainError for bad input (launch's main prints it)."""
     if not argv or argv[0] in ("-h", "--help"):
-        _create_parser().print_help()
+        build_parser().print_help()
         return 0 if argv else int(contract.ExitCode.USAGE)
     if argv[0] in VERBS:
         return run_verb(argv[0], argv[1:], env, time.time())

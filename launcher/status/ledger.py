@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from launcher import backends
+from launcher.status import format as status_fmt
 from trainer import contract
 
 #: Seconds the ledger read may take (it runs while the cluster is read): a bucket that does not
@@ -24,9 +26,8 @@ HEADER = ["STARTED", "FROM STEP", "ENDED", "REDONE", "LOST", "CAUSE"]
 
 def location(job: dict) -> tuple[str, str, int | None] | None:
     """(checkpoint URI, run id, --max-restarts) from the job's pod template env; None without a checkpoint."""
-    specs = (job.get("spec") or {}).get("pytorchReplicaSpecs") or {}
-    for rtype in sorted(specs, key=lambda t: t != "Master"):
-        for c in ((specs[rtype].get("template") or {}).get("spec") or {}).get("containers") or []:
+    for template in backends.of(job).pod_templates(job):
+        for c in (template.get("spec") or {}).get("containers") or []:
             if c.get("name") != contract.CONTAINER_NAME:
                 continue
             env = {e.get("name"): e.get("value") for e in c.get("env") or []}
@@ -133,8 +134,6 @@ def incidents(summary: contract.LedgerSummary) -> list[contract.Incident]:
 
 def lines(summary: contract.LedgerSummary) -> list[str]:
     """`launch status`'s ledger block: one summary line, then a table of the incidents (none: no table)."""
-    from launcher import status as status_fmt
-
     shown = incidents(summary)
     lost = sum(i.seconds_lost or 0.0 for i in shown)
     redone = sum(i.steps_redone or 0 for i in shown)

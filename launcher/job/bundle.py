@@ -1,4 +1,5 @@
-"""Ship the user's code without an image rebuild: a tar.gz of the script or its folder.
+"""Ship the user's code without an image rebuild: a tar.gz of the script or its folder, in the
+job's ConfigMap or, when too big for one, in the object store (uploaded through fsspec).
 
 A directory is packed with .gitignore honoured (through `git ls-files` when
 it is a git work tree, else a small subset of gitignore rules: names and
@@ -15,9 +16,11 @@ import hashlib
 import io
 import os
 import subprocess
+import sys
 import tarfile
 
-from launcher.errors import SpecError
+from launcher.errors import ClusterError, SpecError
+from launcher.job.render import CodeRef
 
 #: ConfigMaps hold at most 1 MiB in total; keep room for metadata.
 CONFIGMAP_LIMIT = 900 * 1024
@@ -107,3 +110,37 @@ def make_bundle(script: str, *, code_dir: str | None = None) -> Bundle:
                 tar.addfile(info, f)
     data = gzip.compress(raw.getvalue(), mtime=0)
     return Bundle(data=data, sha256=hashlib.sha256(data).hexdigest(), entrypoint=entry, files=tuple(sorted(files)))
+
+
+def pack(script: str, *, name: str, code_dir: str | None, code_uri: str | None) -> tuple[Bundle, CodeRef]:
+    """(bundle, CodeRef): the code in the job's ConfigMap, or under the `code_uri` prefix when too big for one."""
+    bundle = make_bundle(script, code_dir=code_dir)
+    uri = None
+    if not bundle.fits_configmap:
+        if not code_uri:
+            raise SpecError(f"the code bundle is {len(bundle.data) // 1024} KiB, over the ConfigMap limit; pass "
+                            "--code-uri s3://BUCKET/PREFIX to ship it through the object store, or shrink --code-dir")
+        uri = f"{code_uri.rstrip('/')}/{name}/{bundle.sha256[:16]}.tar.gz"
+    return bundle, CodeRef(sha256=bundle.sha256, entrypoint=bundle.entrypoint,
+                           configmap_data=bundle.data if uri is None else None, uri=uri)
+
+
+def upload(uri: str, data: bytes) -> None:
+    try:
+        import fsspec
+
+        with fsspec.open(uri, "wb") as f:
+            f.write(data)
+    except Exception as e:
+        raise ClusterError(f"uploading the code bundle to {uri}: {e}") from e
+
+
+def remove(uri: str) -> None:
+    """Delete an uploaded bundle again; a failure is a warning (the failure that brought us here matters more)."""
+    try:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        fs.rm_file(path)
+    except Exception as e:
+        print(f"launch: warning: could not remove the code bundle {uri}: {e}", file=sys.stderr)

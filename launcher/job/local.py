@@ -16,7 +16,7 @@ import sys
 from typing import Any, Mapping
 
 from launcher.errors import SpecError
-from launcher.spec import parse_env
+from launcher.job.spec import parse_env
 from trainer import contract
 
 #: Flags that only mean something on a cluster; --local refuses them rather than ignore them.

@@ -1,6 +1,6 @@
 """Pure functions behind `launch status`, `list` and `schedule list`: counting, summarising, tables.
 
-No I/O here: launcher/client.py reads the cluster (one list call per kind) and turns what it
+No I/O here: launcher/k8s/status.py reads the cluster (one list call per kind) and turns what it
 read into the plain records these functions take:
 
     pod   {"name", "uid", "owner_uid", "replica", "phase", "node", "deleting", "ready",
@@ -14,6 +14,7 @@ import datetime
 import re
 from typing import Any, Iterable, Sequence
 
+from launcher import backends
 from trainer import contract
 
 #: Events that a pod gets once, when it comes into being: the scheduler placing it or failing to.
@@ -29,8 +30,6 @@ POD_LOSS_CAUSES = {
     "Evicted": "evicted by the kubelet (node pressure)",
 }
 NOT_A_LOSS = {"NodeNotReady"}
-# The operator's event on the job each time it sees a container exit.
-_EXITED = re.compile(r"Pod: [^.\s]+\.(\S+) exited with code (-?\d+)")
 HEALTHY_PHASES = ("Running", "Succeeded")
 
 
@@ -40,11 +39,8 @@ def natural_key(text: str) -> list:
 
 
 def replica_names(job: dict, pods: Sequence[dict]) -> list[str]:
-    """Every pod name the job has had: the operator names them <job>-<replica type>-<index>, and reuses the name."""
-    name = job["metadata"]["name"]
-    specs = (job.get("spec") or {}).get("pytorchReplicaSpecs") or {}
-    names = {f"{name}-{rtype.lower()}-{i}" for rtype, s in specs.items() for i in range(s.get("replicas") or 1)}
-    return sorted(names | {p["name"] for p in pods}, key=natural_key)
+    """Every pod name the job has had: those its spec asks for (the operator reuses a name) and its pods'."""
+    return sorted(backends.of(job).replica_names(job) | {p["name"] for p in pods}, key=natural_key)
 
 
 def own_pods(job_uid: str, pods: Iterable[dict]) -> list[dict]:
@@ -60,7 +56,7 @@ def pod_incarnations(job: dict, pods: Sequence[dict], pod_events: Sequence[dict]
     summed: UIDs are, and no event merges two UIDs. Kubernetes keeps events an hour, so a replica
     recreated longer ago than that counts from its pods since.
     """
-    uid, created = job["metadata"].get("uid"), _time(job["metadata"].get("creationTimestamp"))
+    uid, created = job["metadata"].get("uid"), parse_time(job["metadata"].get("creationTimestamp"))
     names = set(replica_names(job, pods))
     out: dict[str, set[str]] = {n: set() for n in names}
     for p in own_pods(uid, pods):
@@ -91,19 +87,19 @@ def restart_causes(job: dict, job_events: Sequence[dict], pod_events: Sequence[d
     for e in job_events:
         if uid and e.get("uid") not in (None, uid):
             continue
-        m = e["reason"] == "ExitedWithCode" and _EXITED.search(e.get("message") or "")
-        if m and int(m.group(2)) != 0:
-            code = int(m.group(2))
+        exited = backends.of(job).exit_event(e)
+        if exited and exited[1] != 0:
+            pod, code = exited
             cause = f"exit {code}: {contract.describe_exit_code(code)}"
-            causes.setdefault((m.group(1), cause), {"pod": m.group(1), "cause": cause, "exit_code": code,
-                                                    "retried": contract.is_retryable(code)})
-    mine = {u for uids in incarnations.values() for u in uids}
-    created = _time(job["metadata"].get("creationTimestamp"))
+            causes.setdefault((pod, cause), {"pod": pod, "cause": cause, "exit_code": code,
+                                             "retried": contract.is_retryable(code)})
+    own_uids = {u for uids in incarnations.values() for u in uids}
+    created = parse_time(job["metadata"].get("creationTimestamp"))
     for e in pod_events:
         pod = e["name"]
         # The taint-eviction controller names the pod without its UID: such an event is this job's
         # when it came after the job was created.
-        ours = e.get("uid") in mine if e.get("uid") else (
+        ours = e.get("uid") in own_uids if e.get("uid") else (
             created is None or e.get("created") is None or e["created"] >= created)
         # The taint manager uses the same reason when it cancels an eviction.
         if (pod in incarnations and ours and e["reason"] in POD_LOSS_CAUSES
@@ -170,7 +166,7 @@ def newest_commit(lines: Iterable[str]) -> dict:
     out: dict[str, Any] = {"resumed_from": None, "preempted_at": None, "step": None, "at": None}
     for line in lines:
         stamp, _, text = line.partition(" ")
-        at = _time(stamp)
+        at = parse_time(stamp)
         if at is None:
             text = line
         got = contract.parse_runtime_log([text])
@@ -240,7 +236,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = ""
 
 def age(then: datetime.datetime | str | None, now: datetime.datetime) -> str:
     """kubectl's AGE: 45s, 12m, 5h, 3d ('<unknown>' without a time)."""
-    then = _time(then) if isinstance(then, str) else then
+    then = parse_time(then) if isinstance(then, str) else then
     if then is None:
         return "<unknown>"
     s = max(int((now - then).total_seconds()), 0)
@@ -253,7 +249,7 @@ def age(then: datetime.datetime | str | None, now: datetime.datetime) -> str:
     return f"{s // 86400}d"
 
 
-def _time(value: Any) -> datetime.datetime | None:
+def parse_time(value: Any) -> datetime.datetime | None:
     if isinstance(value, datetime.datetime):
         return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
     if not value or not isinstance(value, str):

@@ -2,7 +2,7 @@
 
 `schedule_to_objects` returns every object `launch schedule` creates, in
 creation order; `--dry-run` prints exactly this list, and the Helm chart in
-k8s/chart renders the same dicts (see launcher/chart.py). `run_to_objects`
+k8s/chart renders the same dicts (see scripts/gen-chart). `run_to_objects`
 is what the in-cluster submitter creates for one run: `launch`'s own
 `spec_to_objects`, named for the run.
 """
@@ -15,26 +15,23 @@ import dataclasses
 import json
 from typing import Any
 
-from launcher import render
-from launcher.render import CodeRef, RUNTIME_UID
-from launcher.schedule_spec import ScheduleSpec, Stored, SubmitExit, stored_to_dict
+from launcher import backends
+from launcher.job import render
+from launcher.job.render import RUNTIME_UID, CodeRef
+from launcher.schedule.spec import ScheduleSpec, StoredSchedule, SubmitExit, stored_to_dict
 from trainer import contract
 
 SUBMITTER = "kubetrain-submitter"  # the ServiceAccount, Role and RoleBinding, one set per namespace
 SUBMITTER_CONTAINER = "submitter"
 STORED_KEY = "schedule.json"
-#: The submitter reads its schedule, creates one PyTorchJob (with its code ConfigMap and PDB,
+#: `python -m launcher.submit`: a name CronJobs already in clusters run, kept where it is (launcher/submit.py).
+SUBMITTER_COMMAND = ["python", "-m", "launcher.submit"]
+#: The submitter reads its schedule, creates one training job (with its code ConfigMap and PDB,
 #: deleting them again if the creation fails half-way), watches it, checks the quota, and lists
-#: the schedule's Jobs and PyTorchJobs (Forbid). Nothing cluster-scoped, no Secrets, no pods,
-#: nothing in another namespace.
+#: the schedule's Jobs and training jobs (Forbid). Nothing cluster-scoped, no Secrets, no pods,
+#: nothing in another namespace. What it does with the job's own kind is its backend's.
 SUBMITTER_RULES: tuple[dict[str, Any], ...] = (
-    # patch: an annotation that makes the operator look at a run past its deadline again
-    # (launcher/submit.py, nudge_past_deadline); the operator v1.8 checks the deadline only then.
-    {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": ["create", "get", "list", "delete", "patch"]},
-    # The run's ConfigMap and PDB name the PyTorchJob as owner with blockOwnerDeletion, which the
-    # OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened clusters) allows only
-    # to those who may update the owner's finalizers.
-    {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs/finalizers"], "verbs": ["update"]},
+    *backends.DEFAULT.SUBMITTER_RULES,
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "delete"]},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "delete"]},
     {"apiGroups": [""], "resources": ["resourcequotas"], "verbs": ["list"]},
@@ -100,7 +97,7 @@ def _submitter_pod(schedule: ScheduleSpec, *, image: str) -> dict[str, Any]:
                 "name": SUBMITTER_CONTAINER,
                 "image": image,
                 "imagePullPolicy": "IfNotPresent",
-                "command": ["python", "-m", "launcher.submit"],
+                "command": list(SUBMITTER_COMMAND),
                 "env": env,
                 "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
@@ -160,7 +157,7 @@ def cronjob_to_job(cronjob: dict[str, Any], *, name: str) -> dict[str, Any]:
             "spec": template["spec"]}
 
 
-def run_to_objects(stored: Stored, *, run_name: str, namespace: str) -> list[dict[str, Any]]:
+def run_to_objects(stored: StoredSchedule, *, run_name: str, namespace: str) -> list[dict[str, Any]]:
     """One run's objects: `launch`'s own, named for the run, labelled with its schedule, warm start set."""
     schedule = stored.schedule
     spec = dataclasses.replace(schedule.job, namespace=namespace)
@@ -170,8 +167,8 @@ def run_to_objects(stored: Stored, *, run_name: str, namespace: str) -> list[dic
     if schedule.warm_start_from:
         env = [{"name": contract.ENV_WARM_START_FROM, "value": schedule.warm_start_from},
                {"name": contract.ENV_WARM_START_OPTIMIZER, "value": "1" if schedule.warm_start_optimizer else "0"}]
-        for replica in objects[0]["spec"]["pytorchReplicaSpecs"].values():
-            for c in replica["template"]["spec"]["containers"]:
+        for template in backends.of(objects[0]).pod_templates(objects[0]):
+            for c in template["spec"]["containers"]:
                 if c["name"] == contract.CONTAINER_NAME:
                     c["env"] = c["env"] + copy.deepcopy(env)
     return objects

@@ -15,8 +15,8 @@ import re
 from typing import Any
 
 from launcher.errors import SpecError
-from launcher.render import CodeRef
-from launcher.spec import JobSpec, Resources, Volume, check_dns_label
+from launcher.job.render import CodeRef
+from launcher.job.spec import JobSpec, Resources, Volume, check_dns_label
 from trainer import contract
 
 #: A run is named SCHEDULE-MINUTES (8 digits until the year 2160) and a PyTorchJob name
@@ -28,7 +28,7 @@ _CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midni
 
 
 class SubmitExit(enum.IntEnum):
-    """Exit codes of `python -m launcher.submit`, the CronJob's container.
+    """Exit codes of `python -m launcher.submit` (launcher/schedule/submitter.py), the CronJob's container.
 
     The Job's podFailurePolicy fails the Job at once on the permanent ones, so
     the CronJob history shows a failed retrain; the others are retried.
@@ -125,7 +125,7 @@ def job_spec_from_dict(doc: dict[str, Any]) -> JobSpec:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Stored:
+class StoredSchedule:
     """What a run needs, read back from the schedule's ConfigMap."""
 
     schedule: ScheduleSpec
@@ -142,7 +142,7 @@ def stored_to_dict(schedule: ScheduleSpec, *, image: str, code: CodeRef) -> dict
             "code": {"sha256": code.sha256, "entrypoint": code.entrypoint, "uri": code.uri}}
 
 
-def stored_from_dict(doc: Any, *, code_data: bytes | None, namespace: str = "default") -> Stored:
+def stored_from_dict(doc: Any, *, code_data: bytes | None, namespace: str = "default") -> StoredSchedule:
     """SpecError when the stored document is not one this launcher wrote; its runs go to `namespace`."""
     if not isinstance(doc, dict) or doc.get("format") != STORED_FORMAT:
         raise SpecError(f"stored schedule: unknown format {doc.get('format') if isinstance(doc, dict) else doc!r}; "
@@ -154,7 +154,7 @@ def stored_from_dict(doc: Any, *, code_data: bytes | None, namespace: str = "def
         ref = CodeRef(sha256=code["sha256"], entrypoint=code["entrypoint"],
                       configmap_data=None if code.get("uri") else code_data, uri=code.get("uri"))
     except (KeyError, TypeError) as e:
-        raise SpecError(f"stored schedule: malformed ({type(e).__name__}: {e})") from None
+        raise SpecError(f"stored schedule: malformed ({type(e).__name__}: {e})") from e
     if ref.uri is None and ref.configmap_data is None:
         raise SpecError("stored schedule: the code bundle is missing from its ConfigMap")
-    return Stored(schedule=schedule, image=str(doc["image"]), code=ref)
+    return StoredSchedule(schedule=schedule, image=str(doc["image"]), code=ref)

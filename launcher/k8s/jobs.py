@@ -1,0 +1,133 @@
+"""Training jobs on the cluster: create, read, their pods and state, touch, cancel, list."""
+
+from __future__ import annotations
+
+import time
+from types import ModuleType
+from typing import Any
+
+from launcher import backends
+from launcher.errors import SpecError
+from launcher.k8s.api import Api, call, create_all, delete, raw, read
+from launcher.status.format import natural_key
+from trainer import contract
+
+
+def create_job(api: Api, ns: str, objects: list[dict]) -> None:
+    """The job, then what it owns (code ConfigMap, PDB); all or none."""
+    kind = objects[0]["kind"]
+
+    def conflict(obj: dict) -> str | None:
+        name = obj["metadata"]["name"]
+        return (f"a {kind} {name!r} exists in namespace {ns} already; pick another --name, "
+                f"or `launch cancel {name} -n {ns}` first") if obj["kind"] == kind else None
+
+    create_all(api, ns, objects, owner_kind=kind, conflict=conflict,
+               what=lambda obj: f"creating the {'code ConfigMap' if obj['kind'] == 'ConfigMap' else obj['kind']}")
+
+
+def get_job(api: Api, ns: str, name: str, *, required: bool = True,
+            backend: ModuleType = backends.DEFAULT) -> dict | None:
+    """The job; without it SpecError naming `launch list`, or None when not `required`."""
+    job = read(api, ns, backend.KIND, name)
+    if job is None and required:
+        raise SpecError(f"no {backend.KIND} {name!r} in namespace {ns} (see `launch list -n {ns}`)")
+    return job
+
+
+def state(job: dict, kind: str | None = None) -> str:
+    """The state of any job `launch` reads, by its kind (list items carry none: pass it).
+
+    A training job's comes from its backend; a batch Job (a schedule's submitter run) is
+    Succeeded, Failed or Active.
+    """
+    kind = kind or job.get("kind")
+    if kind == "Job":
+        for c in (job.get("status") or {}).get("conditions") or []:
+            if c.get("status") == "True" and c.get("type") in ("Complete", "Failed"):
+                return "Succeeded" if c["type"] == "Complete" else "Failed"
+        return "Active"
+    return backends.BY_KIND.get(kind, backends.DEFAULT).state(job)
+
+
+def replica_id(pod: Any) -> str:
+    """`worker-3`: the replica a pod runs, of a typed pod or a pod's JSON."""
+    labels = (pod.get("metadata", {}).get("labels") if isinstance(pod, dict) else pod.metadata.labels) or {}
+    # A pod does not name its job's kind; the operator that made it left its own job-name label.
+    backend = next((b for b in backends.BACKENDS.values() if b.POD_JOB_LABEL in labels), backends.DEFAULT)
+    return backend.replica_id(labels)
+
+
+def owner_uid(pod: Any) -> str | None:
+    if isinstance(pod, dict):
+        refs = pod.get("metadata", {}).get("ownerReferences") or []
+        return next((o.get("uid") for o in refs if o.get("controller")), None)
+    return next((o.uid for o in pod.metadata.owner_references or [] if o.controller), None)
+
+
+def _owned_sorted(pods: list[Any], job_uid: str | None) -> list[Any]:
+    if job_uid:
+        pods = [p for p in pods if owner_uid(p) in (None, job_uid)]
+    return sorted(pods, key=lambda p: natural_key(replica_id(p)))
+
+
+def _pod_selector(name: str, backend: ModuleType) -> str:
+    return f"{backend.POD_JOB_LABEL}={name}"
+
+
+def job_pods(api: Api, ns: str, name: str, job_uid: str | None = None,
+             backend: ModuleType = backends.DEFAULT) -> list[Any]:
+    """The job's pods, one list call by label; with job_uid, only those it owns (not a same-named job's)."""
+    return _owned_sorted(call("listing pods", lambda: api.core.list_namespaced_pod(
+        ns, label_selector=_pod_selector(name, backend))).items, job_uid)
+
+
+def job_pod_docs(api: Api, ns: str, name: str, job_uid: str | None = None,
+                 backend: ModuleType = backends.DEFAULT) -> list[dict]:
+    """job_pods as plain JSON dicts (the pod as the API serves it): one list call, no typed models."""
+    return _owned_sorted(call("listing pods", lambda: raw(api.core.list_namespaced_pod(
+        ns, label_selector=_pod_selector(name, backend), _preload_content=False)))["items"], job_uid)
+
+
+#: An annotation whose only purpose is to change the job, so that its operator reconciles it.
+TOUCHED_ANNOTATION = "kubetrain.dev/touched-at"
+
+
+def touch_job(api: Api, ns: str, name: str, backend: ModuleType = backends.DEFAULT) -> None:
+    """Change an annotation of the job, so that the operator looks at it again."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    call(f"annotating {backend.KIND} {name}", lambda: api.custom.patch_namespaced_custom_object(
+        backend.GROUP, backend.VERSION, ns, backend.PLURAL, name,
+        {"metadata": {"annotations": {TOUCHED_ANNOTATION: stamp}}}), missing_ok=True)
+
+
+def cancel(api: Api, ns: str, name: str, backend: ModuleType = backends.DEFAULT) -> None:
+    """Delete the job and everything labelled as its own (ConfigMaps, PDBs), not only what GC reaches."""
+    from launcher.job.render import code_configmap_name
+
+    get_job(api, ns, name, backend=backend)
+    delete(api, ns, backend.KIND, name)
+    selector = f"{contract.LABEL_JOB}={name}"
+    # By name too: a submit of the same name right after must not meet the old code ConfigMap
+    # waiting for the garbage collector.
+    cms = {cm.metadata.name for cm in call("listing ConfigMaps", lambda: api.core.list_namespaced_config_map(
+        ns, label_selector=selector)).items} | {code_configmap_name(name)}
+    for cm in sorted(cms):
+        delete(api, ns, "ConfigMap", cm)
+    for pdb in call("listing PDBs", lambda: api.policy.list_namespaced_pod_disruption_budget(
+            ns, label_selector=selector)).items:
+        delete(api, ns, "PodDisruptionBudget", pdb.metadata.name)
+
+
+def list_jobs(api: Api, ns: str, *, selector: str | None = None, backend: ModuleType = backends.DEFAULT) -> list[dict]:
+    """The jobs of `launch` in the namespace (or those matching `selector`), as the API serves them."""
+    selector = selector or f"{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"
+    return call(f"listing {backend.KIND}s", lambda: api.custom.list_namespaced_custom_object(
+        backend.GROUP, backend.VERSION, ns, backend.PLURAL, label_selector=selector))["items"]
+
+
+def job_rows(jobs: list[dict]) -> list[dict]:
+    """`launch list`'s records: name, state, pods, created."""
+    return [{"name": j["metadata"]["name"], "state": state(j, backends.of(j).KIND),
+             "pods": backends.of(j).expected_pods(j), "created": j["metadata"].get("creationTimestamp")}
+            for j in jobs]

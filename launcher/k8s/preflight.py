@@ -1,0 +1,92 @@
+"""Checks before anything is created: the CRDs, the namespace, its quota, Secrets, PVCs, priority class."""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+from typing import Any
+
+from launcher import backends
+from launcher.errors import SpecError
+from launcher.job.spec import JobSpec
+from launcher.k8s.api import Api, call
+
+#: The PodGroup CRD each --gang scheduler brings; without it the pods wait for a scheduler that is not there.
+GANG_PODGROUP_CRDS = {"volcano": "podgroups.scheduling.volcano.sh",
+                      "scheduler-plugins": "podgroups.scheduling.x-k8s.io"}
+INIT_CONTAINER_TEMPLATE = "k8s/operator/pytorch-init-container.yaml.tmpl"
+
+
+def _quantity(value: str) -> float:
+    from kubernetes.utils import parse_quantity
+
+    return float(parse_quantity(value))
+
+
+def gpu_quota_room(quotas: list[Any], resource: str) -> float | None:
+    """The smallest room left for `resource` across ResourceQuotas (None: no quota limits it)."""
+    room = None
+    for q in quotas:
+        hard = (q.status.hard if q.status and q.status.hard else q.spec.hard) or {}
+        used = (q.status.used if q.status and q.status.used else {}) or {}
+        for key in (f"requests.{resource}", f"limits.{resource}"):
+            if key in hard:
+                left = _quantity(hard[key]) - _quantity(used.get(key, "0"))
+                room = left if room is None else min(room, left)
+    return room
+
+
+def namespace_quota_room(api: Api, ns: str, resource: str) -> float | None:
+    """Room left for `resource` under the namespace's ResourceQuotas (reads nothing cluster-scoped)."""
+    quotas = call(f"listing ResourceQuotas in {ns}", lambda: api.core.list_namespaced_resource_quota(ns)).items
+    return gpu_quota_room(quotas, resource)
+
+
+def pod_security_warning(namespace_labels: dict, pods: int) -> str | None:
+    """A namespace that enforces Pod Security `restricted` refuses the operator's own init container
+    on worker pods (it has no securityContext) unless the cluster runs the operator with our template."""
+    if pods > 1 and namespace_labels.get("pod-security.kubernetes.io/enforce") == "restricted":
+        return ("the namespace enforces Pod Security 'restricted': the training operator's own init-pytorch "
+                "container is refused there, so worker pods are never created unless the operator runs with "
+                f"--pytorch-init-container-template-file={INIT_CONTAINER_TEMPLATE} (see README)")
+    return None
+
+
+def _has_crd(api: Api, name: str) -> bool:
+    return call(f"reading the {name} CRD", lambda: api.ext.read_custom_resource_definition(name),
+                missing_ok=True) is not None
+
+
+def preflight(api: Api, spec: JobSpec, backend: ModuleType = backends.DEFAULT) -> None:
+    """Refuse before creating anything: CRD, namespace, quota, Secrets, PVCs, priority class."""
+    ns = spec.namespace
+    if call(f"reading the {backend.KIND} CRD", lambda: api.ext.read_custom_resource_definition(backend.CRD_NAME),
+            missing_ok=True) is None:
+        raise SpecError(f"the cluster has no {backend.CRD_NAME} CRD: {backend.CRD_MISSING}")
+    if spec.gang and not _has_crd(api, GANG_PODGROUP_CRDS[spec.gang]):
+        raise SpecError(f"--gang {spec.gang}: the cluster has no {GANG_PODGROUP_CRDS[spec.gang]} CRD, so {spec.gang} "
+                        "is not installed and the pods would wait forever; install it or drop --gang")
+    namespace = call(f"reading namespace {ns}", lambda: api.core.read_namespace(ns), missing_ok=True)
+    if namespace is None:
+        raise SpecError(f"namespace {ns!r} does not exist; create it or pass --namespace")
+    warning = pod_security_warning((namespace.metadata.labels or {}), spec.nodes)
+    if warning:
+        print(f"launch: warning: {warning}", file=sys.stderr)
+    need = spec.total_gpus
+    if need:
+        room = namespace_quota_room(api, ns, spec.resources.gpu_resource)
+        if room is not None and room < need:
+            raise SpecError(f"namespace {ns} has room for {room:g} {spec.resources.gpu_resource} under its "
+                            f"ResourceQuota, the job asks for {need}; ask for fewer with --gpus or free some")
+    for secret in spec.secret_env:
+        if call(f"reading Secret {secret}", lambda: api.core.read_namespaced_secret(secret, ns),
+                missing_ok=True) is None:
+            raise SpecError(f"--secret-env {secret}: no such Secret in namespace {ns}")
+    for vol in spec.volumes:
+        if call(f"reading PVC {vol.claim}", lambda: api.core.read_namespaced_persistent_volume_claim(vol.claim, ns),
+                missing_ok=True) is None:
+            raise SpecError(f"--pvc {vol.claim}: no such PersistentVolumeClaim in namespace {ns}")
+    if spec.priority_class and call(f"reading PriorityClass {spec.priority_class}",
+                                    lambda: api.scheduling.read_priority_class(spec.priority_class),
+                                    missing_ok=True) is None:
+        raise SpecError(f"--priority-class {spec.priority_class}: no such PriorityClass")
