@@ -2,6 +2,15 @@
 
 The bench's CLI starts this for each metric, so what a metric leaves behind (threads, a
 Checkpointer's SIGTERM handler, torch's state) ends with its process, not in the bench.
+
+Once the result is on disk the process ends with os._exit, without interpreter
+finalization, as trainer.worker does: finalization joins threads without a timeout, and a
+metric leaves some it does not own. The old one-process bench, at its exit after M1-M9,
+still had fsspec's event loop (daemon) and that loop's default executor thread
+(`asyncio_0`, not a daemon: concurrent.futures joins it at exit, unbounded), plus, when the
+moto server stopped before a Checkpointer's background prune finished, that prune retrying
+DeleteObject against the stopped server with botocore's backoff. A metric's process must
+not wait on any of them.
 """
 
 from __future__ import annotations
@@ -29,4 +38,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])  # an exception leaves with its traceback and exit 1, finalization included
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

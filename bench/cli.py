@@ -1,16 +1,21 @@
-"""`python -m bench [--quick] [--sizes 64,256] [metric ...]`: what checkpointing costs, as ratios to
-baselines measured in the same run (raw boto3, torch.save, bare torchrun, a bare interpreter),
-since shared machines are noisy. Prints a table and writes bench/results/<time>.json.
+"""What checkpointing costs, as ratios to baselines measured in the same run (raw boto3,
+torch.save, bare torchrun, a bare interpreter), since shared machines are noisy.
+
+    python -m bench [--quick] [--sizes 64,256] [metric ...]     # from the repository root
+
+Prints a table and writes bench/results/<time>.json.
 
 Each metric runs in a process of its own (bench/child.py); the bench owns the moto server, the
 signals and every process below it. It ends when the metrics are done, on SIGTERM (exit 143) and
 on Ctrl-C (exit 130), and leaves nothing running: it kills and reaps every descendant on the
 way out, orphans included (bench/processes.py).
 
-Why the old bench/run.py did not end: it ran every metric in its own process, so the first
+Why the old bench/run.py did not end: it ran every metric in its one process, so the first
 Checkpointer it built replaced its SIGTERM handler with the runtime's, which only sets a flag
-for step_end() (a training loop's preemption notice): the bench ignored SIGTERM from then on.
-See HANG below for why it did not exit after `wrote …json`.
+for step_end() (a training loop's preemption notice): the bench ignored SIGTERM from then on,
+and only SIGKILL ended it, which left any run it had started training. Its exit after
+`wrote …json` waited on threads the metrics left in it (bench/child.py names them); now no
+metric runs in the bench's process, and a metric's process does not wait on them.
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ def _run_child(metric: metrics.Metric, ctx: Context, signals: _Signals) -> dict:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     names = ", ".join(f"{m.id} ({m.module})" for m in metrics.METRICS)
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0] + " Prints a table and writes bench/results/<time>.json.",
                                 epilog="metrics: " + "; ".join(f"{m.id}: {m.summary}" + ("" if m.default else
                                                                                            " [only when named]")
                                                                for m in metrics.METRICS))
