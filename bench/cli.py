@@ -120,6 +120,7 @@ def _measure(plan: list[metrics.Metric], args: argparse.Namespace, tmp: str, sig
 
     def one(metric: metrics.Metric, ctx: Context) -> dict:
         nonlocal ok
+        signals.check()
         progress(f"{metric.id}: {metric.summary}" + (f" ({ctx.mib} MiB)" if metric.per_size else ""))
         r = _run_child(metric, ctx, signals)
         ok = ok and "error" not in r
