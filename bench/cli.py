@@ -90,10 +90,10 @@ def _run_child(metric: metrics.Metric, ctx: Context, signals: _Signals) -> dict:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     names = ", ".join(f"{m.id} ({m.module})" for m in metrics.METRICS)
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0] + " Prints a table and writes bench/results/<time>.json.",
-                                epilog="metrics: " + "; ".join(f"{m.id}: {m.summary}" + ("" if m.default else
-                                                                                           " [only when named]")
-                                                               for m in metrics.METRICS))
+    described = "; ".join(f"{m.id}: {m.summary}" + ("" if m.default else " [only when named]") for m in metrics.METRICS)
+    p = argparse.ArgumentParser(prog="python -m bench", epilog="metrics: " + described,
+                                description=__doc__.split("\n\n")[0] + " Prints a table and writes "
+                                "bench/results/<time>.json.")
     p.add_argument("metrics", nargs="*", metavar="metric", help=f"which to run, by id or name (default: all but "
                    f"those marked [only when named]): {names}")
     p.add_argument("--quick", action="store_true", help="64 MiB, 3 trials, fewer steps and runs: a smoke run")

@@ -38,8 +38,8 @@ def workers_below(proc: subprocess.Popen) -> list[int]:
     """The training ranks under a `python -m trainer run` process, by PID (torchrun's agent excluded)."""
     table = proc_table()
     below = descendants(proc.pid, {pid: ppid for pid, (ppid, _) in table.items()})
-    return sorted(pid for pid in below
-                  if table[pid][1] != "Z" and "trainer.worker" in cmdline(pid) and "trainer._torchrun" not in cmdline(pid))
+    commands = {pid: cmdline(pid) for pid in below if table[pid][1] != "Z"}
+    return sorted(pid for pid, cmd in commands.items() if "trainer.worker" in cmd and "trainer._torchrun" not in cmd)
 
 
 def end_descendants(timeout_s: float = 30.0) -> list[str]:

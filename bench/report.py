@@ -87,7 +87,8 @@ def _m8(m: dict) -> list[str]:
     s = m["seconds"]
     return [f"M8 launcher start      `launch --help` x{m['help_vs_python']:.2f} and `launch --dry-run` "
             f"x{m['dry_run_vs_python']:.2f} the time of `python -c pass` "
-            f"({s['launch --help'] * 1000:.0f} / {s['launch --dry-run'] * 1000:.0f} / {s['python -c pass'] * 1000:.0f} ms)"]
+            f"({s['launch --help'] * 1000:.0f} / {s['launch --dry-run'] * 1000:.0f} / "
+            f"{s['python -c pass'] * 1000:.0f} ms)"]
 
 
 def _gpu_stall(r: dict) -> list[str]:

@@ -94,7 +94,8 @@ def recovery_phases(uri: str, mib: int) -> dict:
     return {"detection_s": t_exit - t_kill, "restart_s": marks["restore_start"] - t_start,
             "download_load_s": marks["restore_end"] - marks["restore_start"],
             "first_step_s": marks["first_step"] - marks["restore_end"],
-            "start_to_first_step_s": marks["first_step"] - t_start, "kill_to_first_step_s": marks["first_step"] - t_kill}
+            "start_to_first_step_s": marks["first_step"] - t_start,
+            "kill_to_first_step_s": marks["first_step"] - t_kill}
 
 
 def run(ctx: Context) -> dict:
