@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 from tests.helpers import REPO
+from trainer.processes import proc_table
 
 pytestmark = pytest.mark.runtime
 MARKER = "KUBETRAIN_BENCH_TEST_MARKER"
@@ -27,19 +28,16 @@ MARKER = "KUBETRAIN_BENCH_TEST_MARKER"
 def alive_with(marker: str) -> list[str]:
     """Live processes (not zombies) whose environment holds the marker: 'pid command'."""
     found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid, (_, state) in proc_table().items():
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if f"{MARKER}={marker}".encode() not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                if state == "Z" or f"{MARKER}={marker}".encode() not in f.read().split(b"\0"):
                     continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{pid} {cmd}")
         except OSError:
             continue  # gone meanwhile, or not ours to read
+        found.append(f"{pid} {cmd}")
     return found
 
 
