@@ -1,6 +1,6 @@
 """M1 on a GPU: how long a checkpoint blocks training when the state lives in CUDA memory.
 
-    python bench/gpu_stall.py [--sizes 64,256,1024,4096] [--reps 5] [--json out.json]
+    python -m bench gpu-stall --sizes 64,256,1024,4096 [--reps 5]
 
 Per state size, in one process (ratios, since shared machines are noisy):
   stall       Checkpointer.save(): the snapshot into reused pinned host buffers;
@@ -12,26 +12,21 @@ Per state size, in one process (ratios, since shared machines are noisy):
   pageable    the same copies into reused pageable (unpinned) buffers
   baseline    torch.save of the CUDA state_dict + fsync to local disk, what a
               training loop does when it checkpoints synchronously
-Imports only torch and trainer, so it runs on a GPU machine without the test extras.
-Without CUDA it runs on the CPU (a smoke run; bench/run.py has the CPU figures).
+Needs only torch and trainer (no moto, no boto3), so it runs on a GPU machine without the
+test extras. Without CUDA it runs on the CPU (a smoke run; M1 has the CPU figures).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from bench.workload import build_model  # noqa: E402
-from trainer.checkpoint import Checkpointer  # noqa: E402
+from bench.context import Context
+from bench.workload import build_model
+from trainer.checkpoint import Checkpointer
 
 MiB = 1 << 20
 
@@ -107,30 +102,7 @@ def measure(mib: int, reps: int, device: str, tmp: str) -> dict:
             "pageable_vs_pinned": pageable / stall, "target": 0.05}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="64,256,1024,4096", help="state sizes in MiB")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--json", default=None, help="also write the results here")
-    args = p.parse_args()
+def run(ctx: Context) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     machine = torch.cuda.get_device_name() if device == "cuda" else "cpu only"
-    print(f"device: {machine}; torch {torch.__version__}")
-    print(f"{'MiB':>6} {'stall ms':>9} {'first ms':>9} {'(no prealloc)':>13} {'slowdown':>8} {'pageable ms':>12} "
-          f"{'torch.save+fsync ms':>20} {'ratio':>6} {'GiB/s':>6}")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for mib in (int(s) for s in args.sizes.split(",")):
-            r = measure(mib, args.reps, device, tmp)
-            rows.append(r)
-            print(f"{mib:>6} {r['stall_s'] * 1e3:>9.1f} {r['first_save_s'] * 1e3:>9.1f} "
-                  f"{r['first_no_prealloc_s'] * 1e3:>13.1f} {r['slowdown_while_allocating']:>8.2f} "
-                  f"{r['pageable_copy_s'] * 1e3:>12.1f} {r['torch_save_fsync_s'] * 1e3:>20.1f} "
-                  f"{r['ratio']:>6.3f} {r['d2h_GiBps']:>6.1f}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": machine, "torch": torch.__version__, "results": rows}, f, indent=2)
-
-
-if __name__ == "__main__":
-    main()
+    return {"device": machine, "torch": torch.__version__, **measure(ctx.mib, ctx.reps, device, ctx.tmp)}

@@ -1,13 +1,18 @@
 """`launch status` and `launch list` at 128 and 512 pods, against the cluster tier's control plane.
 
-    KUBETRAIN_CLUSTER_BIN=... python bench/status_scale.py [--pods 128,512] [--trials 3]
+    KUBETRAIN_CLUSTER_BIN=... python -m bench status-scale
+    (KUBETRAIN_BENCH_PODS=128,512 and KUBETRAIN_BENCH_TRIALS=3 by default)
 
 Starts the cluster tier (tests/cluster/conftest.py: etcd, kube-apiserver, controller-manager,
 scheduler, kwok, the training operator), adds kwok nodes of 8 GPUs for each size, submits a
 job of that many one-GPU pods named "held" (kwok keeps them Running), waits until all run,
 and times `launch status JOB`, `launch status JOB -o json` and `launch list` as the user
-runs them: a fresh `python -m launcher.cli` process each, median of --trials. Prints a table
-and writes bench/results/status-<time>.json. It measures; it asserts nothing about times.
+runs them: a fresh `python -m launcher.cli` process each, median of the trials, and
+`launch --help` beside them. It measures; it asserts nothing about times.
+
+The control plane is the cluster tier's pytest fixture, so `run` starts pytest on this file
+in a child process, which collects `bench_status_at_scale`: the bench itself imports nothing
+from tests/.
 """
 
 from __future__ import annotations
@@ -19,8 +24,7 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from bench.context import REPO, Context
 
 SIZES = [int(s) for s in os.environ.get("KUBETRAIN_BENCH_PODS", "128,512").split(",")]
 TRIALS = int(os.environ.get("KUBETRAIN_BENCH_TRIALS", "3"))
@@ -77,28 +81,16 @@ def bench_status_at_scale(operator_cluster, capsys, monkeypatch):
                 time.sleep(2)
 
 
-def main() -> int:
-    import pytest
-
-    os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
-    path = os.path.join(REPO, "bench", "results", time.strftime("status-%Y%m%d-%H%M%S.json"))
-    rows_path = path + ".rows"
-    os.environ["KUBETRAIN_BENCH_OUT"] = rows_path
-    code = pytest.main([os.path.abspath(__file__), "-p", "tests.cluster.conftest", "-o", "python_functions=bench_*",
-                        "-q", "-W", "ignore", "-p", "no:cacheprovider"])
+def run(ctx: Context) -> dict:
+    rows_path = os.path.join(ctx.tmp, "status-rows.jsonl")
+    env = {**os.environ, "KUBETRAIN_BENCH_OUT": rows_path}
+    r = subprocess.run([sys.executable, "-m", "pytest", os.path.abspath(__file__), "-p", "tests.cluster.conftest",
+                        "-o", "python_functions=bench_*", "-q", "-W", "ignore", "-p", "no:cacheprovider"],
+                       cwd=REPO, env=env)
+    rows = []
     if os.path.exists(rows_path):
         with open(rows_path) as f:
-            results = [json.loads(line) for line in f if line.strip()]
-        os.remove(rows_path)
-        with open(path, "w") as f:
-            json.dump({"trials": TRIALS, "results": results}, f, indent=2)
-        print(f"{'pods':>5} {'status':>8} {'-o json':>8} {'list':>6} {'--help':>7} lines")
-        for r in results:
-            print(f"{r['pods']:>5} {r['status_s']:>7}s {r['status_json_s']:>7}s {r['list_s']:>5}s "
-                  f"{r['launch_help_s']:>6}s {r['status_lines']}")
-        print(f"wrote {path}")
-    return int(code)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            rows = [json.loads(line) for line in f if line.strip()]
+    if r.returncode != 0:
+        raise RuntimeError(f"the status-at-scale run failed (pytest exit {r.returncode}) after {len(rows)} size(s)")
+    return {"trials": TRIALS, "results": rows}

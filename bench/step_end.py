@@ -1,29 +1,32 @@
 """M7 in detail: what one `Checkpointer.step_end()` costs, agreeing every step vs every few.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 bench/step_end.py
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m bench.step_end [--rounds 4] [--steps 300]
 
 The bench's M7 workload, timed inside the process: both variants alternate in
 one run, so the machine's swings hit both alike. Rank 0 prints one line per
 variant: `STEP_END <max steps between agreements> <mean ms per call> <mean ms per step>`.
+Run by M7 (bench/runtime.py); `-m` from the repository root puts it on sys.path.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.workload import build_model  # noqa: E402
-from trainer.checkpoint import Checkpointer, agreement  # noqa: E402
+from bench.workload import build_model
+from trainer.checkpoint import Checkpointer, agreement
 
 
 def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=4, help="times each variant runs, alternating")
+    p.add_argument("--steps", type=int, default=300, help="steps per variant per round")
+    args = p.parse_args()
     dist.init_process_group("gloo")
     model = build_model(16)
     x = torch.randn(64, 1024)
@@ -33,10 +36,10 @@ def main() -> None:
         calls: dict[int, list[float]] = {1: [], agreement.AGREE_MAX_STEPS: []}
         steps: dict[int, list[float]] = {k: [] for k in calls}
         n = 0
-        for _ in range(4):
+        for _ in range(args.rounds):
             for k in calls:
                 agreement.AGREE_MAX_STEPS = k  # every rank switches at the same call
-                for _ in range(300):
+                for _ in range(args.steps):
                     t0 = time.perf_counter()
                     with torch.no_grad():
                         model(x)

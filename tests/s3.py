@@ -1,4 +1,5 @@
-"""A real S3 endpoint for tests: moto's server on 127.0.0.1, and a proxy that breaks requests."""
+"""S3 for the tests: moto's server on 127.0.0.1 (local_s3, shared with the bench), one that checks
+credentials, and a proxy that breaks requests."""
 
 from __future__ import annotations
 
@@ -6,59 +7,18 @@ import contextlib
 import dataclasses
 import http.client
 import json
-import os
 import random
 import re
-import shutil
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 from urllib.request import Request, urlopen
 
-#: moto accepts any key; a distinctive secret lets tests prove it never reaches a log.
-SECRET = "kt-secret-8f3a1c9e77"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAKUBETRAINTEST", "AWS_SECRET_ACCESS_KEY": SECRET,
-               "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """Start `moto_server` on a free loopback port; yield its endpoint URL."""
-    # This interpreter's own moto first: a moto_server elsewhere on PATH may be another version, or none.
-    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    if not os.path.exists(exe):
-        exe = shutil.which("moto_server") or exe
-    if not os.path.exists(exe):
-        raise RuntimeError("moto_server is not installed: pip install 'moto[server]'")
-    port = free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start on {url}")
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+# One way to start moto, shared with the bench; the tests import these names from here.
+from local_s3 import CREDENTIALS, SECRET, moto_server  # noqa: F401
 
 
 @contextlib.contextmanager
