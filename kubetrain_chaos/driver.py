@@ -7,6 +7,7 @@ process behind.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -93,7 +94,7 @@ def run_repeated(plan: ChaosPlan, times: int, echo: Echo = print) -> list[report
     out = []
     for i in range(1, times + 1):
         echo(f"repeat {i} of {times} (seed {plan.seed})")
-        one = ChaosPlan(**{**plan.__dict__, "workdir": os.path.join(base, f"repeat-{i}")})
+        one = dataclasses.replace(plan, workdir=os.path.join(base, f"repeat-{i}"))
         out.append(run_chaos(one, echo))
     return out
 
