@@ -12,12 +12,15 @@ import atexit
 import json
 import logging
 import os
+import re
 import runpy
+import signal
 import sys
 import time
 import traceback
 
 from trainer import contract
+from trainer.control import write_rank_pid
 
 #: Exception types that mean "a peer went away", not "this rank's code is wrong".
 COMM_ERROR_TYPES = ("DistBackendError", "DistNetworkError", "DistStoreError")
@@ -29,6 +32,30 @@ COMM_ERROR_HINTS = ("Connection closed by peer", "Connection reset by peer", "Br
 INFRA_ERROR_TYPES = ("CheckpointError", "StorageError")
 #: The object store refused the configuration (bucket, credentials): permanent, no retry helps.
 CONFIG_ERROR_TYPES = ("StorageConfigError",)
+
+
+#: torch.utils.data's words when a DataLoader worker process of this rank died by a signal (raised as a
+#: RuntimeError by torch's SIGCHLD handler, _utils.signal_handling / _error_if_any_worker_fails):
+#: "DataLoader worker (pid 123) is killed by signal: Killed." The signal is strsignal's text.
+_LOADER_KILLED_RE = re.compile(r"DataLoader worker \(pid \d+\) is killed by signal: (.+?)\.?\s*$")
+
+
+def loader_worker_signal(exc: BaseException) -> int | None:
+    """The signal that killed one of this rank's DataLoader workers, when that is what `exc` says.
+
+    A loader worker killed by a signal (the OOM killer, a node's pressure) is the machine's doing,
+    not the script's: the rank exits 128+N like a killed rank, and the operator retries it.
+    """
+    if not isinstance(exc, RuntimeError):
+        return None
+    m = _LOADER_KILLED_RE.search(str(exc))
+    if not m:
+        return None
+    words = m.group(1).strip()
+    for sig in signal.valid_signals():
+        if words in (signal.strsignal(sig), getattr(sig, "name", "")) or words == str(int(sig)):
+            return int(sig)
+    return None
 
 
 def is_comm_error(exc: BaseException) -> bool:
@@ -46,6 +73,9 @@ def main(argv: list[str]) -> int:
     script = argv[0]
     sys.argv = list(argv)
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    control = os.environ.get(contract.ENV_CONTROL_DIR)
+    if control:
+        write_rank_pid(control, int(rank))
     try:
         runpy.run_path(script, run_name="__main__")
     except SystemExit as e:
@@ -54,7 +84,14 @@ def main(argv: list[str]) -> int:
         print(e.code, file=sys.stderr)
         return int(contract.ExitCode.USER_ERROR)
     except BaseException as e:  # KeyboardInterrupt too: it is this rank's end
-        control = os.environ.get(contract.ENV_CONTROL_DIR)
+        sig = loader_worker_signal(e)
+        if sig is not None:
+            # No error record: the supervisor would count it as the user's error. The exit code
+            # says it all: 128+N, as if the rank itself had been killed.
+            code = contract.ExitCode.for_signal(sig)
+            print(f"[kubetrain rank {rank}] {type(e).__name__}: {e} (an infrastructure fault: exit {code}, "
+                  "retried)", file=sys.stderr)
+            return code
         record = {"rank": int(rank), "type": type(e).__name__, "message": str(e), "time": time.time(),
                   "traceback": traceback.format_exc(), "comm_error": is_comm_error(e),
                   "infra_error": type(e).__name__ in INFRA_ERROR_TYPES,

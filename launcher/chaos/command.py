@@ -5,7 +5,7 @@
     launch chaos JOB --evict-with-grace 30 | --drain-node
 
 --local runs the script without and with faults and checks the invariants
-(trainer/chaos.py). Against a cluster it acts on one running PyTorchJob's own
+(kubetrain_chaos/). Against a cluster it acts on one running PyTorchJob's own
 pods and nodes only, and reports how the job reacted (restarts, the step each
 restart resumed from) from the operator's status and the runtime's logs.
 """
@@ -37,13 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nproc", type=int, default=2, help="ranks (default 2)")
     g.add_argument("--faults", type=int, default=5, help="faults to inject (default 5)")
     g.add_argument("--seed", type=int, default=None, help="fault steps and kinds (default: random, printed)")
-    g.add_argument("--kinds", default=None, help="comma-separated subset of: " + ", ".join(contract.CHAOS_KINDS))
+    g.add_argument("--kinds", default=None, help="comma-separated subset of: " + ", ".join(contract.CHAOS_KINDS)
+                   + " (default: all of them); or also: " + ", ".join(contract.CHAOS_EXTRA_KINDS))
     g.add_argument("--checkpoint-every-steps", type=int, default=20, help="both runs' cadence (default 20)")
     g.add_argument("--grace-seconds", type=float, default=30.0, help="SIGTERM to SIGKILL (default 30)")
     g.add_argument("--tolerance", type=float, default=None, help="for scripts that are not deterministic: compare "
                    "floating-point state within this rtol/atol, not bit for bit")
     g.add_argument("--workdir", default=None, help="checkpoints and logs (default: a new temp folder)")
     g.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole check (default 3600)")
+    g.add_argument("--repeat", type=int, default=1, help="run the same fault plan N times (same seed) and report "
+                   "any disagreement between the verdicts (default 1)")
     g.add_argument("-o", "--output", choices=("text", "json"), default="text")
     g = p.add_argument_group("cluster: faults to one running PyTorchJob")
     what = g.add_mutually_exclusive_group()
@@ -81,13 +84,13 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
 def _local(args: argparse.Namespace, script_args: list[str]) -> int:
     if args.kill_pod or args.evict_with_grace is not None or args.drain_node:
         raise SpecError("--kill-pod/--evict-with-grace/--drain-node act on a cluster job; drop them or drop --local")
-    from trainer import chaos
+    from kubetrain_chaos import driver as chaos, plan as chaos_plan, report as chaos_report
     from trainer.errors import UsageError
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else contract.CHAOS_KINDS
     try:
-        plan = chaos.ChaosPlan(script=args.target, script_args=tuple(script_args), nproc=args.nproc,
+        plan = chaos_plan.ChaosPlan(script=args.target, script_args=tuple(script_args), nproc=args.nproc,
                                faults=args.faults, seed=seed, kinds=kinds, every_steps=args.checkpoint_every_steps,
                                grace_seconds=args.grace_seconds, tolerance=args.tolerance, workdir=args.workdir,
                                timeout=args.timeout)
@@ -95,11 +98,12 @@ def _local(args: argparse.Namespace, script_args: list[str]) -> int:
             (lambda line: print(line, flush=True))
         # SIGTERM (a CI job cancelled) unwinds like Ctrl-C, so no training process outlives us.
         signal.signal(signal.SIGTERM, _interrupt)
-        report = chaos.run_chaos(plan, echo=echo)
+        reports = chaos.run_repeated(plan, args.repeat, echo=echo)
     except UsageError as e:
         raise SpecError(str(e)) from e
-    print(chaos.report_json(report) if args.output == "json" else "\n" + chaos.format_report(report))
-    return 0 if report.ok else 1
+    text, code = chaos_report.render(reports, args.output)
+    print(text)
+    return code
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -7,10 +7,11 @@ import random
 import pytest
 import torch
 
+from kubetrain_chaos import compare, plan as chaos
 from launcher.chaos.command import parse_duration
 from launcher.cli import main
 from tests.helpers import EXAMPLE
-from trainer import chaos, contract
+from trainer import contract
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -30,11 +31,28 @@ def test_a_short_run_gets_as_many_faults_as_it_has_steps_for():
 def test_state_diffs_name_every_differing_leaf_and_honour_the_tolerance():
     a = {"model": {"w": torch.ones(3)}, "rng": (3, [1, 2]), "step": 5}
     b = {"model": {"w": torch.tensor([1.0, 1.0, 1.001])}, "rng": (3, [1, 7]), "step": 5}
-    assert dict(chaos.diff_states(a, b, None)) == {"model.w": "max |difference| 0.001", "rng.1.1": "2 vs 7"}
-    assert dict(chaos.diff_states(a, b, 0.01)) == {"rng.1.1": "2 vs 7"}
-    assert dict(chaos.diff_states(a, a, None)) == {}
+    assert dict(compare.diff_states(a, b, None)) == {
+        "model.w": "max |resumed - reference| 0.001",
+        "rng.1.1": "7 (resumed) vs 2 (uninterrupted reference)"}
+    assert dict(compare.diff_states(a, b, 0.01)) == {"rng.1.1": "7 (resumed) vs 2 (uninterrupted reference)"}
+    assert dict(compare.diff_states(a, a, None)) == {}
     nan = {"x": torch.tensor([float("nan")])}
-    assert dict(chaos.diff_states(nan, nan, None)) == {}
+    assert dict(compare.diff_states(nan, nan, None)) == {}
+
+
+def test_a_scheduler_left_out_says_which_side_is_the_reference():
+    ref = {"optimizer": {"param_groups": [{"lr": 0.05}]}}
+    run = {"optimizer": {"param_groups": [{"lr": 0.025}]}}
+    assert dict(compare.diff_states(ref, run, None)) == {
+        "optimizer.param_groups.0.lr": "0.025 (resumed) vs 0.05 (uninterrupted reference)"}
+
+
+def test_differences_are_ordered_by_what_to_fix_first():
+    keys = ["rank-00000.pt:rng.torch", "state.pt:model.0.weight", "rank-00000.pt:state.sampler.offset",
+            "state.pt:step", "rank-00001.pt:state.noise.state", "state.pt:extra.ema.shadow.w", "dcp/__0_0.distcp"]
+    assert compare.ordered(dict.fromkeys(keys, "x")) == [
+        "state.pt:step", "rank-00000.pt:state.sampler.offset", "dcp/__0_0.distcp", "state.pt:extra.ema.shadow.w",
+        "state.pt:model.0.weight", "rank-00000.pt:rng.torch", "rank-00001.pt:state.noise.state"]
 
 
 def test_the_reproduce_line_replays_the_same_plan():
@@ -53,6 +71,7 @@ def test_durations(text, seconds):
     (["chaos", "missing.py", "--local"], "does not exist"),
     (["chaos", EXAMPLE, "--local", "--kinds", "sigterm,meteor"], "unknown fault kind(s) meteor"),
     (["chaos", EXAMPLE, "--local", "--faults", "0"], "must be >= 1"),
+    (["chaos", EXAMPLE, "--local", "--repeat", "0"], "--repeat must be >= 1"),
     (["chaos", EXAMPLE, "--local", "--kill-pod", "master"], "drop them or drop --local"),
     (["chaos", "myjob"], "say what to do"),
     (["chaos", "myjob", "--kill-pod", "worker-x"], "use random, master or worker-N"),
@@ -67,7 +86,7 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_runs(argv, needle, cap
 
 
 def test_the_cli_defaults_are_the_plans():
-    # The parser cannot import trainer.chaos (torch) to read them: this keeps the two in step.
+    # The parser cannot import kubetrain_chaos (torch) to read them: this keeps the two in step.
     from launcher.chaos.command import build_parser
 
     args = build_parser().parse_args([EXAMPLE, "--local"])

@@ -34,11 +34,17 @@ CONTROL_PREEMPTED = "preempted.json"  # written by each node's local rank 0 once
 CONTROL_PROGRESS_PREFIX = "progress-rank-"  # heartbeat of each local rank: "<step> <time>"
 CONTROL_ERROR_PREFIX = "error-rank-"  # the first exception of each rank, JSON
 CONTROL_RESULT = "result.json"  # torchrun's outcome, written by trainer._torchrun
+#: Written by each rank's wrapper (trainer.worker) at its start: "<pid> <start time>". A rank is
+#: one process among its DataLoader workers, which inherit RANK and the command line: this names it.
+CONTROL_PID_PREFIX = "pid-rank-"
 
 # --- fault-injection files in ENV_FAULTS_DIR (launch chaos) ---
 
-#: What `launch chaos --local` can do to a run (trainer/chaos.py says what each one is).
+#: What `launch chaos --local` can do to a run (kubetrain_chaos/plan.py says what each one is).
 CHAOS_KINDS = ("sigterm", "kill-worker", "kill-during-upload", "corrupt-checkpoint", "storage-outage")
+#: Kinds that are not in the default mix: asked for by name with --kinds (a script without
+#: DataLoader workers has nothing for them to hit).
+CHAOS_EXTRA_KINDS = ("kill-loader-worker",)
 FAULT_STORAGE_OUTAGE = "storage-outage"  # while present, every checkpoint write fails as in an outage
 FAULT_SLOW_COMMIT = "slow-commit"  # holds seconds: rank 0 waits that long before writing a manifest,
 # which widens the window in which a kill leaves a partial (uncommitted) step behind

@@ -6,10 +6,9 @@ Installed with kubetrain (entry point `pytest11`), so a test needs three lines:
         report = kubetrain_chaos("train.py", "--steps", "200", nproc=2, faults=5, seed=1)
         assert report.ok, report.summary()
 
-It is `launch chaos train.py --local` (trainer/chaos.py): the script runs without and
-with faults, checkpoints in the test's tmp_path, and the report says which invariant
-failed at which fault. Importing this module costs nothing: torch loads only when the
-fixture runs.
+It is `launch chaos train.py --local`: the script runs without and with faults, checkpoints
+in the test's tmp_path, and the report says which invariant failed at which fault.
+Importing this module costs nothing: torch loads only when the fixture runs.
 """
 
 from __future__ import annotations
@@ -22,11 +21,11 @@ import pytest
 @pytest.fixture
 def kubetrain_chaos(tmp_path) -> Callable[..., Any]:
     """Run(script, *script_args, **ChaosPlan fields) -> ChaosReport."""
-    from trainer import chaos
+    from kubetrain_chaos import ChaosPlan, run_chaos
 
-    def run(script: str, *script_args: str, **plan: Any) -> chaos.ChaosReport:
+    def run(script: str, *script_args: str, **plan: Any):
         plan.setdefault("workdir", str(tmp_path / "kubetrain-chaos"))
-        report = chaos.run_chaos(chaos.ChaosPlan(script=str(script), script_args=tuple(script_args), **plan))
+        report = run_chaos(ChaosPlan(script=str(script), script_args=tuple(script_args), **plan))
         print(report.summary())
         return report
 

@@ -1,0 +1,259 @@
+"""Runs the check: the reference run, the faulted run with its restarts, and what they left on disk.
+
+It records (record.py) and never judges: the verdict is oracle.verdict of what was recorded.
+Ctrl-C, SIGTERM (turned into KeyboardInterrupt by the CLI) or any error leaves no training
+process behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+from kubetrain_chaos import checkpoints, compare, oracle, report
+from kubetrain_chaos.attempt import Attempt, send, wait_for
+from kubetrain_chaos.plan import ChaosPlan, plan_faults
+from kubetrain_chaos.record import FaultRecord, RunRecord
+from trainer import contract
+from trainer.errors import UsageError
+
+_KEEP_EVERYTHING = "1000000"  # both runs keep every step, so they can be compared step by step
+_SLOW_COMMIT_S = "1.0"  # the window a kill-during-upload has between a step's files and its manifest
+EVENTS_NAME = "events.json"
+
+Echo = Callable[[str], None]
+
+
+class _Runner:
+    def __init__(self, plan: ChaosPlan, workdir: str) -> None:
+        self.plan, self.workdir = plan, workdir
+        self.ckpt = os.path.join(workdir, "checkpoints")
+        self.faults_dir = os.path.join(workdir, "faults")
+        os.makedirs(self.faults_dir, exist_ok=True)
+        self.n = 0
+        self.current: Attempt | None = None
+
+    def run_dir(self, run_id: str) -> str:
+        return os.path.join(self.ckpt, run_id)
+
+    def start(self, run_id: str) -> Attempt:
+        self.n += 1
+        control = os.path.join(self.workdir, f"control-{self.n}")
+        log_path = os.path.join(self.workdir, f"{run_id}-{self.n}.log")
+        p = self.plan
+        cmd = [sys.executable, "-m", "trainer", "run", "--nproc-per-node", str(p.nproc), "--checkpoint", self.ckpt,
+               "--run-id", run_id, "--checkpoint-every-steps", str(p.every_steps),
+               "--grace-seconds", str(p.grace_seconds), p.script, *p.script_args]
+        env = {**os.environ, contract.ENV_CONTROL_DIR: control, contract.ENV_FAULTS_DIR: self.faults_dir,
+               contract.ENV_CHECKPOINT_KEEP: _KEEP_EVERYTHING}
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.current = Attempt(proc, control, log_path)
+        return self.current
+
+    def fault_file(self, name: str, content: str | None) -> None:
+        path = os.path.join(self.faults_dir, name)
+        if content is None:
+            if os.path.exists(path):
+                os.unlink(path)
+        else:
+            with open(path, "w") as f:
+                f.write(content)
+
+
+def run_chaos(plan: ChaosPlan, echo: Echo = print) -> report.ChaosReport:
+    """Both runs, the faults and the verdict."""
+    workdir = plan.workdir or tempfile.mkdtemp(prefix="kubetrain-chaos-")
+    os.makedirs(workdir, exist_ok=True)
+    runner = _Runner(plan, workdir)
+    try:
+        rec = _run_both(plan, runner, workdir, echo)
+    finally:
+        if runner.current is not None and runner.current.proc.poll() is None:
+            runner.current.kill_all()
+            runner.current.exit_code(timeout=30)
+    with open(os.path.join(workdir, EVENTS_NAME), "w") as f:
+        f.write(rec.to_json())
+    return report.ChaosReport(plan, rec, oracle.verdict(rec), report.ledger_lines(runner.run_dir("chaos")))
+
+
+def run_repeated(plan: ChaosPlan, times: int, echo: Echo = print) -> list[report.ChaosReport]:
+    """The same plan (same seed: the same faults at the same steps) `times` times, each in a folder of its own."""
+    if times < 1:
+        raise UsageError(f"--repeat must be >= 1, got {times}")
+    if times == 1:
+        return [run_chaos(plan, echo)]
+    base = plan.workdir or tempfile.mkdtemp(prefix="kubetrain-chaos-")
+    out = []
+    for i in range(1, times + 1):
+        echo(f"repeat {i} of {times} (seed {plan.seed})")
+        one = dataclasses.replace(plan, workdir=os.path.join(base, f"repeat-{i}"))
+        out.append(run_chaos(one, echo))
+    return out
+
+
+def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> RunRecord:
+    deadline = time.monotonic() + plan.timeout
+
+    echo(f"reference run (no faults): {plan.script} on {plan.nproc} rank(s); logs in {workdir}")
+    t0 = time.monotonic()
+    ref = runner.start("reference")
+    rc = ref.exit_code(timeout=max(1.0, deadline - time.monotonic()))
+    ref_seconds = time.monotonic() - t0
+    if rc != 0:
+        raise UsageError(f"the run without faults exited {rc} ({contract.describe_exit_code(rc)}); "
+                         f"fix that first (log: {ref.log_path})")
+    ref_dir = runner.run_dir("reference")
+    total = checkpoints.latest(ref_dir)
+    if total is None:
+        raise UsageError("the run without faults committed no checkpoint: does the script use "
+                         "trainer.Checkpointer and call step_end()/close()?")
+    rng = random.Random(plan.seed)
+    faults = plan_faults(plan.faults, plan.kinds, total, plan.every_steps, rng)
+    echo(f"reference: {total} steps in {ref_seconds:.1f}s; faults (seed {plan.seed}): "
+         + ", ".join(f"{f.kind}@{f.at_step}" for f in faults))
+
+    run_dir = runner.run_dir("chaos")
+    records = [FaultRecord(f.kind, number=i, at_step=f.at_step) for i, f in enumerate(faults, 1)]
+    pending = list(records)
+    restarts_left = len(faults) + 3  # every fault may restart once, plus a retryable surprise or three
+    attempt = runner.start("chaos")
+    while True:
+        hit: FaultRecord | None = None
+        if pending:
+            rec = pending[0]
+            if wait_for(lambda: attempt.progress() >= (rec.at_step or 0), attempt,
+                        timeout=max(1.0, deadline - time.monotonic())):
+                pending.pop(0)
+                ends = _inject(runner, attempt, rec, run_dir, rng)
+                if rec.injected_at is not None:
+                    echo(f"  {rec.label}: {rec.kind} at step {rec.injected_at}")
+                if not ends:
+                    continue  # ridden out (or nothing to hit): the same attempt meets the next fault
+                hit = rec
+        rc = attempt.exit_code(timeout=max(1.0, deadline - time.monotonic()))
+        if hit is None:
+            if rc == 0:
+                break
+            # An exit nobody injected (a failure of its own, or a fault that took effect late).
+            hit = FaultRecord("unplanned exit", injected_at=attempt.progress(), detail="exit without a fault")
+            records.append(hit)
+            echo(f"  {hit.label}: exit {rc}")
+        hit.exit_code = rc
+        if rc == 0:  # the fault landed after the last step: nothing to restart
+            hit.detail += "; too late: the run had finished"
+            break
+        _after_exit(hit, attempt, run_dir)
+        if not contract.is_retryable(rc) or restarts_left == 0 or time.monotonic() > deadline:
+            break
+        restarts_left -= 1
+        echo(f"    exit {rc} ({contract.describe_exit_code(rc)}); restarting as the operator would")
+        attempt = runner.start("chaos")
+        hit.resumed_from, hit.resume_logged = _resumed_after_start(attempt)
+    for r in records:  # a fault planned after the run ended never happened
+        if r.injected_at is None and not r.detail:
+            r.detail = "not injected: the run ended first"
+    ref_steps, run_steps = checkpoints.intact_steps(ref_dir), checkpoints.intact_steps(run_dir)
+    damaged = {r.corrupted for r in records if r.corrupted is not None}
+    common = sorted((set(ref_steps) & set(run_steps)) - damaged)
+    comparisons = {s: compare.diff_steps(ref_dir, run_dir, s, plan.tolerance) for s in common}
+    return RunRecord(seed=plan.seed, tolerance=plan.tolerance, reference_steps=total, reference_seconds=ref_seconds,
+                     reference_committed=ref_steps, faults=records, final_code=rc,
+                     final_latest=checkpoints.latest(run_dir), run_committed=run_steps, comparisons=comparisons,
+                     workdir=workdir)
+
+
+def _inject(runner: _Runner, attempt: Attempt, rec: FaultRecord, run_dir: str, rng: random.Random) -> bool:
+    """Do the fault to a running attempt; True when the attempt must end (and be restarted)."""
+    p, kind = runner.plan, rec.kind
+    rec.injected_at = attempt.progress()
+    if kind == "sigterm":
+        attempt.proc.send_signal(signal.SIGTERM)
+        rec.detail = f"SIGTERM, grace {p.grace_seconds:g}s"
+        return True
+    if kind == "corrupt-checkpoint":
+        attempt.proc.send_signal(signal.SIGTERM)
+        rec.detail = "SIGTERM"
+        return True  # the damage is done once it has stopped: see _after_exit
+    if kind in ("kill-worker", "kill-loader-worker"):
+        ranks = attempt.ranks()
+        if not ranks:
+            rec.injected_at, rec.detail = None, "no rank was running"
+            return False
+        rank = rng.choice(sorted(ranks))
+        if kind == "kill-worker":
+            send(ranks[rank], signal.SIGKILL)
+            rec.detail = f"SIGKILL of rank {rank} (pid {ranks[rank]})"
+            return True
+        loaders: list[int] = []
+        wait_for(lambda: bool(loaders.extend(attempt.loader_workers(ranks[rank])) or loaders), attempt, timeout=5)
+        if not loaders:
+            rec.injected_at, rec.detail = None, f"rank {rank} has no DataLoader worker process (num_workers=0?)"
+            return False
+        send(loaders[0], signal.SIGKILL)
+        rec.detail = f"SIGKILL of a DataLoader worker (pid {loaders[0]}) of rank {rank}"
+        return True
+    if kind == "kill-during-upload":
+        runner.fault_file(contract.FAULT_SLOW_COMMIT, _SLOW_COMMIT_S)
+        found: list[int] = []
+        known = set(checkpoints.intact_steps(run_dir))
+
+        def uploading() -> bool:
+            s = checkpoints.partial_step(run_dir, known)
+            if s is not None:
+                found.append(s)
+            return s is not None
+
+        hit = wait_for(uploading, attempt, timeout=p.grace_seconds + 60)
+        runner.fault_file(contract.FAULT_SLOW_COMMIT, None)
+        if not hit:
+            rec.injected_at, rec.detail = None, "no upload started before the run ended"
+            return False
+        rec.injected_at, rec.writing = attempt.progress(), found[0]
+        attempt.kill_all()
+        rec.detail = "SIGKILL of every process"
+        return True
+    if kind == "storage-outage":
+        runner.fault_file(contract.FAULT_STORAGE_OUTAGE, "")
+        target = rec.injected_at + p.every_steps + max(1, p.every_steps // 2)  # at least one save fails
+        wait_for(lambda: attempt.progress() >= target, attempt, timeout=p.timeout)
+        runner.fault_file(contract.FAULT_STORAGE_OUTAGE, None)
+        rec.detail = f"checkpoint writes failed from step {rec.injected_at} to {attempt.progress()}"
+        return attempt.proc.poll() is not None
+    raise AssertionError(kind)
+
+
+def _after_exit(rec: FaultRecord, attempt: Attempt, run_dir: str) -> None:
+    """Record the run folder as the ended attempt left it (every process gone), before the restart."""
+    rec.stop_step = attempt.logged()["preempted_at"] if rec.kind in ("sigterm", "corrupt-checkpoint") else None
+    if rec.kind == "corrupt-checkpoint":
+        committed = checkpoints.latest(run_dir)
+        if committed is not None and checkpoints.intact(run_dir, committed):
+            name = checkpoints.corrupt_step(run_dir, committed)
+            rec.corrupted = committed
+            rec.detail = f"SIGTERM, then bytes of step {committed}'s {name} flipped"
+    if rec.writing is not None:
+        rec.phase = checkpoints.commit_phase(run_dir, rec.writing)
+        rec.latest_tmp = checkpoints.latest_tmp(run_dir)
+    rec.latest_after = checkpoints.latest(run_dir)
+    rec.intact_after = checkpoints.intact_steps(run_dir)
+
+
+def _resumed_after_start(attempt: Attempt) -> tuple[int | None, bool]:
+    """(step, logged) once the new attempt resumed: its LOG_RESUMED line, or (0, False) once its ranks
+    trained past step 0 without one (a fresh start, or a script that never restores). (None, False):
+    it ended before either."""
+    resumed = lambda: attempt.logged()["resumed_from"]  # noqa: E731
+    # restore() logs the line before its heartbeat moves past 0, so a step > 0 with no line is no resume.
+    wait_for(lambda: resumed() is not None or attempt.progress() > 0, attempt, timeout=600)
+    step = resumed()
+    if step is not None:
+        return step, True
+    return (0, False) if attempt.progress() > 0 else (None, False)

@@ -1,0 +1,62 @@
+"""The control folder a supervisor shares with its ranks (contract.CONTROL_*): the readers and
+writers every side uses, so each file's format is written down once.
+
+The supervisor's watchdog and `launch chaos` read the same progress heartbeats; `launch chaos`
+finds a rank's process by the PID its wrapper recorded, never by looking for RANK in /proc (a
+rank's DataLoader workers inherit RANK and the command line).
+"""
+
+from __future__ import annotations
+
+import os
+
+from trainer import contract
+from trainer.processes import start_time
+
+
+def read_progress(control: str) -> dict[int, tuple[int, float]]:
+    """{rank: (step, unix time)} of the ranks' heartbeats ("<step> <time>"); a half-written one is skipped."""
+    out = {}
+    try:
+        names = os.listdir(control)
+    except OSError:
+        return out
+    for name in names:
+        if name.startswith(contract.CONTROL_PROGRESS_PREFIX) and not name.endswith(".tmp"):
+            try:
+                with open(os.path.join(control, name)) as f:
+                    step, at = f.read().split()
+                out[int(name[len(contract.CONTROL_PROGRESS_PREFIX):])] = (int(step), float(at))
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def write_rank_pid(control: str, rank: int) -> None:
+    """Record this process as rank `rank` ("<pid> <start time>"), atomically."""
+    pid = os.getpid()
+    path = os.path.join(control, f"{contract.CONTROL_PID_PREFIX}{rank}")
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{pid} {start_time(pid) or 0}\n")
+    os.replace(path + ".tmp", path)
+
+
+def read_rank_pids(control: str) -> dict[int, int]:
+    """{rank: pid} of the recorded ranks that are still the same live process (a reused PID has
+    another start time)."""
+    out = {}
+    try:
+        names = os.listdir(control)
+    except OSError:
+        return out
+    for name in names:
+        if name.startswith(contract.CONTROL_PID_PREFIX) and not name.endswith(".tmp"):
+            try:
+                with open(os.path.join(control, name)) as f:
+                    pid, started = (int(x) for x in f.read().split())
+                rank = int(name[len(contract.CONTROL_PID_PREFIX):])
+            except (OSError, ValueError):
+                continue
+            if start_time(pid) == started:
+                out[rank] = pid
+    return out
