@@ -112,7 +112,7 @@ def ledger_lines(run_dir: str) -> list[str] | None:
     attempts = contract.parse_ledger(objects)
     if not attempts:
         return None
-    from launcher import restart_ledger
+    from launcher.status import ledger as restart_ledger
 
     return restart_ledger.lines(contract.summarize_ledger(attempts, time.time()))
 
