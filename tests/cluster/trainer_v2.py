@@ -71,14 +71,16 @@ def load_runtime() -> dict[str, Any]:
 def trainjob(name: str, namespace: str, *, args: list[str], num_nodes: int = 1, image: str | None = None,
              env: dict[str, str] | None = None, resources_per_node: dict | None = None,
              num_proc_per_node: int | None = None, pod_labels: dict[str, str] | None = None,
-             pod_annotations: dict[str, str] | None = None, runtime: str = "kubetrain",
-             runtime_kind: str = "ClusterTrainingRuntime") -> dict[str, Any]:
+             pod_annotations: dict[str, str] | None = None, pod_spec: dict[str, Any] | None = None,
+             runtime: str = "kubetrain", runtime_kind: str = "ClusterTrainingRuntime") -> dict[str, Any]:
     """A TrainJob on our runtime: the trainer's args (script and its args), env, nodes and resources.
 
-    Per-pod labels and annotations go through a runtimePatches entry of ours: TrainJob
-    v1alpha1 has no pod-template field of its own for them (the JobSet builder copies
-    spec.runtimePatches[].trainingRuntimeSpec.template.spec.replicatedJobs[].template.spec
-    .template.metadata onto the pods).
+    Per-pod labels, annotations and pod_spec (a PodSpecPatch: tolerations, affinity,
+    nodeSelector, volumes, containers[{name: node, volumeMounts, securityContext}],
+    serviceAccountName, terminationGracePeriodSeconds, ...) go through a runtimePatches entry
+    of ours: TrainJob v1alpha1 has no pod-template field of its own (the Trainer strategic-
+    merges spec.runtimePatches[].trainingRuntimeSpec.template.spec into the runtime's JobSet
+    spec, and copies the pod template's metadata onto the pods).
     """
     trainer: dict[str, Any] = {"numNodes": num_nodes, "args": list(args)}
     if image:
@@ -92,9 +94,10 @@ def trainjob(name: str, namespace: str, *, args: list[str], num_nodes: int = 1, 
     spec: dict[str, Any] = {"runtimeRef": {"name": runtime, "apiGroup": "trainer.kubeflow.org", "kind": runtime_kind},
                             "trainer": trainer}
     meta = {k: v for k, v in (("labels", pod_labels), ("annotations", pod_annotations)) if v}
-    if meta:
+    pod = {k: v for k, v in (("metadata", meta), ("spec", pod_spec)) if v}
+    if pod:
         spec["runtimePatches"] = [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {
-            "replicatedJobs": [{"name": TRAINER_JOB, "template": {"spec": {"template": {"metadata": meta}}}}]}}}}]
+            "replicatedJobs": [{"name": TRAINER_JOB, "template": {"spec": {"template": pod}}}]}}}}]
     return {"apiVersion": TRAINER_API, "kind": "TrainJob",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {"app.kubernetes.io/managed-by": "kubetrain", "kubetrain.dev/job": name}},

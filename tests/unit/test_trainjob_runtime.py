@@ -99,5 +99,10 @@ def test_a_trainjob_of_the_test_builder_validates_against_the_trainjob_crd():
     job = trainer_v2.trainjob("job-a", "team-a", args=["train.py", "--steps", "5"], num_nodes=2,
                               env={contract.ENV_RUN_ID: "job-a"},
                               resources_per_node={"limits": {"nvidia.com/gpu": "8"}},
-                              pod_labels={"kubetrain.dev/job": "job-a"}, pod_annotations={"a": "b"})
+                              pod_labels={"kubetrain.dev/job": "job-a"}, pod_annotations={"a": "b"},
+                              pod_spec={"terminationGracePeriodSeconds": 90,
+                                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                                        "containers": [{"name": "node", "volumeMounts": [
+                                            {"name": "data", "mountPath": "/data"}]}],
+                                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "d"}}]})
     crds.validate(job)
