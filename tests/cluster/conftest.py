@@ -374,3 +374,25 @@ def pod_runner(operator_cluster, kwok_logs, tmp_path):
     core = client.CoreV1Api(config.new_client_from_config(config_file=operator_cluster))
     with PodRunner(core, tmp_path / "pod-runner", kwok_logs) as runner:
         yield runner
+
+
+@pytest.fixture(scope="package")
+def trainjob_cluster(operator_cluster, tmp_path_factory):
+    """operator_cluster plus Kubeflow Trainer v2 and the JobSet controller with their webhooks.
+
+    A fixture of its own, so that the PyTorchJob tests do not start them. Yields the
+    kubeconfig, with the CRDs, the webhooks and our ClusterTrainingRuntime installed
+    (tests/cluster/trainer_v2.py); the webhooks go again before the controllers stop
+    (their failurePolicy is Fail).
+    """
+    from kubernetes import client, config
+
+    from tests.cluster import trainer_v2
+
+    d = tmp_path_factory.mktemp("trainer-v2")
+    api_client = config.new_client_from_config(config_file=operator_cluster)
+    procs = trainer_v2.start(_cluster_bin(), operator_cluster, d, webhook_certs(d / "webhook"), api_client)
+    try:
+        yield operator_cluster
+    finally:
+        trainer_v2.stop(procs, client.AdmissionregistrationV1Api(api_client))

@@ -7,6 +7,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests import crds
 from tests.helpers import REPO
 
 FILES = sorted(f for f in glob.glob(os.path.join(REPO, "k8s", "**", "*.yaml"), recursive=True)
@@ -22,6 +23,9 @@ def test_k8s_manifest_validates(path):
         if doc["apiVersion"].startswith("kwok.x-k8s.io/"):
             assert doc["kind"] == "Stage" and doc["spec"]["resourceRef"]["kind"] in ("Pod", "Node", "Lease")
             continue  # kwok's own kinds: the cluster tier loads them into kwok
+        if doc["apiVersion"].split("/")[0] in {crd["spec"]["group"] for crd in crds.crds().values()}:
+            crds.validate(doc)  # a custom resource (k8s/trainjob/): its vendored CRD
+            continue
         kubernetes_validate.validate(doc, "1.31.0", strict=True)
 
 
@@ -29,6 +33,19 @@ def test_the_vendored_crd_is_the_pytorchjob_v1_crd():
     crd = yaml.safe_load(open(os.path.join(REPO, "k8s", "crds", "kubeflow.org_pytorchjobs.yaml")))
     assert crd["metadata"]["name"] == "pytorchjobs.kubeflow.org"
     assert [v["name"] for v in crd["spec"]["versions"]] == ["v1"]
+
+
+def test_the_vendored_crds_are_the_trainer_v2_and_jobset_ones():
+    """Kubeflow Trainer v2.3.0's three (manifests/base/crds) and JobSet v0.12.0's (config/components/crd/bases)."""
+    served = {kind: (crd["metadata"]["name"], [v["name"] for v in crd["spec"]["versions"]], crd["spec"]["scope"])
+              for (_, kind), crd in crds.crds().items()}
+    assert served == {
+        "PyTorchJob": ("pytorchjobs.kubeflow.org", ["v1"], "Namespaced"),
+        "TrainJob": ("trainjobs.trainer.kubeflow.org", ["v1alpha1"], "Namespaced"),
+        "TrainingRuntime": ("trainingruntimes.trainer.kubeflow.org", ["v1alpha1"], "Namespaced"),
+        "ClusterTrainingRuntime": ("clustertrainingruntimes.trainer.kubeflow.org", ["v1alpha1"], "Cluster"),
+        "JobSet": ("jobsets.jobset.x-k8s.io", ["v1alpha2"], "Namespaced"),
+    }
 
 
 def test_the_operators_init_container_template_is_admitted_under_restricted_pod_security():

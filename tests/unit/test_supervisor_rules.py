@@ -16,7 +16,12 @@ CFG = RunConfig(script="train.py", script_args=("--lr", "1"))
     ({"PET_NNODES": "1:4", "PET_RDZV_BACKEND": "c10d", "PET_RDZV_ENDPOINT": "job-master-0:29400"}, 2,
      ["--nproc-per-node=2"]),
     ({"MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456", "PET_NNODES": "1"}, 2, ["--standalone"]),
-], ids=["local", "operator-single-node", "operator-static-multinode", "operator-elastic", "operator-one-node"])
+    # A TrainJob's pod (Kubeflow Trainer v2's Torch plugin): PET_MASTER_* only.
+    ({"PET_NNODES": "2", "PET_NPROC_PER_NODE": "8", "PET_NODE_RANK": "1", "PET_MASTER_ADDR": "job-node-0-0.job",
+      "PET_MASTER_PORT": "29400"}, None,
+     ["--nproc-per-node=8", "--nnodes=2", "--node-rank=1", "--master-addr=job-node-0-0.job", "--master-port=29400"]),
+], ids=["local", "operator-single-node", "operator-static-multinode", "operator-elastic", "operator-one-node",
+        "trainjob-static-multinode"])
 def test_torchrun_args_follow_the_operator_env(env, nproc, expected):
     args = torchrun_args(RunConfig(script="train.py", script_args=("--lr", "1"), nproc_per_node=nproc), env)
     for a in expected:

@@ -55,7 +55,8 @@ ENV_SUBMIT_POLL_SECONDS = "KUBETRAIN_SUBMIT_POLL_SECONDS"
 ENV_IMAGE = "KUBETRAIN_IMAGE"
 ENV_NAMESPACE = "KUBETRAIN_NAMESPACE"
 
-# Set by the Kubeflow training operator in every replica (read, never written).
+# Set by the Kubeflow training operator in every replica (read, never written); the PET_MASTER_*
+# pair by Kubeflow Trainer v2's Torch plugin instead of MASTER_*.
 OPERATOR_ENV = (
     "MASTER_ADDR",
     "MASTER_PORT",
@@ -64,6 +65,8 @@ OPERATOR_ENV = (
     "PET_NNODES",
     "PET_NPROC_PER_NODE",
     "PET_NODE_RANK",
+    "PET_MASTER_ADDR",
+    "PET_MASTER_PORT",
 )
 
 def operator_node_rank(env) -> int:

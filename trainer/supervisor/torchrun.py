@@ -17,18 +17,22 @@ def torchrun_args(cfg: RunConfig, env: Mapping[str, str]) -> list[str]:
     """torchrun's arguments from our flags and the Kubeflow operator's environment.
 
     Elastic jobs (PET_RDZV_*) are left to torchrun, which reads PET_* itself.
-    Static multi-node jobs get the operator's MASTER_ADDR/PORT and node rank.
+    Static multi-node jobs get the master's address and port and the node rank: MASTER_ADDR/PORT
+    from the training operator v1, PET_MASTER_ADDR/PORT from Kubeflow Trainer v2's Torch plugin
+    (a TrainJob's pods have no MASTER_ADDR).
     Anything else is one node: --standalone picks a free port on loopback.
     """
     nproc = cfg.nproc_per_node or int(env.get("PET_NPROC_PER_NODE") or 1)
     args = [f"--nproc-per-node={nproc}", "--max-restarts=0", "--monitor-interval=0.1",
             f"--shutdown-timeout={torchrun_shutdown_timeout(cfg.grace_seconds)}"]
     nnodes = env.get("PET_NNODES") or "1"
+    master = env.get("MASTER_ADDR") or env.get("PET_MASTER_ADDR")
     if env.get("PET_RDZV_ENDPOINT") or env.get("PET_RDZV_BACKEND") or ":" in nnodes:
         pass
-    elif env.get("MASTER_ADDR") and nnodes != "1":
+    elif master and nnodes != "1":
+        port = env.get("MASTER_PORT") or env.get("PET_MASTER_PORT") or 29500
         args += [f"--nnodes={nnodes}", f"--node-rank={env.get('PET_NODE_RANK') or env.get('RANK') or 0}",
-                 f"--master-addr={env['MASTER_ADDR']}", f"--master-port={env.get('MASTER_PORT') or 29500}"]
+                 f"--master-addr={master}", f"--master-port={port}"]
     else:
         args += ["--standalone", "--nnodes=1"]
     return args + ["-m", "trainer.worker", cfg.script, *cfg.script_args]
