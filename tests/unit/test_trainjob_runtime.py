@@ -11,7 +11,7 @@ import dataclasses
 import kubernetes_validate
 import pytest
 
-from launcher.spec import JobSpec, Resources
+from launcher.job.spec import JobSpec, Resources
 from tests import crds
 from tests.cluster import trainer_v2
 from trainer import contract
