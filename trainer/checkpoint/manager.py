@@ -36,7 +36,7 @@ from typing import Any, Mapping, Protocol
 
 import torch
 
-from trainer import contract, dist
+from trainer import contract, dist, resize
 from trainer.checkpoint import handoff, layout, prefetch, state as st
 from trainer.errors import CheckpointError, StorageConfigError, StorageError, one_line
 from trainer.storage import FileInfo, Storage, file_info, join, open_storage, spool_dir
@@ -165,6 +165,8 @@ class _Loaded:
     dcp_dir: str | None
     #: Where local rank 0 handed the replicated file to the node's other ranks (handoff.py).
     shared: str | None = None
+    #: The ranks that saved it, when not this run's (trainer/resize.py).
+    saved_world_size: int | None = None
 
 
 class Checkpointer:
@@ -744,14 +746,14 @@ class Checkpointer:
                 loaded.replicated = self._fetch_replicated(step_uri, manifest.files[layout.REPLICATED_FILE], storage,
                                                            loaded.shared)
             mine = rank_file(self.rank)
+            if per_rank and manifest.world_size != self.world_size:
+                loaded.saved_world_size = manifest.world_size
             if not per_rank:
                 pass  # a warm start takes no RNG streams or data position from another run
             elif mine in manifest.files:
                 loaded.per_rank = self._fetch_verified(step_uri, mine, manifest.files[mine], storage=storage)
             elif manifest.world_size != self.world_size:
-                log.warning("rank %d: %s was saved by %d ranks, this run has %d: RNG and data position of "
-                            "this rank start fresh", self.rank, contract.step_dir_name(step),
-                            manifest.world_size, self.world_size)
+                pass  # a rank that did not exist then: _apply seeds it (trainer/resize.py)
             else:
                 return unusable, f"manifest.json lists no {mine}"
             if manifest.kind == "sharded":
@@ -842,6 +844,9 @@ class Checkpointer:
                 if k in loaded.per_rank["state"]:
                     v.load_state_dict(loaded.per_rank["state"][k])
             st.set_rng_state(loaded.per_rank["rng"])
+        if loaded.saved_world_size is not None:
+            resize.after_restore(self.rank, self.world_size, loaded.saved_world_size, loaded.step,
+                                 restored_rng=loaded.per_rank is not None, extra=self.extra, per_rank=self.per_rank)
         self._discard(loaded)
 
     @staticmethod
