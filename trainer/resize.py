@@ -63,13 +63,13 @@ def resize_note(step: int, saved: int, now: int, extra: Mapping[str, Any], per_r
         exact += [k for k, v in per_rank.items() if isinstance(v, ResumableSampler)]
     if exact:
         parts.append(f"data position ({', '.join(repr(k) for k in exact)}) re-partitioned exactly")
-    rng = f"RNG: {_ranks(0, kept)} restore their own"
+    rng = f"RNG of {_ranks(0, kept)} restored"
     if now > saved:
-        rng += f", {_ranks(saved, now)} start from new_rank_seed(initial seed, rank, step)"
+        rng += f", of {_ranks(saved, now)} seeded by new_rank_seed(initial seed, rank, step)"
     parts.append(rng)
     inexact = [k for k, v in per_rank.items() if k not in exact]
     if inexact:
-        whose = f"{_ranks(0, kept)} restore their own" + (f", {_ranks(saved, now)} start fresh" if now > saved else "")
+        whose = f"restored on {_ranks(0, kept)}" + (f", fresh on {_ranks(saved, now)}" if now > saved else "")
         parts.append(f"NOT EXACT: per-rank state {', '.join(repr(k) for k in inexact)} was saved for {saved} ranks "
                      f"and cannot be re-partitioned ({whose}; a ResumableSampler in extra= can)")
     return "; ".join(parts)

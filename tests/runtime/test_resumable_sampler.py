@@ -124,7 +124,7 @@ def test_resize_note_says_what_is_exact_and_what_is_not():
     grow = resize_note(250, 2, 3, extra={"sampler": s}, per_rank={"ema": object()})
     assert grow.startswith("step-000000250 was saved by 2 ranks, this run has 3; ")
     assert "data position ('sampler') re-partitioned exactly" in grow
-    assert "ranks 0-1 restore their own, rank 2 start from new_rank_seed(initial seed, rank, step)" in grow
+    assert "RNG of ranks 0-1 restored, of rank 2 seeded by new_rank_seed(initial seed, rank, step)" in grow
     assert "NOT EXACT: per-rank state 'ema'" in grow and "\n" not in grow
     shrink = resize_note(250, 4, 2, extra={}, per_rank={"sampler": s})
     assert "re-partitioned exactly" in shrink and "NOT EXACT" not in shrink and "new_rank_seed" not in shrink
