@@ -137,8 +137,11 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.15)
 
     sampler = ResumableSampler(len(data), seed=args.seed)
+    # Its own generator: each pass over the loader draws a seed for its workers, which
+    # would otherwise come from (and shift) the global stream the checkpoint restores.
     loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=False)
+                        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=False,
+                        generator=torch.Generator().manual_seed(args.seed))
     ckpt = Checkpointer(model, opt, sched, extra={"sampler": sampler})
     start = ckpt.restore()
     batches = sampler.batches(loader)  # epoch after epoch; a batch counts once the loop has it

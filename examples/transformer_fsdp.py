@@ -151,7 +151,9 @@ def main() -> None:
 
     data = bigram_tokens(args.sequences, args.seq_len, args.vocab, args.seed)
     sampler = ResumableSampler(len(data), seed=args.seed)
-    loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler, drop_last=True)
+    # Its own generator: each pass over a loader draws a seed from it, else from the global stream.
+    loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                        generator=torch.Generator().manual_seed(args.seed))
     ckpt = Checkpointer(model, opt, sched, extra={"sampler": sampler})
     start = ckpt.restore()
     batches = sampler.batches(loader)

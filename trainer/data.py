@@ -27,10 +27,14 @@ Who counts a sample as consumed:
   the worker's stream, which depends on how batches were dealt to workers: seed
   it from (seed, epoch, index), see `sample_seed`; `batches()` calls
   `loader.dataset.set_epoch(epoch)` when the dataset has one, before each epoch
-  starts its workers (so use persistent_workers=False).
+  starts its workers (so use persistent_workers=False);
+- give the DataLoader its own `generator`: every pass over a loader draws its
+  workers' base seed from it, else from the global stream the checkpoint
+  restores, which a resume (a pass that starts mid-epoch) would then shift.
 
     sampler = ResumableSampler(len(data), seed=seed)
-    loader = DataLoader(data, batch_size=b, sampler=sampler, num_workers=2, drop_last=True)
+    loader = DataLoader(data, batch_size=b, sampler=sampler, num_workers=2, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
     ckpt = Checkpointer(model, opt, sched, extra={"sampler": sampler})
     start = ckpt.restore()
     batches = sampler.batches(loader)
