@@ -70,8 +70,9 @@ def init_device() -> tuple[torch.device, bool]:
     if distributed:
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    print(f"rank {rank}/{world}: device {device}, backend {backend if distributed else 'none (1 process)'}",
-          flush=True)
+    # One write per line: the ranks share the terminal, and print's separate newline can interleave.
+    print(f"rank {rank}/{world}: device {device}, backend {backend if distributed else 'none (1 process)'}\n",
+          end="", flush=True)
     return device, distributed
 
 

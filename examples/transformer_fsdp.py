@@ -69,7 +69,8 @@ def init_device() -> torch.device:
         dist.init_process_group(backend, device_id=cuda)
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, device_id=cuda)
-    print(f"rank {dist.get_rank()}/{dist.get_world_size()}: device {device}, backend {backend}", flush=True)
+    # One write per line: the ranks share the terminal, and print's separate newline can interleave.
+    print(f"rank {dist.get_rank()}/{dist.get_world_size()}: device {device}, backend {backend}\n", end="", flush=True)
     return device
 
 
