@@ -1,6 +1,10 @@
 """A small classifier that trains on the CPU in about a minute, with kubetrain checkpoints.
 
-    python -m trainer run --nproc-per-node 2 examples/train.py --steps 300
+    launch examples/train.py --local --nproc 2 -- --steps 300
+    launch examples/train.py --gpus 8
+
+On a GPU pod each rank trains on cuda:LOCAL_RANK over NCCL; on the CPU over
+gloo. The first line each rank prints says which.
 
 Input is synthetic (made from --seed, nothing downloaded), so two runs with
 the same seed give bit-identical weights, even when one of them was
@@ -55,11 +59,26 @@ def state_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def init_device() -> tuple[torch.device, bool]:
+    """cuda:LOCAL_RANK with NCCL where the pod has a GPU, else the CPU with gloo; (device, distributed)."""
+    distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if torch.cuda.is_available():
+        device, backend = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))), "nccl"
+        torch.cuda.set_device(device)
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if distributed:
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    # One write per line: the ranks share the terminal, and print's separate newline can interleave.
+    print(f"rank {rank}/{world}: device {device}, backend {backend if distributed else 'none (1 process)'}\n",
+          end="", flush=True)
+    return device, distributed
+
+
 def main() -> None:
     args = parse_args()
-    distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        dist.init_process_group("gloo")
+    device, distributed = init_device()
     rank = dist.get_rank() if distributed else 0
     torch.manual_seed(args.seed + rank)  # per-rank streams (dropout) that the checkpoint must restore
 
@@ -77,21 +96,20 @@ def main() -> None:
     with torch.no_grad():
         for p in model.parameters():  # same init on every rank without a broadcast
             p.copy_(torch.randn(p.shape, generator=init) * 0.05)
-    ddp = DDP(model) if distributed else model
+    model.to(device)
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
     opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.steps)
 
-    ckpt = Checkpointer(model, opt, sched, per_rank={"sampler": sampler})
+    # The sampler's position (epoch, samples consumed by all ranks) is the same on every
+    # rank: replicated state, which restores even on ranks a smaller run did not have.
+    ckpt = Checkpointer(model, opt, sched, extra={"sampler": sampler})
     start = ckpt.restore()
-    batches = iter(())
+    batches = sampler.batches(loader)  # epoch after epoch; a batch counts once the loop has it
     loss = torch.tensor(float("nan"))
-    step = start
     for step in range(start, args.steps):
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = F.cross_entropy(ddp(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

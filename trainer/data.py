@@ -1,21 +1,68 @@
-"""A sampler whose position is part of the checkpoint.
+"""A sampler whose position is part of the checkpoint, and stays true when the number of ranks changes.
 
 torch's DistributedSampler restarts every epoch from its first batch, so a
-resumed run would see the first samples of the epoch twice. This one shuffles
-the same way for a given (seed, epoch) on every rank, counts what it handed
-out, and skips exactly that on resume. Pass it to `Checkpointer(per_rank=...)`.
-With DataLoader(num_workers>0) the loader prefetches ahead of the training
-loop, so count consumed batches yourself there; num_workers=0 is exact.
+resumed run would see the first samples of the epoch twice. This one keeps a
+position that does not depend on the number of ranks: the epoch, its seed, and
+how many samples of the epoch all ranks together have consumed. Every epoch has
+one order (a permutation drawn from seed and epoch); the samples not consumed
+yet are dealt round-robin to the ranks of *this* run. So a resume with the same
+ranks continues each rank's stream exactly, and a resume with more or fewer
+ranks re-partitions the rest of the epoch: every sample of the epoch is seen
+exactly once (as far as the loop consumes it: a DataLoader with drop_last=True
+drops the last partial batch of each rank's share, as it always does).
+
+The position is the same on every rank, so it is replicated state: pass the
+sampler as `Checkpointer(extra={"sampler": sampler})`. Rank 0 saves it and
+every rank, including one that did not exist when it was saved, restores it.
+(In `per_rank=` it also resumes exactly while the number of ranks stays the
+same; after a change, ranks that did not exist then have no state to restore.)
+
+Who counts a sample as consumed:
+- iterating the sampler yourself, or a DataLoader with num_workers=0: a sample
+  counts when the sampler hands it out, which is when the loop gets it;
+- a DataLoader with workers prefetches batches ahead of the loop, so iterate
+  through the sampler instead: `for batch in sampler.batches(loader)` counts a
+  batch when the loop takes it, epoch after epoch (the recipe below). Per-sample
+  randomness (augmentation) in workers must then come from the sample, not from
+  the worker's stream, which depends on how batches were dealt to workers: seed
+  it from (seed, epoch, index), see `sample_seed`; `batches()` calls
+  `loader.dataset.set_epoch(epoch)` when the dataset has one, before each epoch
+  starts its workers (so use persistent_workers=False);
+- give the DataLoader its own `generator`: every pass over a loader draws its
+  workers' base seed from it, else from the global stream the checkpoint
+  restores, which a resume (a pass that starts mid-epoch) would then shift.
+
+    sampler = ResumableSampler(len(data), seed=seed)
+    loader = DataLoader(data, batch_size=b, sampler=sampler, num_workers=2, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    ckpt = Checkpointer(model, opt, sched, extra={"sampler": sampler})
+    start = ckpt.restore()
+    batches = sampler.batches(loader)
+    for step in range(start, steps):
+        x, y = next(batches)
+        ...
+        ckpt.step_end(step + 1)
+
+The global position is this rank's start plus world_size x what this rank
+consumed since: exact when every rank consumes the same number of samples per
+step (data parallel with one batch size: what DDP and FSDP need anyway).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import hashlib
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch.utils.data import Sampler
 
 from trainer import dist
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample `index`'s randomness in `epoch`: the same whichever rank or loader worker draws it."""
+    digest = hashlib.sha256(f"kubetrain-sample/{seed}/{epoch}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class ResumableSampler(Sampler[int]):
@@ -26,34 +73,83 @@ class ResumableSampler(Sampler[int]):
         self.rank = dist.rank() if rank is None else rank
         self.world_size = dist.world_size() if world_size is None else world_size
         self.epoch = 0
-        self.offset = 0  # indices of this epoch already handed out on this rank
+        # The global position is _start + world_size * _taken: where this rank's
+        # current share of the epoch was cut, and how much of that share it consumed.
+        self._start = 0
+        self._taken = 0
+        self._loop_counts = False  # batches() counts what the loop takes; __iter__ then counts nothing
+
+    @property
+    def consumed(self) -> int:
+        """Samples of this epoch consumed by all ranks together."""
+        return min(self.n, self._start + self.world_size * self._taken)
 
     def __len__(self) -> int:
-        return (self.n - self.rank + self.world_size - 1) // self.world_size
+        """This rank's share of what is left of the epoch."""
+        rest = self.n - self._start
+        return max(0, (rest - self.rank + self.world_size - 1) // self.world_size)
 
-    def _order(self) -> list[int]:
+    def _share(self) -> list[int]:
         if not self.shuffle:
             order = list(range(self.n))
         else:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
-        return order[self.rank::self.world_size]
+        return order[self._start + self.rank::self.world_size]
+
+    def _cut(self) -> None:
+        """Deal what is left of the epoch to this run's ranks, from the global position."""
+        self._start, self._taken = self.consumed, 0
+        if len(self) == 0:
+            # This rank's share of the epoch is done (say, saved right after its last
+            # sample, before the loop asked for more): the next epoch starts.
+            self.epoch, self._start = self.epoch + 1, 0
 
     def __iter__(self) -> Iterator[int]:
-        if self.offset >= len(self):
-            # Saved right after the last batch of an epoch, before the loader
-            # asked for more: that epoch is done.
-            self.epoch, self.offset = self.epoch + 1, 0
-        order = self._order()
-        while self.offset < len(order):
-            i = order[self.offset]
-            self.offset += 1
+        if self._loop_counts:  # batches() cut the share and counts; a prefetching worker may run ahead
+            yield from self._share()
+            return
+        self._cut()
+        for i in self._share():
+            self._taken += 1
             yield i
-        self.epoch += 1
-        self.offset = 0
+        self.epoch, self._start, self._taken = self.epoch + 1, 0, 0
+
+    def batches(self, loader: Iterable[Any]) -> Iterator[Any]:
+        """`loader`'s batches, epoch after epoch, each counted as consumed when the loop takes it.
+
+        `loader` is a DataLoader over this sampler with a batch_size; the position is then
+        exact with any num_workers, whatever the workers prefetched when the checkpoint was taken.
+        """
+        batch_size = getattr(loader, "batch_size", None)
+        if not batch_size:
+            raise ValueError("ResumableSampler.batches needs a DataLoader(batch_size=..., sampler=this sampler)")
+        self._loop_counts = True
+        while True:
+            self._cut()
+            share = len(self)
+            set_epoch = getattr(getattr(loader, "dataset", None), "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(self.epoch)
+            took = False
+            for batch in loader:
+                # Counted before the loop gets it: a checkpoint after this step includes it.
+                self._taken = min(share, self._taken + batch_size)
+                took = True
+                yield batch
+            if not took and self._start == 0:
+                raise ValueError(f"the loader yields no batch from a whole epoch of {self.n} samples "
+                                 f"({self.world_size} ranks, batch size {batch_size})")
+            self.epoch, self._start, self._taken = self.epoch + 1, 0, 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed}
+        return {"epoch": self.epoch, "seed": self.seed, "consumed": self.consumed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self.epoch = int(state["epoch"])
+        self.seed = int(state.get("seed", self.seed))
+        if "consumed" in state:
+            consumed = int(state["consumed"])
+        else:  # saved before positions were global: a per-rank offset into order[rank::world_size]
+            consumed = int(state["offset"]) * self.world_size
+        self._start, self._taken = min(consumed, self.n), 0

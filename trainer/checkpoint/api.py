@@ -113,7 +113,7 @@ class Checkpointer:
         token = dist.broadcast_object(uuid.uuid4().hex[:12] if self.rank == 0 else "", self.run.control_group)
         found = restorer.own(token)
         if found is not None:
-            self.objects.apply(found, self.run.control_group)
+            self.objects.apply(found, self.run.control_group, rank=self.rank, world_size=self.world_size)
             self._saver.last_committed = self.restored_step = found.step
             self._saver.last_save_time = time.monotonic()
             if dist.local_rank() == 0:  # in every pod's log: `launch status`/`chaos` read it per pod
@@ -125,8 +125,8 @@ class Checkpointer:
             warm = restorer.warm_start(token)
             if warm is not None:
                 run_uri, loaded = warm
-                self.objects.apply(loaded, self.run.control_group, warm=True,
-                                   warm_optimizer=self.config.warm_start_optimizer)
+                self.objects.apply(loaded, self.run.control_group, rank=self.rank, world_size=self.world_size,
+                                   warm=True, warm_optimizer=self.config.warm_start_optimizer)
                 if self.rank == 0:
                     log.info("%s (%s); starting from step 0",
                              contract.LOG_WARM_START.format(uri=run_uri, step=loaded.step),

@@ -38,6 +38,8 @@ class Loaded:
     dcp_dir: str | None
     #: Where local rank 0 handed the replicated file to the node's other ranks (handoff.py).
     shared: str | None = None
+    #: The number of ranks that saved it, when not this run's (trainer/checkpoint/resize.py).
+    saved_world_size: int | None = None
 
 
 class Corrupt(Exception):
@@ -116,14 +118,14 @@ def _load_into(run: CheckpointRun, loaded: Loaded, step_uri: str, storage: Stora
             loaded.replicated = _fetch_replicated(step_uri, manifest.files[layout.REPLICATED_FILE], storage,
                                                   loaded.shared)
         own_file = contract.rank_file(run.rank)
+        if per_rank and manifest.world_size != run.world_size:
+            loaded.saved_world_size = manifest.world_size
         if not per_rank:
             pass  # a warm start takes no RNG streams or data position from another run
         elif own_file in manifest.files:
             loaded.per_rank = fetch_verified(storage, step_uri, own_file, manifest.files[own_file])
         elif manifest.world_size != run.world_size:
-            log.warning("rank %d: %s was saved by %d ranks, this run has %d: RNG and data position of "
-                        "this rank start fresh", run.rank, contract.step_dir_name(step),
-                        manifest.world_size, run.world_size)
+            pass  # a rank that did not exist then: Trainables.apply seeds it (resize.py)
         else:
             return unusable, f"manifest.json lists no {own_file}"
         if manifest.kind == "sharded":

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Protocol
 
 import torch
 
-from trainer.checkpoint import state as st
+from trainer.checkpoint import resize, state as st
 from trainer.checkpoint.loader import Loaded, discard
 
 
@@ -47,7 +47,8 @@ class Trainables:
         per_rank = {"step": step, "rng": st.rng_state(), "state": {k: v.state_dict() for k, v in self.per_rank.items()}}
         return replicated, {"model": msd, "optimizer": osd} if sharded else None, per_rank
 
-    def apply(self, loaded: Loaded, group: Any, *, warm: bool = False, warm_optimizer: bool = False) -> None:
+    def apply(self, loaded: Loaded, group: Any, *, rank: int, world_size: int, warm: bool = False,
+              warm_optimizer: bool = False) -> None:
         """Load `loaded` into the live objects.
 
         `warm` (a warm start): the model, and the optimizer only with `warm_optimizer`;
@@ -84,4 +85,7 @@ class Trainables:
                 if k in loaded.per_rank["state"]:
                     v.load_state_dict(loaded.per_rank["state"][k])
             st.set_rng_state(loaded.per_rank["rng"])
+        if loaded.saved_world_size is not None:
+            resize.after_restore(rank, world_size, loaded.saved_world_size, loaded.step,
+                                 restored_rng=loaded.per_rank is not None, extra=self.extra, per_rank=self.per_rank)
         discard(loaded)
