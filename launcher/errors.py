@@ -1,10 +1,13 @@
-"""The launcher's error tree. Only `cli.main()` catches `KubetrainError`."""
+"""The launcher's error tree. Only `cli.main()` catches `KubetrainError`.
+
+`KubetrainError` and `one_line` are the contract's, so the runtime's errors and ours are one tree.
+"""
 
 from __future__ import annotations
 
+from trainer.contract import KubetrainError, one_line
 
-class KubetrainError(Exception):
-    """A failure with a one-line message for the user."""
+__all__ = ["ClusterError", "KubetrainError", "SpecError", "one_line"]
 
 
 class SpecError(KubetrainError):
@@ -18,7 +21,3 @@ class ClusterError(KubetrainError):
         super().__init__(message)
         self.status = status
 
-
-def one_line(message: str) -> str:
-    """The message with control and line-break characters escaped: errors echo user input."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))

@@ -85,7 +85,6 @@ def _local(args: argparse.Namespace, script_args: list[str]) -> int:
     if args.kill_pod or args.evict_with_grace is not None or args.drain_node:
         raise SpecError("--kill-pod/--evict-with-grace/--drain-node act on a cluster job; drop them or drop --local")
     from kubetrain_chaos import driver as chaos, plan as chaos_plan, report as chaos_report
-    from trainer.errors import UsageError
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else contract.CHAOS_KINDS
@@ -99,7 +98,7 @@ def _local(args: argparse.Namespace, script_args: list[str]) -> int:
         # SIGTERM (a CI job cancelled) unwinds like Ctrl-C, so no training process outlives us.
         signal.signal(signal.SIGTERM, _interrupt)
         reports = chaos.run_repeated(plan, args.repeat, echo=echo)
-    except UsageError as e:
+    except chaos_plan.UsageError as e:
         raise SpecError(str(e)) from e
     text, code = chaos_report.render(reports, args.output)
     print(text)
