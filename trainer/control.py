@@ -1,6 +1,9 @@
 """The control folder a supervisor shares with its ranks (contract.CONTROL_*): the readers and
 writers every side uses, so each file's format is written down once.
 
+The ranks write their files (trainer/checkpoint/control.py, trainer/worker.py, trainer/_torchrun.py),
+each replaced whole; a file not (yet) there, or not whole, reads as nothing.
+
 The supervisor's watchdog and `launch chaos` read the same progress heartbeats; `launch chaos`
 finds a rank's process by the PID its wrapper recorded, never by looking for RANK in /proc (a
 rank's DataLoader workers inherit RANK and the command line).
@@ -8,10 +11,30 @@ rank's DataLoader workers inherit RANK and the command line).
 
 from __future__ import annotations
 
+import json
 import os
 
 from trainer import contract
 from trainer.processes import start_time
+
+
+def read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def read_errors(control: str) -> list[dict]:
+    """The ranks' first exceptions (JSON), in rank-file order."""
+    out = []
+    for name in sorted(os.listdir(control)):
+        if name.startswith(contract.CONTROL_ERROR_PREFIX):
+            doc = read_json(os.path.join(control, name))
+            if doc:
+                out.append(doc)
+    return out
 
 
 def read_progress(control: str) -> dict[int, tuple[int, float]]:

@@ -23,11 +23,11 @@ the ranks run it also reaps every orphan re-parented to it, as PID 1 must
     classify    what happened -> one exit code of the contract (pure)
     watchdog    which ranks made no progress for --hang-timeout (pure)
     torchrun    torchrun's arguments and the workers' environment (pure)
-    control     reading the control files the ranks write
     preemption  polling a cloud's preemption notice (AWS spot, GCP)
 
 The worker (trainer/worker.py) and torchrun's wrapper (trainer/_torchrun.py) stay
-top-level modules, as does trainer/processes.py (the /proc helpers the checkpoint
+top-level modules, as does trainer/control.py (the control files' formats, which
+`launch chaos` reads too), as does trainer/processes.py (the /proc helpers the checkpoint
 prefetch uses too): `python -m trainer.worker` and `python -m trainer._torchrun` are
 the command lines that process tables show, and that tests, bench and `launch chaos`
 recognise ranks by.

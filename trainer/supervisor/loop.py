@@ -19,7 +19,7 @@ from trainer.contract import ExitCode
 from trainer.processes import descendants, parent_map, reap_orphans, set_child_subreaper
 from trainer.settings import RunConfig
 from trainer.supervisor.classify import Outcome, classify
-from trainer.supervisor.control import read_errors, read_json, read_progress
+from trainer.control import read_errors, read_json, read_progress
 from trainer.supervisor.torchrun import torchrun_args, torchrun_shutdown_timeout, worker_env
 from trainer.supervisor.watchdog import describe_stall, stalled_ranks
 
