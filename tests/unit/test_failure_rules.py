@@ -114,6 +114,12 @@ def test_torchrun_refusing_its_arguments_or_an_incompatible_torch_is_permanent()
     assert o.code == ExitCode.USAGE
 
 
+def test_a_scripts_own_exit_99_never_reads_as_a_crash_loop():
+    o = _classify(result={"failures": [{"rank": 1, "exitcode": 99}]})
+    assert o.code == ExitCode.USER_ERROR and "reserves for a crash loop" in o.summary
+    assert _classify(result={"failures": [{"rank": 1, "exitcode": 98}]}).code == 98  # other codes pass through
+
+
 def test_a_storage_configuration_error_is_permanent_even_after_peers_lost_the_rank():
     errors = [{"rank": 1, "type": "DistBackendError", "message": "peer closed", "comm_error": True, "time": 2},
               {"rank": 0, "type": "StorageConfigError", "message": "checkpoint bucket s3://x: NoSuchBucket: ...",

@@ -64,6 +64,11 @@ def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list
                     key=lambda f: f.get("time", 0))
     if direct:
         f = direct[0]
+        if f["exitcode"] == ExitCode.CRASH_LOOP:
+            # 99 says "the restart ledger stopped this run" to `launch status` and the ledger; a script's
+            # own 99 must not read as that. Both are permanent, so only the message changes.
+            return Outcome(ExitCode.USER_ERROR, f"rank {f['rank']} exited with {f['exitcode']}, which kubetrain "
+                           f"reserves for a crash loop: exit {int(ExitCode.USER_ERROR)} instead")
         return Outcome(f["exitcode"] if f["exitcode"] < 256 else ExitCode.USER_ERROR,
                        f"rank {f['rank']} exited with {f['exitcode']}")
     if any((f.get("exitcode") or 0) < 0 for f in failures):
