@@ -167,8 +167,5 @@ def run_to_objects(stored: StoredSchedule, *, run_name: str, namespace: str) -> 
     if schedule.warm_start_from:
         env = [{"name": contract.ENV_WARM_START_FROM, "value": schedule.warm_start_from},
                {"name": contract.ENV_WARM_START_OPTIMIZER, "value": "1" if schedule.warm_start_optimizer else "0"}]
-        for template in backends.of(objects[0]).pod_templates(objects[0]):
-            for c in template["spec"]["containers"]:
-                if c["name"] == contract.CONTAINER_NAME:
-                    c["env"] = c["env"] + copy.deepcopy(env)
+        backends.of(objects[0]).add_env(objects[0], env)
     return objects
