@@ -9,6 +9,7 @@ across the launcher. A backend module has:
     CRD_MISSING            the fix to print when the cluster lacks the CRD
     CONTAINER              the name of our container in the job's pods (status, logs read it)
     POD_JOB_LABEL          the label its controller sets on a job's pods (value: the job name)
+    OWNS_PODS              whether the job object is its pods' controller (else they are found by label alone)
     SUBMITTER_RULES        the RBAC rules a schedule's in-cluster submitter needs on the kind
     render(spec, *, metadata, pod_template) -> dict        the job object
     companions(spec, *, metadata, pod_template) -> [dict]  objects created before the job, owned by it after

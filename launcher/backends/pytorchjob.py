@@ -24,6 +24,8 @@ CRD_MISSING = ("install the Kubeflow training operator (kubectl apply --server-s
 CUSTOM_KINDS = {KIND: (GROUP, VERSION, PLURAL)}
 #: The container of ours in each replica's pod (the one the operator fills: MASTER_ADDR, ...).
 CONTAINER = contract.CONTAINER_NAME
+#: The job is its pods' controller (ownerReferences): a same-named earlier job's pods are told apart by UID.
+OWNS_PODS = True
 #: The operator labels each pod with its job's name, replica type and index.
 POD_JOB_LABEL = contract.OPERATOR_JOB_NAME_LABEL
 #: What a schedule's submitter does with this kind (launcher/schedule/render.py holds the rest of its Role).

@@ -36,6 +36,8 @@ CRD_MISSING = ("install Kubeflow Trainer v2 (kubectl apply --server-side -k "
 CONTAINER = "node"
 #: The JobSet controller labels each pod with its JobSet's name, which is the TrainJob's.
 POD_JOB_LABEL = "jobset.sigs.k8s.io/jobset-name"
+#: Its pods' controller is a Job of its JobSet, not the TrainJob: they are found by the label alone.
+OWNS_PODS = False
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
 #: Set by the Job controller on an Indexed Job's pods: the node rank here.

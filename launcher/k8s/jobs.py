@@ -118,14 +118,15 @@ def job_pods(api: Api, ns: str, name: str, job_uid: str | None = None,
              backend: ModuleType = backends.DEFAULT) -> list[Any]:
     """The job's pods, one list call by label; with job_uid, only those it owns (not a same-named job's)."""
     return _owned_sorted(call("listing pods", lambda: api.core.list_namespaced_pod(
-        ns, label_selector=_pod_selector(name, backend))).items, job_uid)
+        ns, label_selector=_pod_selector(name, backend))).items, job_uid if backend.OWNS_PODS else None)
 
 
 def job_pod_docs(api: Api, ns: str, name: str, job_uid: str | None = None,
                  backend: ModuleType = backends.DEFAULT) -> list[dict]:
     """job_pods as plain JSON dicts (the pod as the API serves it): one list call, no typed models."""
     return _owned_sorted(call("listing pods", lambda: raw(api.core.list_namespaced_pod(
-        ns, label_selector=_pod_selector(name, backend), _preload_content=False)))["items"], job_uid)
+        ns, label_selector=_pod_selector(name, backend), _preload_content=False)))["items"],
+        job_uid if backend.OWNS_PODS else None)
 
 
 #: An annotation whose only purpose is to change the job, so that its operator reconciles it.
