@@ -172,12 +172,12 @@ def list_jobs(api: Api, ns: str, *, selector: str | None = None, backend: Module
     return [{**j, "kind": backend.KIND} for j in items]
 
 
-def list_all_jobs(api: Api, ns: str) -> list[dict]:
+def list_all_jobs(api: Api, ns: str, *, selector: str | None = None) -> list[dict]:
     """The jobs of `launch` of every backend whose CRD the cluster has; the first error if it has none of them."""
     out, missing = [], []
     for b in backends.BACKENDS.values():
         try:
-            out += list_jobs(api, ns, backend=b)
+            out += list_jobs(api, ns, selector=selector, backend=b)
         except ClusterError as e:
             if e.status != 404:  # 404: this kind's CRD is not installed
                 raise

@@ -189,3 +189,20 @@ def test_a_missing_cluster_runtime_is_named_before_anything_is_created(api, caps
         from tests.cluster import trainer_v2
 
         trainer_v2.install_runtime(api.custom)
+
+
+def test_a_schedule_with_backend_trainjob_submits_its_runs_as_trainjobs(api, trainjob_cluster, capsys, tmp_path):
+    """The submitter, as its pod would run it with its own ServiceAccount's token, creates a TrainJob and waits."""
+    from launcher.schedule.spec import SubmitExit
+    from tests.cluster.test_schedule import create_schedule, job_pod, run_submitter, submitter_kubeconfig, trigger
+
+    ns = namespace(api)
+    create_schedule(capsys, ns, "nightly-v2", "--backend", "trainjob")
+    run = trigger(capsys, ns, "nightly-v2")
+    r = run_submitter(job_pod(api, ns, run), submitter_kubeconfig(api, trainjob_cluster, ns, tmp_path / "sa"))
+    assert r.returncode == SubmitExit.OK, r.stdout + r.stderr
+    assert f"created TrainJob {ns}/{run}" in r.stdout and f"TrainJob {ns}/{run}: Succeeded" in r.stdout, r.stdout
+    job = trainjob(api, ns, run)
+    env = {e["name"]: e["value"] for e in job["spec"]["trainer"]["env"]}
+    assert env[contract.ENV_RUN_ID] == run and env[contract.ENV_WARM_START_FROM] == contract.WARM_START_LATEST
+    assert job["metadata"]["labels"][contract.LABEL_SCHEDULE] == "nightly-v2"

@@ -176,3 +176,31 @@ def test_auto_picks_what_the_cluster_serves_and_pytorchjob_when_both_unless_the_
     # An API server without aggregated discovery answers an APIGroupList: groups and versions only.
     legacy = {"groups": [{"name": "trainer.kubeflow.org", "versions": [{"version": "v1alpha1"}]}]}
     assert backends.pick(discovery.served(legacy), None) is trainjob
+
+
+def test_a_trainjob_schedule_stores_its_backend_and_its_runs_are_trainjobs_with_the_warm_start(capsys, tmp_path,
+                                                                                               monkeypatch):
+    import base64
+    import json
+
+    from launcher.schedule.render import run_to_objects
+    from launcher.schedule.spec import stored_from_dict
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("")
+    code, out, err = run(capsys, "schedule", "train.py", "--cron", "@daily", "--checkpoint", "s3://b/c",
+                         "--warm-start-from", "latest", "--backend", "trainjob", "--dry-run")
+    assert code == 0, err
+    objects = list(yaml.safe_load_all(out))
+    roles = {o["metadata"]["name"]: o["rules"] for o in objects if o["kind"] == "Role"}
+    # A Role of its own for the TrainJob rules: a PyTorchJob schedule in the namespace never replaces them.
+    assert roles["kubetrain-submitter-trainjob"] == list(trainjob.SUBMITTER_RULES)
+    assert roles["kubetrain-submitter"][0] == backends.DEFAULT.SUBMITTER_RULES[0]
+    cm = next(o for o in objects if o["kind"] == "ConfigMap")
+    doc = json.loads(cm["data"]["schedule.json"])
+    assert doc["schedule"]["backend"] == "trainjob"
+    stored = stored_from_dict(doc, code_data=base64.b64decode(cm["binaryData"][contract.CODE_BUNDLE_NAME]))
+    (job, *_) = run_to_objects(stored, run_name="train-29403360", namespace="ns")
+    assert job["kind"] == "TrainJob" and job["metadata"]["labels"][contract.LABEL_SCHEDULE] == "train"
+    env = {e["name"]: e["value"] for e in job["spec"]["trainer"]["env"]}
+    assert env[contract.ENV_WARM_START_FROM] == contract.WARM_START_LATEST and env[contract.ENV_RUN_ID] == "train-29403360"
