@@ -52,10 +52,17 @@ def get_job(api: Api, ns: str, name: str, *, required: bool = True,
     """The job of any backend (or of `backend`); without it SpecError naming `launch list`, or None when not `required`.
 
     One read for a PyTorchJob; a TrainJob costs the PyTorchJob read first (a 404, also where that
-    CRD is not installed).
+    CRD is not installed; a 403 where the user may not read that kind).
     """
     for b in [backend] if backend is not None else backends.BACKENDS.values():
-        job = read(api, ns, b.KIND, name)
+        try:
+            job = read(api, ns, b.KIND, name)
+        except ClusterError as e:
+            # Asked for any kind: one this user (a PyTorchJob schedule's submitter) may not read is
+            # one they made no job of.
+            if backend is not None or e.status != 403:
+                raise
+            job = None
         if job is not None:
             return job
     if required:
@@ -173,13 +180,13 @@ def list_jobs(api: Api, ns: str, *, selector: str | None = None, backend: Module
 
 
 def list_all_jobs(api: Api, ns: str, *, selector: str | None = None) -> list[dict]:
-    """The jobs of `launch` of every backend whose CRD the cluster has; the first error if it has none of them."""
+    """The jobs of `launch` of every kind the cluster has and the user may list; the first error if none."""
     out, missing = [], []
     for b in backends.BACKENDS.values():
         try:
             out += list_jobs(api, ns, selector=selector, backend=b)
         except ClusterError as e:
-            if e.status != 404:  # 404: this kind's CRD is not installed
+            if e.status not in (403, 404):  # not installed, or not this user's (a PyTorchJob schedule's submitter)
                 raise
             missing.append(e)
     if len(missing) == len(backends.BACKENDS):
