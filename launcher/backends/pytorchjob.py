@@ -20,6 +20,12 @@ API_VERSION = f"{GROUP}/{VERSION}"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_MISSING = ("install the Kubeflow training operator (kubectl apply --server-side -k "
                "\"github.com/kubeflow/training-operator/manifests/overlays/standalone\")")
+#: Every custom kind this backend creates: kind -> (group, version, plural).
+CUSTOM_KINDS = {KIND: (GROUP, VERSION, PLURAL)}
+#: The container of ours in each replica's pod (the one the operator fills: MASTER_ADDR, ...).
+CONTAINER = contract.CONTAINER_NAME
+#: The job is its pods' controller (ownerReferences): a same-named earlier job's pods are told apart by UID.
+OWNS_PODS = True
 #: The operator labels each pod with its job's name, replica type and index.
 POD_JOB_LABEL = contract.OPERATOR_JOB_NAME_LABEL
 #: What a schedule's submitter does with this kind (launcher/schedule/render.py holds the rest of its Role).
@@ -67,6 +73,11 @@ def render(spec: Any, *, metadata: dict[str, Any], pod_template: dict[str, Any])
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": job_spec}
 
 
+def companions(spec: Any, *, metadata: dict[str, Any], pod_template: dict[str, Any]) -> list[dict[str, Any]]:
+    """Nothing: a PyTorchJob carries its whole pod template."""
+    return []
+
+
 def _replica_specs(job: dict) -> dict[str, dict]:
     return (job.get("spec") or {}).get("pytorchReplicaSpecs") or {}
 
@@ -82,6 +93,14 @@ def pod_templates(job: dict) -> list[dict]:
     """The pod template of each replica type, Master first: its log tells the job's progress."""
     specs = _replica_specs(job)
     return [specs[t].get("template") or {} for t in sorted(specs, key=lambda t: t != "Master")]
+
+
+def add_env(job: dict, env: list[dict]) -> None:
+    """Append env to our container in every replica type (a schedule's warm start)."""
+    for template in pod_templates(job):
+        for c in template["spec"]["containers"]:
+            if c["name"] == CONTAINER:
+                c["env"] = c["env"] + copy.deepcopy(env)
 
 
 def replica_names(job: dict) -> set[str]:

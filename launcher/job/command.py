@@ -73,7 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_job_flags(p, name_help="job name (default: SCRIPT-YYYYmmdd-HHMMSS; --local: SCRIPT)",
                   local_help="run here under `python -m trainer run`, no cluster")
+    p.add_argument("--backend", default=None, help="the job kind: pytorchjob (Kubeflow training operator v1, "
+                   "the default), trainjob (Kubeflow Trainer v2), or auto (what the cluster serves; PyTorchJob "
+                   "when it serves both, unless the project config's backend says trainjob). Config key: backend")
     return p
+
+
+def choose_backend(args: argparse.Namespace, defaults: Mapping[str, Any], connect: Any) -> Any:
+    """--backend, else the config's `backend`, else pytorchjob; `auto` asks the cluster (one discovery call).
+
+    With --dry-run, `auto` asks nothing (it works offline): it renders the config's backend, else PyTorchJob.
+    """
+    from launcher import backends
+
+    configured = defaults.get("backend")
+    if configured is not None:
+        backends.check_choice(configured, "config backend")
+    choice = backends.check_choice(args.backend if args.backend is not None else (configured or "pytorchjob"))
+    if choice != "auto":
+        return backends.BACKENDS[choice]
+    prefer = configured if configured in backends.BACKENDS else None
+    if args.dry_run:
+        return backends.BACKENDS[prefer or backends.DEFAULT_NAME]
+    from launcher.k8s.discovery import served_crds
+
+    return backends.pick(served_crds(connect()), prefer)
 
 
 def default_name(script: str, now: float) -> str:
@@ -145,6 +169,16 @@ def main(argv: list[str], env: Mapping[str, str], now: float | None = None) -> i
         from launcher.job.local import run_local
 
         return run_local(args, script_args, defaults)
+    api_box: list = []
+
+    def connect() -> Any:  # once, when first needed: --dry-run never connects
+        if not api_box:
+            from launcher.k8s import api as k8s
+
+            api_box.append(k8s.connect(context=args.context or defaults.get("context")))
+        return api_box[0]
+
+    backend = choose_backend(args, defaults, connect)
     spec = build_spec(args, script_args, defaults)
     name = args.name or default_name(spec.script, time.time() if now is None else now)
     from launcher.job.spec import check_dns_label
@@ -153,18 +187,17 @@ def main(argv: list[str], env: Mapping[str, str], now: float | None = None) -> i
     from launcher.job.render import spec_to_objects
 
     bundle, code = pack_code(args, defaults, spec.script, name)
-    objects = spec_to_objects(spec, name=name, code=code, image=spec.image or DEFAULT_IMAGE)
+    objects = spec_to_objects(spec, name=name, code=code, image=spec.image or DEFAULT_IMAGE, backend=backend)
     if args.dry_run:
         print_objects(objects, args.output)
         return 0
     from launcher.job import bundle as shipping
     from launcher.job.bucket_lifecycle import warn_without_abort_rule
-    from launcher.k8s import api as k8s
     from launcher.k8s.jobs import create_job
     from launcher.k8s.preflight import preflight
 
-    api = k8s.connect(context=args.context or defaults.get("context"))
-    preflight(api, spec)
+    api = connect()
+    preflight(api, spec, backend, objects[0])
     warn_without_abort_rule(spec.checkpoint_uri)  # one line on stderr, never fatal
     if code.uri:
         shipping.upload(code.uri, bundle.data)

@@ -196,9 +196,11 @@ def _pod_template(spec: JobSpec, *, name: str, code: CodeRef | None, image: str)
 
 def spec_to_objects(spec: JobSpec, *, name: str, code: CodeRef | None, image: str,
                     backend: ModuleType = backends.DEFAULT) -> list[dict[str, Any]]:
-    """Everything one `launch` creates, job first (the others are owned by it once it exists)."""
+    """Everything one `launch` creates, job first (the others are owned by it once it exists; its
+    companions, such as a TrainJob's own runtime, are created before it: launcher/k8s/jobs.py)."""
     pod_template = _pod_template(spec, name=name, code=code, image=image)
-    objects = [backend.render(spec, metadata=_metadata(name, spec), pod_template=pod_template)]
+    objects = [backend.render(spec, metadata=_metadata(name, spec), pod_template=pod_template),
+               *backend.companions(spec, metadata=_metadata(name, spec), pod_template=pod_template)]
     if code is not None and code.configmap_data is not None:
         objects.append(code_to_configmap(name, spec, code))
     objects.append(spec_to_pdb(spec, name=name, backend=backend))

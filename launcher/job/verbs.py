@@ -52,5 +52,6 @@ def main(verb: str, argv: list[str], env: Mapping[str, str]) -> int:
         return 0
     from launcher.status.report import print_list
 
-    print_list(jobs.job_rows(jobs.list_jobs(api, ns)), ns, kind=backends.DEFAULT.KIND, output=args.output)
+    print_list(jobs.job_rows(jobs.list_all_jobs(api, ns)), ns,
+               kind=" or ".join(f"{b.KIND}s" for b in backends.BACKENDS.values()), output=args.output)
     return 0

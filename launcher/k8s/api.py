@@ -159,20 +159,19 @@ def create(api: Api, ns: str, obj: dict, *, what: str | None = None) -> dict:
     """Create `obj` in `ns`; the object the server returned, as a dict."""
     kind = obj["kind"]
     what = what or f"creating {kind} {obj['metadata']['name']}"
-    custom = backends.BY_KIND.get(kind)
+    custom = backends.CUSTOM_KINDS.get(kind)
     if custom is not None:
-        return call(what, lambda: api.custom.create_namespaced_custom_object(
-            custom.GROUP, custom.VERSION, ns, custom.PLURAL, obj))
+        return call(what, lambda: api.custom.create_namespaced_custom_object(*custom[:2], ns, custom[2], obj))
     got = call(what, lambda: _method(api, "create", kind)(ns, obj))
     return api.core.api_client.sanitize_for_serialization(got)
 
 
 def read(api: Api, ns: str, kind: str, name: str) -> Any:
     """The object, or None when there is none (custom resources as dicts, the rest as the client's models)."""
-    custom = backends.BY_KIND.get(kind)
+    custom = backends.CUSTOM_KINDS.get(kind)
     if custom is not None:
         return call(f"reading {kind} {name}", lambda: api.custom.get_namespaced_custom_object(
-            custom.GROUP, custom.VERSION, ns, custom.PLURAL, name), missing_ok=True)
+            *custom[:2], ns, custom[2], name), missing_ok=True)
     return call(f"reading {kind} {name}", lambda: _method(api, "read", kind)(name, ns), missing_ok=True)
 
 
@@ -188,10 +187,10 @@ def delete(api: Api, ns: str, kind: str, name: str) -> None:
     # Background: the object goes now and the garbage collector removes what it owns after.
     # Foreground would leave it behind, finalizer set, wherever no GC runs (and cancel would hang).
     body = client.V1DeleteOptions(propagation_policy="Background")
-    custom = backends.BY_KIND.get(kind)
+    custom = backends.CUSTOM_KINDS.get(kind)
     if custom is not None:
         fn = lambda: api.custom.delete_namespaced_custom_object(  # noqa: E731
-            custom.GROUP, custom.VERSION, ns, custom.PLURAL, name, body=body)
+            *custom[:2], ns, custom[2], name, body=body)
     else:
         fn = lambda: _method(api, "delete", kind)(name, ns, body=body)  # noqa: E731
     call(f"deleting {kind} {name}", fn, missing_ok=True)
@@ -201,6 +200,14 @@ def owner_reference(obj: dict) -> dict:
     """An ownerReference to a created object: the garbage collector deletes what it owns with it."""
     return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
             "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def patch_owner(api: Api, ns: str, obj: dict, owner: dict) -> None:
+    """Make a created custom object owned by `owner` (created after it), so the garbage collector removes it too."""
+    group, version, plural = backends.CUSTOM_KINDS[obj["kind"]]
+    name = obj["metadata"]["name"]
+    call(f"setting the owner of {obj['kind']} {name}", lambda: api.custom.patch_namespaced_custom_object(
+        group, version, ns, plural, name, {"metadata": {"ownerReferences": [owner]}}))
 
 
 def create_all(api: Api, ns: str, objects: Iterable[dict], *, owner_kind: str, conflict: Callable[[dict], str | None],

@@ -7,32 +7,69 @@ from types import ModuleType
 from typing import Any
 
 from launcher import backends
-from launcher.errors import SpecError
+from launcher.errors import ClusterError, SpecError
 from launcher.k8s.api import Api, call, create_all, delete, raw, read
 from launcher.status.format import natural_key
 from trainer import contract
 
 
 def create_job(api: Api, ns: str, objects: list[dict]) -> None:
-    """The job, then what it owns (code ConfigMap, PDB); all or none."""
+    """The job's companions (a TrainJob's own runtime), the job, then what it owns (code ConfigMap, PDB); all or none.
+
+    A companion must exist before the job that names it (the Trainer's webhook looks its runtime up),
+    so it is created first and made the job's own once the job has a UID.
+    """
+    from launcher.k8s.api import owner_reference, patch_owner
+
     kind = objects[0]["kind"]
+    companions = [o for o in objects[1:] if o["kind"] in backends.CUSTOM_KINDS]
+    rest = [o for o in objects if o not in companions]
 
     def conflict(obj: dict) -> str | None:
         name = obj["metadata"]["name"]
-        return (f"a {kind} {name!r} exists in namespace {ns} already; pick another --name, "
-                f"or `launch cancel {name} -n {ns}` first") if obj["kind"] == kind else None
+        return (f"a {obj['kind']} {name!r} exists in namespace {ns} already; pick another --name, "
+                f"or `launch cancel {name} -n {ns}` first") if obj["kind"] in (kind, *backends.CUSTOM_KINDS) else None
 
-    create_all(api, ns, objects, owner_kind=kind, conflict=conflict,
-               what=lambda obj: f"creating the {'code ConfigMap' if obj['kind'] == 'ConfigMap' else obj['kind']}")
+    def what(obj: dict) -> str:
+        return f"creating the {'code ConfigMap' if obj['kind'] == 'ConfigMap' else obj['kind']}"
+
+    create_all(api, ns, companions, owner_kind="", conflict=conflict, what=what)
+    try:
+        create_all(api, ns, rest, owner_kind=kind, conflict=conflict, what=what)
+        if companions:
+            job = read(api, ns, kind, objects[0]["metadata"]["name"])
+            owner = owner_reference({**job, "apiVersion": objects[0]["apiVersion"], "kind": kind})
+            for obj in companions:
+                patch_owner(api, ns, obj, owner)
+    except BaseException:
+        for obj in reversed(companions):
+            delete(api, ns, obj["kind"], obj["metadata"]["name"])
+        raise
 
 
 def get_job(api: Api, ns: str, name: str, *, required: bool = True,
-            backend: ModuleType = backends.DEFAULT) -> dict | None:
-    """The job; without it SpecError naming `launch list`, or None when not `required`."""
-    job = read(api, ns, backend.KIND, name)
-    if job is None and required:
-        raise SpecError(f"no {backend.KIND} {name!r} in namespace {ns} (see `launch list -n {ns}`)")
-    return job
+            backend: ModuleType | None = None) -> dict | None:
+    """The job of any backend (or of `backend`); without it SpecError naming `launch list`, or None when not `required`.
+
+    One read for a PyTorchJob; a TrainJob costs the PyTorchJob read first (a 404, also where that
+    CRD is not installed; a 403 where the user may not read that kind).
+    """
+    for b in [backend] if backend is not None else backends.BACKENDS.values():
+        try:
+            job = read(api, ns, b.KIND, name)
+        except ClusterError as e:
+            # Asked for any kind: one this user (a PyTorchJob schedule's submitter) may not read is
+            # one they made no job of.
+            if backend is not None or e.status != 403:
+                raise
+            job = None
+        if job is not None:
+            return job
+    if required:
+        kinds = (backend or backends.DEFAULT).KIND if backend is not None else " or ".join(
+            b.KIND for b in backends.BACKENDS.values())
+        raise SpecError(f"no {kinds} {name!r} in namespace {ns} (see `launch list -n {ns}`)")
+    return None
 
 
 def state(job: dict, kind: str | None = None) -> str:
@@ -53,9 +90,18 @@ def state(job: dict, kind: str | None = None) -> str:
 def replica_id(pod: Any) -> str:
     """`worker-3`: the replica a pod runs, of a typed pod or a pod's JSON."""
     labels = (pod.get("metadata", {}).get("labels") if isinstance(pod, dict) else pod.metadata.labels) or {}
-    # A pod does not name its job's kind; the operator that made it left its own job-name label.
-    backend = next((b for b in backends.BACKENDS.values() if b.POD_JOB_LABEL in labels), backends.DEFAULT)
-    return backend.replica_id(labels)
+    return pod_backend(labels).replica_id(labels)
+
+
+def pod_backend(labels: dict[str, str]) -> ModuleType:
+    """The backend of a pod's job: a pod does not name its job's kind, but its controller left a job-name label."""
+    return next((b for b in backends.BACKENDS.values() if b.POD_JOB_LABEL in labels), backends.DEFAULT)
+
+
+def pod_container(pod: Any) -> str:
+    """The name of our container in a pod (typed or JSON), by its backend."""
+    labels = (pod.get("metadata", {}).get("labels") if isinstance(pod, dict) else pod.metadata.labels) or {}
+    return pod_backend(labels).CONTAINER
 
 
 def owner_uid(pod: Any) -> str | None:
@@ -79,14 +125,15 @@ def job_pods(api: Api, ns: str, name: str, job_uid: str | None = None,
              backend: ModuleType = backends.DEFAULT) -> list[Any]:
     """The job's pods, one list call by label; with job_uid, only those it owns (not a same-named job's)."""
     return _owned_sorted(call("listing pods", lambda: api.core.list_namespaced_pod(
-        ns, label_selector=_pod_selector(name, backend))).items, job_uid)
+        ns, label_selector=_pod_selector(name, backend))).items, job_uid if backend.OWNS_PODS else None)
 
 
 def job_pod_docs(api: Api, ns: str, name: str, job_uid: str | None = None,
                  backend: ModuleType = backends.DEFAULT) -> list[dict]:
     """job_pods as plain JSON dicts (the pod as the API serves it): one list call, no typed models."""
     return _owned_sorted(call("listing pods", lambda: raw(api.core.list_namespaced_pod(
-        ns, label_selector=_pod_selector(name, backend), _preload_content=False)))["items"], job_uid)
+        ns, label_selector=_pod_selector(name, backend), _preload_content=False)))["items"],
+        job_uid if backend.OWNS_PODS else None)
 
 
 #: An annotation whose only purpose is to change the job, so that its operator reconciles it.
@@ -101,12 +148,16 @@ def touch_job(api: Api, ns: str, name: str, backend: ModuleType = backends.DEFAU
         {"metadata": {"annotations": {TOUCHED_ANNOTATION: stamp}}}), missing_ok=True)
 
 
-def cancel(api: Api, ns: str, name: str, backend: ModuleType = backends.DEFAULT) -> None:
+def cancel(api: Api, ns: str, name: str, backend: ModuleType | None = None) -> None:
     """Delete the job and everything labelled as its own (ConfigMaps, PDBs), not only what GC reaches."""
     from launcher.job.render import code_configmap_name
 
-    get_job(api, ns, name, backend=backend)
+    job = get_job(api, ns, name, backend=backend)
+    backend = backends.of(job)
     delete(api, ns, backend.KIND, name)
+    for kind in backend.CUSTOM_KINDS:  # a TrainJob's own runtime: by name, not left to the garbage collector
+        if kind != backend.KIND:
+            delete(api, ns, kind, name)
     selector = f"{contract.LABEL_JOB}={name}"
     # By name too: a submit of the same name right after must not meet the old code ConfigMap
     # waiting for the garbage collector.
@@ -122,8 +173,25 @@ def cancel(api: Api, ns: str, name: str, backend: ModuleType = backends.DEFAULT)
 def list_jobs(api: Api, ns: str, *, selector: str | None = None, backend: ModuleType = backends.DEFAULT) -> list[dict]:
     """The jobs of `launch` in the namespace (or those matching `selector`), as the API serves them."""
     selector = selector or f"{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"
-    return call(f"listing {backend.KIND}s", lambda: api.custom.list_namespaced_custom_object(
+    items = call(f"listing {backend.KIND}s", lambda: api.custom.list_namespaced_custom_object(
         backend.GROUP, backend.VERSION, ns, backend.PLURAL, label_selector=selector))["items"]
+    # List items carry no kind: set it, so that each is read by its own backend.
+    return [{**j, "kind": backend.KIND} for j in items]
+
+
+def list_all_jobs(api: Api, ns: str, *, selector: str | None = None) -> list[dict]:
+    """The jobs of `launch` of every kind the cluster has and the user may list; the first error if none."""
+    out, missing = [], []
+    for b in backends.BACKENDS.values():
+        try:
+            out += list_jobs(api, ns, selector=selector, backend=b)
+        except ClusterError as e:
+            if e.status not in (403, 404):  # not installed, or not this user's (a PyTorchJob schedule's submitter)
+                raise
+            missing.append(e)
+    if len(missing) == len(backends.BACKENDS):
+        raise missing[0]
+    return out
 
 
 def job_rows(jobs: list[dict]) -> list[dict]:

@@ -15,10 +15,9 @@ from typing import Any, Iterator
 from launcher import backends
 from launcher.errors import ClusterError, one_line
 from launcher.k8s.api import CONNECT_TIMEOUT, Api, call, raw
-from launcher.k8s.jobs import get_job, job_pods, replica_id, state
+from launcher.k8s.jobs import get_job, job_pods, pod_container, replica_id, state
 from launcher.k8s.status import create_failures, describe_pod
 from launcher.status import format as status_fmt
-from trainer import contract
 
 
 #: Once the job has finished, log streams still open after this long are closed: a kubelet ends
@@ -92,7 +91,7 @@ def _stream_pod_lines(api: Api, ns: str, pod: Any, follow: bool, shared: _Stream
         time.sleep(2)
     # Following: a time limit to connect only; the stream may rightly be quiet for a long time.
     stream = call(f"reading logs of {name}", lambda: api.core.read_namespaced_pod_log(
-        name, ns, container=contract.CONTAINER_NAME, follow=follow, _preload_content=False,
+        name, ns, container=pod_container(pod), follow=follow, _preload_content=False,
         _request_timeout=(CONNECT_TIMEOUT, None) if follow else None), missing_ok=True)
     if stream is None:
         return

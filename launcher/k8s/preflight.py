@@ -7,7 +7,7 @@ from types import ModuleType
 from typing import Any
 
 from launcher import backends
-from launcher.errors import SpecError
+from launcher.errors import ClusterError, SpecError
 from launcher.job.spec import JobSpec
 from launcher.k8s.api import Api, call
 
@@ -57,19 +57,41 @@ def _has_crd(api: Api, name: str) -> bool:
                 missing_ok=True) is not None
 
 
-def preflight(api: Api, spec: JobSpec, backend: ModuleType = backends.DEFAULT) -> None:
-    """Refuse before creating anything: CRD, namespace, quota, Secrets, PVCs, priority class."""
+def cluster_runtime_missing(api: Api, job: dict) -> str | None:
+    """What to do when the job names a ClusterTrainingRuntime the cluster lacks (None: there, or not ours to read)."""
+    ref = (job.get("spec") or {}).get("runtimeRef") or {}
+    if ref.get("kind") != "ClusterTrainingRuntime":
+        return None
+    try:
+        got = call(f"reading ClusterTrainingRuntime {ref['name']}", lambda: api.custom.get_cluster_custom_object(
+            ref.get("apiGroup"), job["apiVersion"].split("/")[1], "clustertrainingruntimes", ref["name"]),
+            missing_ok=True)
+    except ClusterError as e:
+        if e.status == 403:  # may not read cluster-scoped objects: the Trainer's webhook will say
+            return None
+        raise
+    return None if got is not None else (
+        f"the cluster has no ClusterTrainingRuntime {ref['name']!r}: install k8s/trainjob/clustertrainingruntime.yaml "
+        "(kubectl apply --server-side -f), or its Helm chart")
+
+
+def preflight(api: Api, spec: JobSpec, backend: ModuleType = backends.DEFAULT, job: dict | None = None) -> None:
+    """Refuse before creating anything: CRD (and a TrainJob's runtime), namespace, quota, Secrets, PVCs, priority class."""
     ns = spec.namespace
     if call(f"reading the {backend.KIND} CRD", lambda: api.ext.read_custom_resource_definition(backend.CRD_NAME),
             missing_ok=True) is None:
         raise SpecError(f"the cluster has no {backend.CRD_NAME} CRD: {backend.CRD_MISSING}")
+    missing = cluster_runtime_missing(api, job) if job is not None else None
+    if missing:
+        raise SpecError(missing)
     if spec.gang and not _has_crd(api, GANG_PODGROUP_CRDS[spec.gang]):
         raise SpecError(f"--gang {spec.gang}: the cluster has no {GANG_PODGROUP_CRDS[spec.gang]} CRD, so {spec.gang} "
                         "is not installed and the pods would wait forever; install it or drop --gang")
     namespace = call(f"reading namespace {ns}", lambda: api.core.read_namespace(ns), missing_ok=True)
     if namespace is None:
         raise SpecError(f"namespace {ns!r} does not exist; create it or pass --namespace")
-    warning = pod_security_warning((namespace.metadata.labels or {}), spec.nodes)
+    # The training operator's init container; a TrainJob's pods have none.
+    warning = pod_security_warning((namespace.metadata.labels or {}), spec.nodes) if backend is backends.DEFAULT else None
     if warning:
         print(f"launch: warning: {warning}", file=sys.stderr)
     need = spec.total_gpus

@@ -7,7 +7,7 @@ from typing import Any
 from launcher import backends
 from launcher.errors import SpecError
 from launcher.k8s.api import Api, call, create, create_all, delete, raw, read
-from launcher.k8s.jobs import list_jobs, state
+from launcher.k8s.jobs import list_all_jobs, state
 from trainer import contract
 
 #: Shared by every schedule of a namespace: an existing one is brought up to date, never deleted by a rollback.
@@ -53,7 +53,7 @@ def active_runs(api: Api, ns: str, schedule: str, *, own_run: str | None = None)
     created before it count.
     """
     selector = f"{contract.LABEL_SCHEDULE}={schedule}"
-    names = {j["metadata"]["name"] for j in list_jobs(api, ns, selector=selector)
+    names = {j["metadata"]["name"] for j in list_all_jobs(api, ns, selector=selector)
              if state(j) not in backends.FINISHED}
     runs = _runs(api, ns, selector)
     own = next((j for j in runs if j["metadata"]["name"] == own_run), None)

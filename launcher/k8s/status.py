@@ -14,7 +14,7 @@ from typing import Any
 from launcher import backends
 from launcher.errors import ClusterError
 from launcher.k8s.api import Api, call, raw
-from launcher.k8s.jobs import get_job, job_pod_docs, owner_uid, replica_id, state
+from launcher.k8s.jobs import get_job, job_pod_docs, owner_uid, pod_container, replica_id, state
 from launcher.status import format as status_fmt
 from launcher.status import ledger as restart_ledger
 from trainer import contract
@@ -29,8 +29,9 @@ def describe_pod(pod: dict) -> dict:
     for c in status.get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
             out["unschedulable"] = " ".join((c.get("message") or c["reason"]).split())
+    container = pod_container(pod)
     for cs in status.get("containerStatuses") or []:
-        if cs.get("name") != contract.CONTAINER_NAME:
+        if cs.get("name") != container:
             continue
         out["restarts"] = cs.get("restartCount") or 0
         waiting = (cs.get("state") or {}).get("waiting")
@@ -69,11 +70,11 @@ def create_failures(api: Api, ns: str, job: dict) -> list[str]:
     return status_fmt.create_failures(list_events(api, ns, f"involvedObject.uid={job['metadata'].get('uid')}"))
 
 
-def runtime_progress(api: Api, ns: str, pod: Any) -> dict:
+def runtime_progress(api: Api, ns: str, pod: Any, container: str = contract.CONTAINER_NAME) -> dict:
     """The newest committed step the runtime in this pod logged (last 500 lines), and when."""
     name = pod["metadata"]["name"] if isinstance(pod, dict) else pod.metadata.name
     text = call(f"reading logs of {name}", lambda: api.core.read_namespaced_pod_log(
-        name, ns, container=contract.CONTAINER_NAME, tail_lines=500, timestamps=True), missing_ok=True)
+        name, ns, container=container, tail_lines=500, timestamps=True), missing_ok=True)
     return status_fmt.newest_commit((text or "").splitlines())
 
 
@@ -88,6 +89,34 @@ def pod_recreations(api: Api, ns: str, name: str) -> int:
     pods = [describe_pod(p) for p in job_pod_docs(api, ns, name, job["metadata"].get("uid"), backends.of(job))]
     incarnations = status_fmt.pod_incarnations(job, pods, list_events(api, ns, "involvedObject.kind=Pod"))
     return sum(status_fmt.count_restarts(incarnations).values())
+
+
+def exit_causes(pods: list[dict]) -> list[dict]:
+    """Each distinct non-zero exit of a pod still there, per replica (a TrainJob: no controller event records one)."""
+    out: dict[tuple[str, str], dict] = {}
+    for p in pods:
+        code = p.get("exit_code")
+        if code not in (None, 0):
+            cause = f"exit {code}: {contract.describe_exit_code(code)}"
+            c = out.setdefault((p["replica"], cause), {"pod": p["name"], "replica": p["replica"], "cause": cause,
+                                                       "exit_code": code, "retried": contract.is_retryable(code),
+                                                       "count": 0})
+            c["count"] += 1
+    return sorted(out.values(), key=lambda c: (status_fmt.natural_key(c["replica"]), c["cause"]))
+
+
+def jobset_restarts(api: Api, ns: str, job: dict) -> tuple[int, int] | None:
+    """A TrainJob's restarts (all, counted toward its budget) from its JobSet; None for other kinds or no JobSet."""
+    backend = backends.of(job)
+    if not hasattr(backend, "JOBSET_PLURAL"):
+        return None
+    name = job["metadata"]["name"]
+    try:
+        jobset = call(f"reading JobSet {name}", lambda: api.custom.get_namespaced_custom_object(
+            backend.JOBSET_GROUP, backend.JOBSET_VERSION, ns, backend.JOBSET_PLURAL, name), missing_ok=True)
+    except ClusterError:
+        return None  # no right to read JobSets: status stands on the pods alone
+    return backend.restarts(jobset)
 
 
 def read_status(api: Api, ns: str, name: str, *, now: Any = None) -> dict:
@@ -112,13 +141,22 @@ def read_status(api: Api, ns: str, name: str, *, now: Any = None) -> dict:
     first = next((p for p in pods if p["phase"] in ("Running", "Succeeded", "Failed")), None)
     if first is not None:
         try:
-            progress = runtime_progress(api, ns, {"metadata": {"name": first["name"]}})
+            progress = runtime_progress(api, ns, {"metadata": {"name": first["name"]}}, backend.CONTAINER)
         except ClusterError:
             pass  # logs are a bonus here; the status above stands without them
     for p in pods:
         p["restarts"] = per_pod.get(p["name"], 0)
         if first is not None and p["name"] == first["name"]:
             p.update({k: progress[k] for k in ("resumed_from", "preempted_at")})
+    retries_left = status_fmt.retries_left(backend.retry_limit(job), restarts, causes)
+    spent = jobset_restarts(api, ns, job)
+    if spent is not None:
+        # JobSet restarts every node at once and counts it; a pod replaced after exit 143 or a
+        # disruption is counted nowhere (podFailurePolicy Ignore): the JobSet's numbers are the budget.
+        restarts, counted = spent
+        causes = causes + exit_causes(pods)
+        limit = backend.retry_limit(job)
+        retries_left = None if limit is None else max(limit - counted, 0)
     summary, unread = ledger.result(time.time())
     return {"name": name, "namespace": ns, "uid": uid, "state": state(job),
             "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
@@ -127,7 +165,7 @@ def read_status(api: Api, ns: str, name: str, *, now: Any = None) -> dict:
             "expected_pods": backend.expected_pods(job),
             "pods": [{k: v for k, v in p.items() if k not in ("name", "owner_uid")} for p in pods],
             "restarts": restarts, "restarts_by_pod": {k: v for k, v in per_pod.items() if v},
-            "retries_left": status_fmt.retries_left(backend.retry_limit(job), restarts, causes),
+            "retries_left": retries_left,
             "causes": causes, "create_failures": status_fmt.create_failures(job_events),
             "committed_step": progress["step"],
             "committed_at": progress["at"].isoformat() if progress.get("at") else None,

@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any, Mapping
 
+from launcher import backends
 from launcher.commandline import (Parser, add_target_flags, context, field_default, namespace, print_doc,
                                   print_objects, split_script_args)
 from launcher.errors import ClusterError, SpecError
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"seconds after its time (default {field_default(ScheduleSpec, 'starting_deadline_seconds')})")
     g.add_argument("--keep-history", type=int, default=None, help="finished runs (Jobs) kept, of each outcome "
                    f"(default {field_default(ScheduleSpec, 'successful_history')})")
+    g.add_argument("--backend", default=None, help="the kind each run creates: pytorchjob (default), trainjob, "
+                   "or auto (what the cluster serves now; see `launch --help`). Config key: backend")
     g.add_argument("--chart-values", action="store_true",
                    help="print a values file for the Helm chart in k8s/chart holding this schedule; create nothing")
     return p
@@ -105,8 +108,20 @@ def create(argv: list[str], env: Mapping[str, str]) -> int:
                                 "starting_deadline_seconds": args.starting_deadline,
                                 "successful_history": args.keep_history, "failed_history": args.keep_history}.items()
              if v is not None}
+    from launcher.job.command import choose_backend
+    from launcher.k8s import api as k8s
+
+    api_box: list = []
+
+    def connect():  # once, when `auto` asks the cluster; --dry-run and --chart-values never connect
+        if not api_box:
+            api_box.append(k8s.connect(context=context(args, defaults)))
+        return api_box[0]
+
+    args.dry_run = args.dry_run or args.chart_values
+    backend = choose_backend(args, defaults, connect)
     schedule = ScheduleSpec(name=name, cron=args.cron, job=job, warm_start_optimizer=args.warm_start_optimizer,
-                            **given)
+                            backend=next(k for k, b in backends.BACKENDS.items() if b is backend), **given)
     bundle, code = pack_code(args, defaults, job.script, name)
     objects = schedule_to_objects(schedule, image=job.image or DEFAULT_IMAGE, code=code)
     if args.chart_values:
@@ -118,12 +133,11 @@ def create(argv: list[str], env: Mapping[str, str]) -> int:
         print_objects(objects, args.output)
         return 0
     from launcher.job import bundle as shipping
-    from launcher.k8s import api as k8s
     from launcher.k8s.preflight import preflight
     from launcher.k8s.schedules import create_schedule
 
-    api = k8s.connect(context=context(args, defaults))
-    preflight(api, job)
+    api = connect()
+    preflight(api, job, backend)
     if code.uri:
         shipping.upload(code.uri, bundle.data)
     try:
@@ -134,7 +148,7 @@ def create(argv: list[str], env: Mapping[str, str]) -> int:
         raise
     ns = job.namespace
     tz = f" ({schedule.time_zone})" if schedule.time_zone else ""
-    print(f"created schedule {ns}/{name}: \"{schedule.cron}\"{tz}, each run a PyTorchJob {name}-MINUTES of "
+    print(f"created schedule {ns}/{name}: \"{schedule.cron}\"{tz}, each run a {backend.KIND} {name}-MINUTES of "
           f"{job.nodes} pod(s)" + (f", warm-started from {schedule.warm_start_from}" if schedule.warm_start_from else ""))
     print(f"  launch schedule trigger {name} -n {ns}   |   launch schedule list -n {ns}")
     return 0

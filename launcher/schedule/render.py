@@ -13,6 +13,7 @@ import base64
 import copy
 import dataclasses
 import json
+from types import ModuleType
 from typing import Any
 
 from launcher import backends
@@ -51,9 +52,22 @@ def _meta(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
     return {"name": name, "namespace": namespace, "labels": labels}
 
 
-def submitter_rbac(namespace: str) -> list[dict[str, Any]]:
-    """ServiceAccount, Role and RoleBinding of the submitter: its own namespace only."""
+def submitter_rbac(namespace: str, backend: ModuleType = backends.DEFAULT) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding of the submitter: its own namespace only.
+
+    Another backend's rules are a Role and RoleBinding of their own (SUBMITTER-KIND), so that
+    schedules of either kind in one namespace never replace each other's rights.
+    """
     labels = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
+    extra = []
+    if backend is not backends.DEFAULT:
+        role = f"{SUBMITTER}-{backend.KIND.lower()}"
+        extra = [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(role, namespace, labels),
+             "rules": [copy.deepcopy(r) for r in backend.SUBMITTER_RULES]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(role, namespace, labels),
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+             "subjects": [{"kind": "ServiceAccount", "name": SUBMITTER, "namespace": namespace}]}]
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(SUBMITTER, namespace, labels)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(SUBMITTER, namespace, labels),
@@ -62,6 +76,7 @@ def submitter_rbac(namespace: str) -> list[dict[str, Any]]:
          "metadata": _meta(SUBMITTER, namespace, labels),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SUBMITTER},
          "subjects": [{"kind": "ServiceAccount", "name": SUBMITTER, "namespace": namespace}]},
+        *extra,
     ]
 
 
@@ -139,7 +154,7 @@ def schedule_to_cronjob(schedule: ScheduleSpec, *, image: str) -> dict[str, Any]
 
 def schedule_to_objects(schedule: ScheduleSpec, *, image: str, code: CodeRef) -> list[dict[str, Any]]:
     """Everything `launch schedule` creates: the submitter's RBAC, the CronJob, then its stored spec."""
-    return [*submitter_rbac(schedule.job.namespace), schedule_to_cronjob(schedule, image=image),
+    return [*submitter_rbac(schedule.job.namespace, backends.BACKENDS[schedule.backend]), schedule_to_cronjob(schedule, image=image),
             schedule_to_configmap(schedule, image=image, code=code)]
 
 
@@ -161,14 +176,12 @@ def run_to_objects(stored: StoredSchedule, *, run_name: str, namespace: str) -> 
     """One run's objects: `launch`'s own, named for the run, labelled with its schedule, warm start set."""
     schedule = stored.schedule
     spec = dataclasses.replace(schedule.job, namespace=namespace)
-    objects = render.spec_to_objects(spec, name=run_name, code=stored.code, image=stored.image)
+    objects = render.spec_to_objects(spec, name=run_name, code=stored.code, image=stored.image,
+                                     backend=backends.BACKENDS[schedule.backend])
     for obj in objects:
         obj["metadata"]["labels"][contract.LABEL_SCHEDULE] = schedule.name
     if schedule.warm_start_from:
         env = [{"name": contract.ENV_WARM_START_FROM, "value": schedule.warm_start_from},
                {"name": contract.ENV_WARM_START_OPTIMIZER, "value": "1" if schedule.warm_start_optimizer else "0"}]
-        for template in backends.of(objects[0]).pod_templates(objects[0]):
-            for c in template["spec"]["containers"]:
-                if c["name"] == contract.CONTAINER_NAME:
-                    c["env"] = c["env"] + copy.deepcopy(env)
+        backends.of(objects[0]).add_env(objects[0], env)
     return objects

@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from launcher.errors import SpecError
+from launcher import backends
 from launcher.job.render import CodeRef
 from launcher.job.spec import JobSpec, Resources, Volume, check_dns_label
 from trainer import contract
@@ -86,9 +87,13 @@ class ScheduleSpec:
     starting_deadline_seconds: int = 3600
     successful_history: int = 3
     failed_history: int = 3
+    #: The kind each run creates (launcher/backends/): decided when the schedule is made, not per run.
+    backend: str = "pytorchjob"
 
     def __post_init__(self) -> None:
         check_dns_label(self.name, "--name", max_len=MAX_NAME)
+        if self.backend not in backends.BACKENDS:
+            raise SpecError(f"schedule backend {self.backend!r}: choose {', '.join(backends.BACKENDS)}")
         object.__setattr__(self, "cron", check_cron(self.cron))
         if self.time_zone is not None:
             check_time_zone(self.time_zone)
@@ -137,6 +142,8 @@ class StoredSchedule:
 def stored_to_dict(schedule: ScheduleSpec, *, image: str, code: CodeRef) -> dict[str, Any]:
     """Without the namespace: a run goes where its schedule lives (the same stored spec in any namespace)."""
     sched = {f.name: getattr(schedule, f.name) for f in dataclasses.fields(schedule) if f.name != "job"}
+    if schedule.backend == ScheduleSpec.__dataclass_fields__["backend"].default:
+        del sched["backend"]  # stored as before backends were chosen: submitters of that time read it too
     job = {k: v for k, v in job_spec_to_dict(schedule.job).items() if k != "namespace"}
     return {"format": STORED_FORMAT, "schedule": sched, "job": job, "image": image,
             "code": {"sha256": code.sha256, "entrypoint": code.entrypoint, "uri": code.uri}}

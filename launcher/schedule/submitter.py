@@ -58,8 +58,10 @@ def submit_run(api, ns: str, schedule: str, run_name: str) -> bool:
     from launcher.k8s import jobs, preflight, schedules
     from launcher.schedule.render import run_to_objects
 
-    if jobs.get_job(api, ns, run_name, required=False) is not None:
-        log.info("PyTorchJob %s/%s exists (an earlier try of this Job created it); waiting for it", ns, run_name)
+    existing = jobs.get_job(api, ns, run_name, required=False)
+    if existing is not None:
+        log.info("%s %s/%s exists (an earlier try of this Job created it); waiting for it", existing.get("kind"), ns,
+                 run_name)
         return True
     others = schedules.active_runs(api, ns, schedule, own_run=run_name)
     if others:
@@ -73,9 +75,10 @@ def submit_run(api, ns: str, schedule: str, run_name: str) -> bool:
         if room is not None and room < job.total_gpus:
             raise SpecError(f"namespace {ns} has room for {room:g} {job.resources.gpu_resource} under its "
                             f"ResourceQuota, the run asks for {job.total_gpus}")
-    jobs.create_job(api, ns, run_to_objects(stored, run_name=run_name, namespace=ns))
+    objects = run_to_objects(stored, run_name=run_name, namespace=ns)
+    jobs.create_job(api, ns, objects)
     warm = stored.schedule.warm_start_from
-    log.info("created PyTorchJob %s/%s: %d pod(s)%s", ns, run_name, job.nodes,
+    log.info("created %s %s/%s: %d pod(s)%s", objects[0]["kind"], ns, run_name, job.nodes,
              f", warm start from {warm}" if warm else "")
     return True
 
@@ -102,25 +105,27 @@ def past_deadline(job: dict, now: float) -> bool:
 
 def wait_for(api, ns: str, run_name: str, *, poll_seconds: float, sleep: Callable[[float], None],
              clock: Callable[[], float] = time.time) -> int:
-    """Poll the run's PyTorchJob until it finishes; its result as a SubmitExit."""
+    """Poll the run's training job until it finishes; its result as a SubmitExit."""
     from launcher.k8s import jobs
 
     last = None
     nudged_at = 0.0
+    kind = backends.DEFAULT.KIND  # the run's, once read
     while True:
         job = jobs.get_job(api, ns, run_name, required=False)
         if job is None:
-            log.error("PyTorchJob %s/%s was deleted before it finished", ns, run_name)
+            log.error("%s %s/%s was deleted before it finished", kind, ns, run_name)
             return int(SubmitExit.JOB_FAILED)
+        kind = job.get("kind") or kind
         state = jobs.state(job)
         if state != last:
-            log.info("PyTorchJob %s/%s: %s", ns, run_name, state)
+            log.info("%s %s/%s: %s", kind, ns, run_name, state)
             last = state
         now = clock()
         if state not in backends.FINISHED and past_deadline(job, now) and now - nudged_at >= NUDGE_EVERY_SECONDS:
-            log.info("PyTorchJob %s/%s is past its deadline (--max-runtime): asking the operator to look again",
-                     ns, run_name)
-            jobs.touch_job(api, ns, run_name)
+            log.info("%s %s/%s is past its deadline (--max-runtime): asking the operator to look again",
+                     kind, ns, run_name)
+            jobs.touch_job(api, ns, run_name)  # PyTorchJob only: a TrainJob's deadline is never past here
             nudged_at = now
         if state in backends.FINISHED:
             if state == "Failed":

@@ -26,9 +26,10 @@ HEADER = ["STARTED", "FROM STEP", "ENDED", "REDONE", "LOST", "CAUSE"]
 
 def location(job: dict) -> tuple[str, str, int | None] | None:
     """(checkpoint URI, run id, --max-restarts) from the job's pod template env; None without a checkpoint."""
-    for template in backends.of(job).pod_templates(job):
+    backend = backends.of(job)
+    for template in backend.pod_templates(job):
         for c in (template.get("spec") or {}).get("containers") or []:
-            if c.get("name") != contract.CONTAINER_NAME:
+            if c.get("name") != backend.CONTAINER:
                 continue
             env = {e.get("name"): e.get("value") for e in c.get("env") or []}
             uri, run_id = env.get(contract.ENV_CHECKPOINT_URI), env.get(contract.ENV_RUN_ID)

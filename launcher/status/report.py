@@ -41,9 +41,9 @@ def print_status(doc: dict, *, output: str = "text", all_pods: bool = False) -> 
 
 
 def print_list(rows: list[dict], ns: str, *, kind: str, output: str = "text") -> None:
-    """`rows` are launcher.k8s.jobs.job_rows'."""
+    """`rows` are launcher.k8s.jobs.job_rows'; `kind` in the plural ("PyTorchJobs or TrainJobs")."""
     if output in ("json", "yaml"):
         print_doc(rows, output)
         return
     header, table = status_fmt.job_rows(rows, datetime.datetime.now(datetime.timezone.utc), wide=output == "wide")
-    print(status_fmt.render(header, table, f"No {kind}s of launch in namespace {ns}."))
+    print(status_fmt.render(header, table, f"No {kind} of launch in namespace {ns}."))

@@ -41,6 +41,9 @@ KWOK_NODE_NOT_READY = "node-not-ready.stage.kwok.x-k8s.io"
 LOGS_NAMESPACE, LOGS_POD = "kubetrain-logs", "held-master-0"
 REAL_NAMESPACE = "kubetrain-real"
 SERVED_LOGS = ((LOGS_NAMESPACE, LOGS_POD), *((REAL_NAMESPACE, f"{RUN_FOR_REAL}-{r}-0") for r in ("master", "worker")))
+#: A TrainJob's pods have random names (<job>-node-0-<rank>-<suffix>): kwok serves one log file as the
+#: `node` container's log of every pod in this namespace.
+TRAINJOB_LOGS_NAMESPACE, TRAINJOB_LOGS_FILE = "kubetrain-v2-logs", "trainjob-node"
 
 
 def _free_port() -> int:
@@ -252,6 +255,7 @@ def kwok_logs(tmp_path_factory):
     d = tmp_path_factory.mktemp("kwok-logs")
     for _, pod in SERVED_LOGS:
         (d / f"{pod}.log").touch()
+    (d / f"{TRAINJOB_LOGS_FILE}.log").touch()
     return d
 
 
@@ -267,7 +271,11 @@ def _kwok_logs_config(d, log_dir) -> str:
         "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterLogs", "metadata": {"name": f"{ns}.{pod}"},
         "spec": {"selector": {"matchNamespaces": [ns], "matchNames": [pod]},
                  "logs": [{"containers": [contract.CONTAINER_NAME], "logsFile": str(log_dir / f"{pod}.log"),
-                           "follow": True}]}} for ns, pod in SERVED_LOGS]))
+                           "follow": True}]}} for ns, pod in SERVED_LOGS] + [{
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterLogs", "metadata": {"name": TRAINJOB_LOGS_NAMESPACE},
+        "spec": {"selector": {"matchNamespaces": [TRAINJOB_LOGS_NAMESPACE]},
+                 "logs": [{"containers": ["node"], "logsFile": str(log_dir / f"{TRAINJOB_LOGS_FILE}.log"),
+                           "follow": True}]}}]))
     return str(path)
 
 

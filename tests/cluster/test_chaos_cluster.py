@@ -74,4 +74,4 @@ def test_drain_moves_the_pod_to_another_node_and_uncordons(api, capsys):
 
 def test_a_job_that_does_not_exist_is_one_line(api, capsys):
     code, out, err = launch(capsys, "chaos", "nope", "-n", "default", "--kill-pod", "random")
-    assert code == 2 and "no PyTorchJob 'nope'" in err and err.count("\n") == 1
+    assert code == 2 and "no PyTorchJob or TrainJob 'nope'" in err and err.count("\n") == 1

@@ -139,7 +139,7 @@ def test_a_failure_midway_rolls_back_what_it_created_and_only_that(cluster, caps
 def test_status_of_an_unknown_job_is_one_line(cluster, capsys):
     ns = namespace(cluster)
     code, _, err = launch(capsys, "status", "nope", "-n", ns)
-    assert code == 2 and "no PyTorchJob 'nope'" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "no PyTorchJob or TrainJob 'nope'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_namespace_enforcing_restricted_pod_security_admits_our_pods(cluster, capsys):

@@ -21,6 +21,11 @@ LAUNCH = {
     "pvc-checkpoint": ["--gpus", "1", "--pvc", "ckpt:/ckpt", "--checkpoint", "/ckpt/runs"],
 }
 
+#: The same cases with `--backend trainjob` (tests/golden/launch-trainjob/CASE.yaml), but the elastic one:
+#: a TrainJob on our runtime has a fixed size (launch refuses --nodes MIN:MAX for it).
+TRAINJOB_BASE = ["--backend", "trainjob"]
+LAUNCH_TRAINJOB = {case: flags for case, flags in LAUNCH.items() if case != "elastic"}
+
 #: `launch schedule SCRIPT --dry-run` cases (tests/golden/schedule/CASE.yaml, and the objects the in-cluster
 #: submitter creates for run RUN_NAME of each: tests/golden/schedule-run/CASE.yaml).
 SCHEDULE_BASE = ["--checkpoint", "s3://bucket/ckpts", "--name", "nightly", "--cron", "0 3 * * *"]

@@ -1,6 +1,6 @@
 """Render every golden manifest; write them (review the diff), or check them.
 
-    python -m tests.golden.regen           # rewrite tests/golden/{launch,schedule,schedule-run,chart-values}/*.yaml
+    python -m tests.golden.regen           # rewrite tests/golden/{launch,launch-trainjob,schedule,schedule-run,chart-values}/*.yaml
     python -m tests.golden.regen --check   # exit 1 naming each stale file (tests/unit/test_golden_manifests.py)
 
 Each file is what `launch` prints for one case of tests/golden/cases.py, run as a user would
@@ -71,6 +71,9 @@ def render() -> dict[str, str]:
     out = {}
     for case, flags in cases.LAUNCH.items():
         out[f"launch/{case}.yaml"] = launch([SCRIPT, *cases.LAUNCH_BASE, *flags, "--dry-run", *cases.SCRIPT_ARGS])
+    for case, flags in cases.LAUNCH_TRAINJOB.items():
+        out[f"launch-trainjob/{case}.yaml"] = launch([SCRIPT, *cases.LAUNCH_BASE, *cases.TRAINJOB_BASE, *flags,
+                                                      "--dry-run", *cases.SCRIPT_ARGS])
     for case, flags in cases.SCHEDULE.items():
         argv = ["schedule", SCRIPT, *cases.SCHEDULE_BASE, *flags]
         out[f"schedule/{case}.yaml"] = text = launch([*argv, "--dry-run", *cases.SCRIPT_ARGS])

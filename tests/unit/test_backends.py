@@ -8,7 +8,8 @@ from launcher import backends
 from launcher.job.render import spec_to_objects
 from launcher.job.spec import JobSpec
 
-INTERFACE = ("KIND", "API_VERSION", "GROUP", "VERSION", "PLURAL", "CRD_NAME", "CRD_MISSING", "POD_JOB_LABEL",
+INTERFACE = ("KIND", "API_VERSION", "GROUP", "VERSION", "PLURAL", "CRD_NAME", "CUSTOM_KINDS", "CRD_MISSING", "CONTAINER",
+             "POD_JOB_LABEL", "OWNS_PODS", "companions", "add_env",
              "SUBMITTER_RULES", "render", "state", "pod_templates", "replica_names", "replica_id", "expected_pods",
              "min_pods", "retry_limit", "deadline", "exit_event")
 
