@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.helpers import EXAMPLE, assert_no_workers, read_json, run, start, wait_for, worker_pids, worker_rank
+from trainer import contract
 
 pytestmark = pytest.mark.runtime
 
@@ -70,13 +71,27 @@ def test_sigkill_of_one_worker_exits_137_and_resumes_from_the_last_periodic_chec
 
 
 def test_sigint_twice_kills_without_waiting_for_a_checkpoint(tmp_path):
-    ckpt, result = str(tmp_path / "ckpt"), str(tmp_path / "result.json")
-    proc = start(trainer_args(ckpt, result) + ["--step-sleep", "0.03"], log_path=str(tmp_path / "log"))
+    ckpt, result, faults = str(tmp_path / "ckpt"), str(tmp_path / "result.json"), tmp_path / "faults"
+    faults.mkdir()
+    log_path = tmp_path / "log"
+    proc = start(trainer_args(ckpt, result) + ["--step-sleep", "0.03"], log_path=str(log_path),
+                 env={contract.ENV_FAULTS_DIR: str(faults)})
     wait_for(lambda: os.path.exists(os.path.join(ckpt, "exp", "latest")), 120, "the first checkpoint")
+    first = int(open(os.path.join(ckpt, "exp", "latest")).read())
+    # From now on a commit waits 60 s before its manifest, so the stop checkpoint the first Ctrl-C
+    # asks for cannot commit before the second one lands (a commit takes ~0.03 s otherwise).
+    (faults / contract.FAULT_SLOW_COMMIT).write_text("60")
     proc.send_signal(signal.SIGINT)
+    # Two signals sent back to back are one pending signal to the kernel: send the second only
+    # once the supervisor has acted on the first.
+    wait_for(lambda: "asking the ranks to checkpoint and stop" in log_path.read_text(), 60, "the first SIGINT")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) >= 128
     assert_no_workers(result)
+    log = log_path.read_text()
+    assert "second interrupt: killing the workers without a checkpoint" in log, log
+    assert "preempted: checkpoint step" not in log, log  # contract.LOG_PREEMPTED: no stop checkpoint
+    assert int(open(os.path.join(ckpt, "exp", "latest")).read()) >= first  # only periodic commits, if any
 
 
 def test_a_corrupt_shard_of_one_rank_makes_every_rank_fall_back_to_the_same_step(tmp_path, uninterrupted):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from trainer.checkpoint import Checkpointer
+
+pytestmark = pytest.mark.runtime  # a real Checkpointer and torch: the runtime tier, not unit
 
 
 def _pointers(ckpt: Checkpointer) -> dict:
