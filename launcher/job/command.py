@@ -67,8 +67,8 @@ def add_job_flags(p: argparse.ArgumentParser, *, name_help: str, local_help: str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="launch", description="Run a PyTorch training script on Kubernetes as a PyTorchJob, or here "
-               "with --local. Script arguments go after `--`.", epilog="other verbs: launch status JOB | logs JOB "
+    p = Parser(prog="launch", description="Run a PyTorch training script on Kubernetes as a PyTorchJob or a "
+               "TrainJob (--backend), or here with --local. Script arguments go after `--`.", epilog="other verbs: launch status JOB | logs JOB "
                "[-f] | cancel JOB | list | schedule ... | chaos ...  (each has --help)",
                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_job_flags(p, name_help="job name (default: SCRIPT-YYYYmmdd-HHMMSS; --local: SCRIPT)",
