@@ -407,6 +407,12 @@ state = "{STATE / 'state'}"
         for ref, tar in self.images.items():
             if _normalise(ref) not in have:
                 _ctr("images", "import", tar, timeout=1200)
+        # The cached root keeps every image ever imported: about 6 GB per change to trainer/ or
+        # launcher/. Keep only this run's; --sync waits for containerd to drop their content.
+        wanted = {_normalise(ref) for ref in self.images}
+        stale = [r for r in have if r not in wanted and "/kubetrain/" in r]
+        if stale:
+            _ctr("images", "rm", "--sync", *stale, check=False, timeout=600)
 
     def _coredns(self) -> None:
         ready = _free_port()
