@@ -37,21 +37,32 @@ def read_errors(control: str) -> list[dict]:
     return out
 
 
-def read_progress(control: str) -> dict[int, tuple[int, float]]:
-    """{rank: (step, unix time)} of the ranks' heartbeats ("<step> <time>"); a half-written one is skipped."""
-    out = {}
+def _per_rank(control: str, prefix: str) -> dict[int, list[str]]:
+    """{rank: the fields of its `<prefix><rank>` file}, for every whole one (a temp file is skipped)."""
+    out: dict[int, list[str]] = {}
     try:
         names = os.listdir(control)
     except OSError:
         return out
     for name in names:
-        if name.startswith(contract.CONTROL_PROGRESS_PREFIX) and not name.endswith(".tmp"):
+        if name.startswith(prefix) and not name.endswith(".tmp"):
             try:
                 with open(os.path.join(control, name)) as f:
-                    step, at = f.read().split()
-                out[int(name[len(contract.CONTROL_PROGRESS_PREFIX):])] = (int(step), float(at))
+                    out[int(name[len(prefix):])] = f.read().split()
             except (OSError, ValueError):
                 continue
+    return out
+
+
+def read_progress(control: str) -> dict[int, tuple[int, float]]:
+    """{rank: (step, unix time)} of the ranks' heartbeats ("<step> <time>"); a half-written one is skipped."""
+    out = {}
+    for rank, fields in _per_rank(control, contract.CONTROL_PROGRESS_PREFIX).items():
+        try:
+            step, at = fields
+            out[rank] = (int(step), float(at))
+        except ValueError:
+            continue
     return out
 
 
@@ -68,18 +79,11 @@ def read_rank_pids(control: str) -> dict[int, int]:
     """{rank: pid} of the recorded ranks that are still the same live process (a reused PID has
     another start time)."""
     out = {}
-    try:
-        names = os.listdir(control)
-    except OSError:
-        return out
-    for name in names:
-        if name.startswith(contract.CONTROL_PID_PREFIX) and not name.endswith(".tmp"):
-            try:
-                with open(os.path.join(control, name)) as f:
-                    pid, started = (int(x) for x in f.read().split())
-                rank = int(name[len(contract.CONTROL_PID_PREFIX):])
-            except (OSError, ValueError):
-                continue
-            if start_time(pid) == started:
-                out[rank] = pid
+    for rank, fields in _per_rank(control, contract.CONTROL_PID_PREFIX).items():
+        try:
+            pid, started = (int(x) for x in fields)
+        except ValueError:
+            continue
+        if start_time(pid) == started:
+            out[rank] = pid
     return out
