@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from typing import Callable
 
 from launcher.errors import ClusterError, SpecError
 from launcher.job.render import CodeRef
@@ -144,3 +145,16 @@ def remove(uri: str) -> None:
         fs.rm_file(path)
     except Exception as e:
         print(f"launch: warning: could not remove the code bundle {uri}: {e}", file=sys.stderr)
+
+
+def shipped_then_created(code: CodeRef, data: bytes, create: Callable[[], object]) -> None:
+    """Upload a bundle that goes to the object store, then `create()` the objects that use it; when
+    the create fails, the bundle goes again: nothing half-created, not on the cluster, not in the bucket."""
+    if code.uri:
+        upload(code.uri, data)
+    try:
+        create()
+    except BaseException:
+        if code.uri:
+            remove(code.uri)
+        raise

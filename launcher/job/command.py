@@ -199,14 +199,7 @@ def main(argv: list[str], env: Mapping[str, str], now: float | None = None) -> i
     api = connect()
     preflight(api, spec, backend, objects[0])
     warn_without_abort_rule(spec.checkpoint_uri)  # one line on stderr, never fatal
-    if code.uri:
-        shipping.upload(code.uri, bundle.data)
-    try:
-        create_job(api, spec.namespace, objects)
-    except BaseException:
-        if code.uri:  # nothing half-created: not on the cluster, not in the bucket
-            shipping.remove(code.uri)
-        raise
+    shipping.shipped_then_created(code, bundle.data, lambda: create_job(api, spec.namespace, objects))
     print(f"created {objects[0]['kind']} {spec.namespace}/{name}: {spec.nodes} pod(s) x "
           f"{spec.resources.gpus_per_node or spec.nproc_per_node} {'GPU' if spec.resources.gpus_per_node else 'rank'}(s)")
     print(f"  launch status {name} -n {spec.namespace}   |   launch logs {name} -n {spec.namespace} -f")

@@ -138,14 +138,7 @@ def create(argv: list[str], env: Mapping[str, str]) -> int:
 
     api = connect()
     preflight(api, job, backend)
-    if code.uri:
-        shipping.upload(code.uri, bundle.data)
-    try:
-        create_schedule(api, job.namespace, objects)
-    except BaseException:
-        if code.uri:  # nothing half-created: not on the cluster, not in the bucket
-            shipping.remove(code.uri)
-        raise
+    shipping.shipped_then_created(code, bundle.data, lambda: create_schedule(api, job.namespace, objects))
     ns = job.namespace
     tz = f" ({schedule.time_zone})" if schedule.time_zone else ""
     print(f"created schedule {ns}/{name}: \"{schedule.cron}\"{tz}, each run a {backend.KIND} {name}-MINUTES of "
