@@ -11,6 +11,8 @@ across the launcher. A backend module has:
     POD_JOB_LABEL          the label its controller sets on a job's pods (value: the job name)
     OWNS_PODS              whether the job object is its pods' controller (else they are found by label alone)
     SUBMITTER_RULES        the RBAC rules a schedule's in-cluster submitter needs on the kind
+    FIRST_REPLICA          the rank-0 pod's replica id (`launch chaos --kill-pod master`)
+    IGNORED_FLAGS          launch flags (argparse dest) the kind cannot honour -> why (launch warns)
     render(spec, *, metadata, pod_template) -> dict        the job object
     companions(spec, *, metadata, pod_template) -> [dict]  objects created before the job, owned by it after
     add_env(job, env)      append env entries to our container (a schedule's warm start)
@@ -54,6 +56,12 @@ def check_choice(value: object, source: str = "--backend") -> str:
     if value not in CHOICES:
         raise SpecError(f"{source} {value!r}: choose {', '.join(CHOICES[:-1])} or {CHOICES[-1]}")
     return str(value)
+
+
+def ignored(backend: ModuleType, given: dict[str, object]) -> list[str]:
+    """One warning line per flag the user gave (dest -> value, None when not given) that `backend` cannot honour."""
+    return [f"launch: warning: --{dest.replace('_', '-')} {why}" for dest, why in backend.IGNORED_FLAGS.items()
+            if given.get(dest) is not None]
 
 
 def pick(served: set[str], prefer: str | None) -> ModuleType:

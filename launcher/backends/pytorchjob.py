@@ -41,6 +41,11 @@ SUBMITTER_RULES: tuple[dict[str, Any], ...] = (
 # The operator's event on the job each time it sees a container exit.
 _EXITED = re.compile(r"Pod: [^.\s]+\.(\S+) exited with code (-?\d+)")
 
+#: The rank-0 pod's replica (`launch chaos --kill-pod master`).
+FIRST_REPLICA = "master-0"
+#: Flags a PyTorchJob cannot honour: none.
+IGNORED_FLAGS: dict[str, str] = {}
+
 
 def render(spec: Any, *, metadata: dict[str, Any], pod_template: dict[str, Any]) -> dict[str, Any]:
     """The PyTorchJob of a JobSpec (launcher/job/spec.py): restartPolicy ExitCode on every replica."""

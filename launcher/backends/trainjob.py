@@ -44,6 +44,13 @@ RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 #: The replicated Job our runtime runs the trainer in (constants.Node upstream).
 TRAINER_JOB = "node"
+#: The rank-0 pod's replica (`launch chaos --kill-pod master`): node rank 0.
+FIRST_REPLICA = f"{TRAINER_JOB}-0"
+#: Flags (their argparse dest) a TrainJob cannot honour, and why: `launch` warns when one is given.
+IGNORED_FLAGS = {
+    "ttl": "has no effect on a TrainJob: Trainer v2.3.0 has no ttlSecondsAfterFinished; delete it with `launch cancel`",
+    "clean_pod_policy": "has no effect on a TrainJob: its JobSet keeps the finished pods until the TrainJob is deleted",
+}
 #: Who owns our spec.runtimePatches entry (a domain-prefixed path, as the API asks).
 PATCH_MANAGER = "kubetrain.dev/launch"
 #: The cluster-wide runtime (k8s/trainjob/clustertrainingruntime.yaml) and its budget.

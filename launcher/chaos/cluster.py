@@ -1,9 +1,15 @@
-"""`launch chaos JOB`: faults to one running PyTorchJob on any cluster, and how the job reacted.
+"""`launch chaos JOB`: faults to one running job (PyTorchJob or TrainJob) on any cluster, and how it reacted.
 
 It touches only the job's own pods (and, for --drain-node, the node under one of
 them, which it cordons and uncordons again). After each fault it watches the
-operator recreate the pod and reads the step the runtime resumed from in the new
+controller replace the pod and reads the step the runtime resumed from in the new
 pod's log (contract.LOG_RESUMED).
+
+A replacement is found by replica (`master-0`, `worker-1`, `node-1`) and a new UID,
+never by pod name: the training operator recreates a PyTorchJob's pod under the same
+name, but a TrainJob's pods belong to Jobs, whose controller gives every pod a new
+random suffix (and a failed TrainJob pod restarts the whole JobSet: every node's pod
+is replaced, the one the fault hit among them).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from launcher import backends
 from launcher.errors import ClusterError, SpecError
 from launcher.k8s import faults
 from launcher.k8s.api import Api
-from launcher.k8s.jobs import get_job, job_pods, replica_id
+from launcher.k8s.jobs import get_job, job_pods, pod_backend, pod_container, replica_id
 from launcher.k8s.jobs import state as job_state
 from launcher.k8s.status import pod_recreations, runtime_progress
 
@@ -39,7 +45,8 @@ class FaultResult:
     n: int
     what: str
     pods: list[str]
-    uids: dict[str, str]
+    uids: dict[str, str]  # pod name -> UID of each pod the fault removed
+    replicas: dict[str, str]  # pod name -> its replica (`worker-1`): what a replacement has in common with it
     at: float
     refused: str | None = None
     recreated_s: float | None = None
@@ -49,13 +56,26 @@ class FaultResult:
 
 
 def pick_pod(pods: list[Any], which: str, rng: random.Random) -> Any | None:
-    """The pod `--kill-pod random|master|worker-N` names among the job's live pods."""
+    """The pod `--kill-pod random|master|worker-N|node-N` names among the job's live pods.
+
+    `master` is the rank-0 pod of either kind: a PyTorchJob's master-0, a TrainJob's node-0.
+    """
     if not pods:
         return None
     if which == "random":
         return rng.choice(pods)
-    label = "master-0" if which == "master" else which  # replica_id: <replica type>-<index>
+    label = pod_backend(_labels(pods[0])).FIRST_REPLICA if which == "master" else which
     return next((p for p in pods if replica_id(p) == label), None)
+
+
+def _labels(pod: Any) -> dict[str, str]:
+    return pod.metadata.labels or {}
+
+
+def _removed(n: int, what: str, victims: list[Any], refused: str | None = None) -> FaultResult:
+    """The result of fault n, which removed `victims` just now."""
+    return FaultResult(n, what, [p.metadata.name for p in victims], {p.metadata.name: p.metadata.uid for p in victims},
+                       {p.metadata.name: replica_id(p) for p in victims}, time.monotonic(), refused=refused)
 
 
 def _live(pods: list[Any]) -> list[Any]:
@@ -86,39 +106,39 @@ def inject_fault(api: Api, ns: str, action: ChaosAction, pods: list[Any], n: int
             raise SpecError(f"--kill-pod {action.kill_pod}: the job has no such running pod "
                             f"(it has {', '.join(replica_id(p) for p in pods)})")
         faults.delete_pod(api, ns, pod.metadata.name, grace_seconds=0)
-        return FaultResult(n, f"deleted {replica_id(pod)} ({pod.metadata.name}) on {pod.spec.node_name}, "
-                              "grace 0", [pod.metadata.name], {pod.metadata.name: pod.metadata.uid}, time.monotonic())
+        return _removed(n, f"deleted {replica_id(pod)} ({pod.metadata.name}) on {pod.spec.node_name}, grace 0",
+                        [pod])
     if action.evict_grace is not None:
         pod = rng.choice(pods)
         grace = int(round(action.evict_grace))
         refused = faults.evict_pod(api, ns, pod.metadata.name, grace_seconds=grace)
-        return FaultResult(n, f"evicted {replica_id(pod)} ({pod.metadata.name}) on {pod.spec.node_name}, "
-                              f"grace {grace}s", [pod.metadata.name], {pod.metadata.name: pod.metadata.uid},
-                           time.monotonic(), refused=refused)
+        return _removed(n, f"evicted {replica_id(pod)} ({pod.metadata.name}) on {pod.spec.node_name}, "
+                           f"grace {grace}s", [pod], refused)
     node = rng.choice(pods).spec.node_name
     faults.set_unschedulable(api, node, True)
     cordoned.append(node)
     victims = [p for p in pods if p.spec.node_name == node]
     refusals = [r for r in (faults.evict_pod(api, ns, p.metadata.name, grace_seconds=None) for p in victims) if r]
-    return FaultResult(n, f"drained node {node}: cordoned, evicted {', '.join(replica_id(p) for p in victims)}",
-                       [p.metadata.name for p in victims], {p.metadata.name: p.metadata.uid for p in victims},
-                       time.monotonic(), refused="; ".join(refusals) or None)
+    return _removed(n, f"drained node {node}: cordoned, evicted {', '.join(replica_id(p) for p in victims)}",
+                    victims, "; ".join(refusals) or None)
 
 
 def _watch(api: Api, ns: str, name: str, r: FaultResult, timeout: float) -> None:
-    """Wait for the operator to recreate the pods the fault removed and for them to run; read their logs."""
+    """Wait for the controller to replace the pods the fault removed and for them to run; read their logs."""
     deadline = r.at + timeout
-    replaced: dict[str, Any] = {}
-    while time.monotonic() < deadline and len(replaced) < len(r.pods):
-        if job_state(get_job(api, ns, name)) in FINISHED:
+    wanted, gone = set(r.replicas.values()), set(r.uids.values())
+    replaced: dict[str, Any] = {}  # replica -> its running replacement
+    while time.monotonic() < deadline and len(replaced) < len(wanted):
+        job = get_job(api, ns, name)
+        if job_state(job) in FINISHED:
             r.note = "the job finished"
             return
-        for p in job_pods(api, ns, name):
-            if p.metadata.name in r.uids and p.metadata.uid != r.uids[p.metadata.name]:
+        for p in job_pods(api, ns, name, backend=backends.of(job)):
+            if replica_id(p) in wanted and p.metadata.uid not in gone and not p.metadata.deletion_timestamp:
                 if r.recreated_s is None:
                     r.recreated_s = time.monotonic() - r.at
                 if p.status.phase == "Running":
-                    replaced[p.metadata.name] = p
+                    replaced[replica_id(p)] = p
         time.sleep(0.5)
     if len(replaced) < len(r.pods):
         r.note = f"not running again after {timeout:.0f}s"
@@ -129,7 +149,7 @@ def _watch(api: Api, ns: str, name: str, r: FaultResult, timeout: float) -> None
     # (minutes on a busy node), so this waits as long as --wait allows, not a fixed minute.
     while time.monotonic() < deadline:
         try:
-            steps = [runtime_progress(api, ns, p)["resumed_from"] for p in replaced.values()]
+            steps = [runtime_progress(api, ns, p, pod_container(p))["resumed_from"] for p in replaced.values()]
         except ClusterError as e:
             r.note = f"resume step unknown: its log cannot be read ({e})"
             return

@@ -1,13 +1,14 @@
 """`launch chaos`: inject preemptions and node loss, and show that training survives them.
 
     launch chaos train.py --local --nproc 2 --faults 5 [--seed S] [-- script args]
-    launch chaos JOB --kill-pod random|master|worker-N [--every 120s] [--count N]
+    launch chaos JOB --kill-pod random|master|worker-N|node-N [--every 120s] [--count N]
     launch chaos JOB --evict-with-grace 30 | --drain-node
 
 --local runs the script without and with faults and checks the invariants
-(kubetrain_chaos/). Against a cluster it acts on one running PyTorchJob's own
-pods and nodes only, and reports how the job reacted (restarts, the step each
-restart resumed from) from the operator's status and the runtime's logs.
+(kubetrain_chaos/). Against a cluster it acts on one running job's own pods and
+nodes only (a PyTorchJob: master-0, worker-N; a TrainJob: node-N), and reports
+how the job reacted (restarts, the step each restart resumed from) from the
+controller's status and the runtime's logs.
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--repeat", type=int, default=1, help="run the same fault plan N times (same seed) and report "
                    "any disagreement between the verdicts (default 1)")
     g.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    g = p.add_argument_group("cluster: faults to one running PyTorchJob")
+    g = p.add_argument_group("cluster: faults to one running PyTorchJob or TrainJob")
     what = g.add_mutually_exclusive_group()
-    what.add_argument("--kill-pod", default=None, metavar="random|master|worker-N",
-                      help="delete a pod at once (grace 0), as a node loss would")
+    what.add_argument("--kill-pod", default=None, metavar="random|master|worker-N|node-N",
+                      help="delete a pod at once (grace 0), as a node loss would; master is the rank-0 pod, "
+                           "worker-N a PyTorchJob's, node-N a TrainJob's")
     what.add_argument("--evict-with-grace", type=float, default=None, metavar="S",
                       help="evict a random pod (Eviction API, PDB honoured) with S seconds of grace: a spot reclaim")
     what.add_argument("--drain-node", action="store_true",
@@ -111,10 +113,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if not (args.kill_pod or args.evict_with_grace is not None or args.drain_node):
-        raise SpecError("say what to do: --kill-pod random|master|worker-N, --evict-with-grace S or --drain-node "
+        raise SpecError("say what to do: --kill-pod random|master|worker-N|node-N, --evict-with-grace S or --drain-node "
                         "(or --local to check a script here)")
-    if args.kill_pod and not re.fullmatch(r"random|master|worker-\d+", args.kill_pod):
-        raise SpecError(f"--kill-pod {args.kill_pod!r}: use random, master or worker-N")
+    if args.kill_pod and not re.fullmatch(r"random|master|(worker|node)-\d+", args.kill_pod):
+        raise SpecError(f"--kill-pod {args.kill_pod!r}: use random, master, worker-N (PyTorchJob) or node-N (TrainJob)")
     if args.evict_with_grace is not None and args.evict_with_grace < 0:
         raise SpecError("--evict-with-grace must be >= 0 seconds")
     if args.count < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 import time
 from typing import Any, Mapping
 
@@ -106,13 +107,18 @@ def default_name(script: str, now: float) -> str:
     return f"{stem[:40]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}"
 
 
+def flag_or_default(args: argparse.Namespace, defaults: Mapping[str, Any], dest: str) -> Any:
+    """A flag's value, else the project default's, else None (not asked for)."""
+    v = getattr(args, dest)
+    return v if v is not None else defaults.get(dest)
+
+
 def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mapping[str, Any]) -> JobSpec:
     """Flags over project defaults → a validated JobSpec."""
     from launcher.job.spec import Volume, parse_env, parse_nodes, split_gpus, split_over_nodes
 
     def pick(flag: str) -> Any:
-        v = getattr(args, flag)
-        return v if v is not None else defaults.get(flag)
+        return flag_or_default(args, defaults, flag)
 
     gpus = args.gpus or 0
     per_flag = pick("gpus_per_node")
@@ -180,6 +186,10 @@ def main(argv: list[str], env: Mapping[str, str], now: float | None = None) -> i
 
     backend = choose_backend(args, defaults, connect)
     spec = build_spec(args, script_args, defaults)
+    from launcher import backends
+
+    for line in backends.ignored(backend, {d: flag_or_default(args, defaults, d) for d in backend.IGNORED_FLAGS}):
+        print(line, file=sys.stderr)
     name = args.name or default_name(spec.script, time.time() if now is None else now)
     from launcher.job.spec import check_dns_label
 

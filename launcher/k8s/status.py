@@ -144,8 +144,9 @@ def read_status(api: Api, ns: str, name: str, *, now: Any = None) -> dict:
             progress = runtime_progress(api, ns, {"metadata": {"name": first["name"]}}, backend.CONTAINER)
         except ClusterError:
             pass  # logs are a bonus here; the status above stands without them
+    spec_names = backend.replica_names(job)
     for p in pods:
-        p["restarts"] = per_pod.get(p["name"], 0)
+        p["restarts"] = per_pod.get(status_fmt.incarnation_key(spec_names, p["name"]), 0)
         if first is not None and p["name"] == first["name"]:
             p.update({k: progress[k] for k in ("resumed_from", "preempted_at")})
     retries_left = status_fmt.retries_left(backend.retry_limit(job), restarts, causes)

@@ -38,35 +38,40 @@ def natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def replica_names(job: dict, pods: Sequence[dict]) -> list[str]:
-    """Every pod name the job has had: those its spec asks for (the operator reuses a name) and its pods'."""
-    return sorted(backends.of(job).replica_names(job) | {p["name"] for p in pods}, key=natural_key)
-
-
 def own_pods(job_uid: str, pods: Iterable[dict]) -> list[dict]:
     """The pods this job owns: a deleted job's pods of the same name, still going, are not its own."""
     return [p for p in pods if p.get("owner_uid") in (None, job_uid)]
 
 
+def incarnation_key(spec_names: set[str] | frozenset[str], pod_name: str) -> str:
+    """The replica name a pod is an incarnation of: its own where the controller reuses it (a PyTorchJob's
+    master-0), else the spec name its Job's random suffix extends (a TrainJob's <job>-node-0-1-x7k2p)."""
+    if pod_name in spec_names:
+        return pod_name
+    base = pod_name.rsplit("-", 1)[0]
+    return base if base in spec_names else pod_name
+
+
 def pod_incarnations(job: dict, pods: Sequence[dict], pod_events: Sequence[dict]) -> dict[str, set[str]]:
     """Each replica's pod UIDs over the job's life: its pods now, and the UIDs its pods' events name.
 
-    Only UIDs of birth events (POD_BIRTH_REASONS) created at or after the job count, and a UID seen
-    on any event older than the job belongs to an earlier job of the same name. Events are never
-    summed: UIDs are, and no event merges two UIDs. Kubernetes keeps events an hour, so a replica
-    recreated longer ago than that counts from its pods since.
+    Keyed by incarnation_key. Only UIDs of birth events (POD_BIRTH_REASONS) created at or after the
+    job count, and a UID seen on any event older than the job belongs to an earlier job of the same
+    name. Events are never summed: UIDs are, and no event merges two UIDs. Kubernetes keeps events
+    an hour, so a replica recreated longer ago than that counts from its pods since.
     """
     uid, created = job["metadata"].get("uid"), parse_time(job["metadata"].get("creationTimestamp"))
-    names = set(replica_names(job, pods))
-    out: dict[str, set[str]] = {n: set() for n in names}
+    spec = backends.of(job).replica_names(job)
+    out: dict[str, set[str]] = {n: set() for n in spec}
     for p in own_pods(uid, pods):
-        out.setdefault(p["name"], set()).add(p["uid"])
+        out.setdefault(incarnation_key(spec, p["name"]), set()).add(p["uid"])
     older = {e["uid"] for e in pod_events if created is not None and e.get("created") is not None
              and e["created"] < created}
     for e in pod_events:
-        if (e.get("kind") in (None, "Pod") and e["name"] in names and e.get("uid") and e["uid"] not in older
+        key = incarnation_key(spec, e["name"])
+        if (e.get("kind") in (None, "Pod") and key in out and e.get("uid") and e["uid"] not in older
                 and e["reason"] in POD_BIRTH_REASONS):
-            out[e["name"]].add(e["uid"])
+            out[key].add(e["uid"])
     return out
 
 
@@ -95,8 +100,9 @@ def restart_causes(job: dict, job_events: Sequence[dict], pod_events: Sequence[d
                                              "retried": contract.is_retryable(code)})
     own_uids = {u for uids in incarnations.values() for u in uids}
     created = parse_time(job["metadata"].get("creationTimestamp"))
+    spec = backends.of(job).replica_names(job)
     for e in pod_events:
-        pod = e["name"]
+        pod = incarnation_key(spec, e["name"])
         # The taint-eviction controller names the pod without its UID: such an event is this job's
         # when it came after the job was created.
         ours = e.get("uid") in own_uids if e.get("uid") else (

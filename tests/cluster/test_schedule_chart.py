@@ -85,6 +85,26 @@ def test_the_chart_renders_what_launch_renders_and_every_object_validates(helm, 
         assert got[("PriorityClass", doc["metadata"]["name"])] == doc
 
 
+def test_the_chart_adds_kubeflow_trainer_v2s_runtime_and_the_trainjob_submitter_role_only_when_asked(helm):
+    from launcher.backends import trainjob
+
+    def kinds(*flags: str) -> dict:
+        return {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(
+            run_helm(helm, "template", "kt", CHART, "-n", "team-x", *flags)) if o}
+
+    default = kinds()
+    assert ("ClusterTrainingRuntime", "kubetrain") not in default
+    assert ("Role", "kubetrain-submitter-trainjob") not in default
+    got = kinds("--set", "trainingRuntime.create=true", "--set", "rbac.trainJobs=true")
+    (runtime,) = [d for d in yaml.safe_load_all(open(os.path.join(REPO, "k8s", "trainjob",
+                                                                  "clustertrainingruntime.yaml"))) if d]
+    assert got[("ClusterTrainingRuntime", "kubetrain")] == runtime
+    role, binding = submitter_rbac("team-x", trainjob)[3:]
+    assert got[("Role", role["metadata"]["name"])] == role and got[("RoleBinding", role["metadata"]["name"])] == binding
+    out = run_helm(helm, "lint", "--strict", CHART, "--set", "trainingRuntime.create=true", "--set", "rbac.trainJobs=true")
+    assert "0 chart(s) failed" in out and "[WARNING]" not in out, out
+
+
 def test_helm_installs_the_chart_on_the_cluster_and_launch_triggers_its_schedule(
         helm, values, operator_cluster, monkeypatch, capsys):
     monkeypatch.setenv("KUBECONFIG", operator_cluster)

@@ -206,3 +206,79 @@ def test_a_schedule_with_backend_trainjob_submits_its_runs_as_trainjobs(api, tra
     env = {e["name"]: e["value"] for e in job["spec"]["trainer"]["env"]}
     assert env[contract.ENV_RUN_ID] == run and env[contract.ENV_WARM_START_FROM] == contract.WARM_START_LATEST
     assert job["metadata"]["labels"][contract.LABEL_SCHEDULE] == "nightly-v2"
+
+
+def _held_trainjob(api, capsys, kwok_logs, *flags: str) -> str:
+    """A 2-node TrainJob named "held", which kwok leaves running (k8s/kwok/stages.yaml), in the namespace
+    whose pods' log kwok serves from one file: a runtime's resume line, read back by chaos."""
+    from tests.cluster.conftest import TRAINJOB_LOGS_FILE, TRAINJOB_LOGS_NAMESPACE
+    from tests.cluster.test_chaos_cluster import _namespace
+    from tests.cluster.test_operator_faults import cri_line
+
+    ns = _namespace(api, TRAINJOB_LOGS_NAMESPACE)
+    (kwok_logs / f"{TRAINJOB_LOGS_FILE}.log").write_text(cri_line(contract.LOG_RESUMED.format(step=1200)))
+    code, out, err = launch(capsys, EXAMPLE, "--backend", "trainjob", "--gpus", "16", "--gpus-per-node", "8",
+                            "--checkpoint", "s3://b/c", "-n", ns, "--name", "held", *flags)
+    assert code == 0 and "created TrainJob" in out, err
+    return ns
+
+
+def running_nodes(api, ns: str) -> dict[str, str]:
+    """node rank -> pod UID of the held TrainJob's running pods."""
+    from launcher.backends import trainjob as backend
+
+    return {p.metadata.labels[backend.COMPLETION_INDEX_LABEL]: p.metadata.uid for p in api.core.list_namespaced_pod(
+        ns, label_selector=f"{backend.POD_JOB_LABEL}=held").items
+        if p.status.phase == "Running" and not p.metadata.deletion_timestamp}
+
+
+def test_chaos_kill_pod_on_a_trainjob_finds_the_replacement_by_node_rank_and_reads_its_log(api, capsys, kwok_logs):
+    # A TrainJob's replacement pod has a new name (the Job controller's suffix), so chaos must follow the
+    # replica (node-1) and a new UID. What the cluster does about the kill is not what this shows: kwok
+    # finishes a deletion itself (its pod-delete stage drops the Job's tracking finalizer), so the Job
+    # controller sees a pod vanish without an exit and makes a new one; under a kubelet the pod would fail
+    # with 137 and restart the JobSet. The exit codes' policy is shown by the KWOK_POD_FAIL tests above.
+    ns = _held_trainjob(api, capsys, kwok_logs)
+    try:
+        first = wait(lambda: (lambda r: r if len(r) == 2 else None)(running_nodes(api, ns)), 120, "both nodes")
+        code, out, err = launch(capsys, "chaos", "held", "-n", ns, "--kill-pod", "worker-1")
+        assert code == 2 and len(err.splitlines()) == 1 and "it has node-0, node-1" in err, out + err
+        code, out, err = launch(capsys, "chaos", "held", "-n", ns, "--kill-pod", "node-1", "--count", "2",
+                                "--every", "2s", "--wait", "120s", "--seed", "1")
+        assert code == 0, out + err
+        assert "fault 1/2: deleted node-1 (held-node-0-1-" in out and "fault 2/2: deleted node-1" in out, out
+        assert out.count("resumed from step 1200") == 2, out
+        now = wait(lambda: (lambda r: r if len(r) == 2 else None)(running_nodes(api, ns)), 120, "both nodes again")
+        assert now["1"] != first["1"]
+        assert "pods recreated 2 time(s) during chaos" in out, out
+    finally:
+        cancel_leaves_nothing(api, capsys, ns, "held")
+
+
+def test_chaos_eviction_of_a_trainjob_pod_replaces_that_pod_only_and_spends_no_budget(api, capsys, kwok_logs):
+    # An eviction marks the pod DisruptionTarget: the runtime's podFailurePolicy ignores it, so its Job makes
+    # a new pod for that node rank and the JobSet does not restart (the contract: disruptions are free).
+    # (kwok finishes the deletion itself, see above: the eviction path, the PDB and the replacement are
+    # what this shows.)
+    ns = _held_trainjob(api, capsys, kwok_logs)
+    try:
+        first = wait(lambda: (lambda r: r if len(r) == 2 else None)(running_nodes(api, ns)), 120, "both nodes")
+
+        def evicted() -> str:
+            # The PDB's disruptionsAllowed is computed by the disruption controller shortly after the pods run.
+            code, out, err = launch(capsys, "chaos", "held", "-n", ns, "--evict-with-grace", "5", "--wait", "120s",
+                                    "--seed", "1")
+            return out if code == 0 else ""
+
+        out = wait(evicted, 90, "an eviction the PodDisruptionBudget allows")
+        assert "evicted node-" in out and "grace 5s" in out and "resumed from step 1200" in out, out
+        now = wait(lambda: (lambda r: r if len(r) == 2 else None)(running_nodes(api, ns)), 120, "both nodes again")
+        assert len(set(now.values()) & set(first.values())) == 1  # the other node's pod kept running
+        def status() -> dict | None:  # the TrainJob's status follows its Jobs' a moment later
+            doc = json.loads(launch(capsys, "status", "held", "-n", ns, "-o", "json")[1])
+            return doc if doc["state"] == "Running" else None
+
+        doc = wait(status, 60, "the TrainJob to say Running")
+        assert (doc["restarts"], doc["retries_left"]) == (0, 3), doc
+    finally:
+        cancel_leaves_nothing(api, capsys, ns, "held")

@@ -74,7 +74,7 @@ def test_durations(text, seconds):
     (["chaos", EXAMPLE, "--local", "--repeat", "0"], "--repeat must be >= 1"),
     (["chaos", EXAMPLE, "--local", "--kill-pod", "master"], "drop them or drop --local"),
     (["chaos", "myjob"], "say what to do"),
-    (["chaos", "myjob", "--kill-pod", "worker-x"], "use random, master or worker-N"),
+    (["chaos", "myjob", "--kill-pod", "worker-x"], "use random, master, worker-N (PyTorchJob) or node-N (TrainJob)"),
     (["chaos", "myjob", "--kill-pod", "master", "--every", "soon"], "not a duration"),
     (["chaos", "myjob", "--kill-pod", "master", "--drain-node"], "not allowed with argument"),
     (["chaos", "myjob", "--kill-pod", "master", "--", "x"], "arguments after `--` are for a script"),

@@ -57,6 +57,18 @@ def test_a_recreated_replica_counts_once_per_new_uid():
     assert st.count_restarts(st.pod_incarnations(j, pods, events)) == {"j-master-0": 2, "j-worker-0": 0}
 
 
+def test_a_trainjobs_replacement_pods_have_new_names_and_count_as_incarnations_of_their_node():
+    # A Job names each pod <job>-node-0-<rank>-<random suffix>: the replacement is a new name.
+    j = {"kind": "TrainJob", "metadata": {"name": "j", "uid": "job-uid",
+                                          "creationTimestamp": T0.strftime("%Y-%m-%dT%H:%M:%SZ")},
+         "spec": {"trainer": {"numNodes": 2}}}
+    pods = [pod("j-node-0-0-aaaaa", "n0"), pod("j-node-0-1-ccccc", "n1-c")]
+    events = [ev("j-node-0-0-aaaaa", "n0"), ev("j-node-0-1-bbbbb", "n1-b"), ev("j-node-0-1-ccccc", "n1-c", at(60)),
+              ev("j-node-0-10-zzzzz", "other")]  # no node 10: not this job's replica
+    assert st.count_restarts(st.pod_incarnations(j, pods, events)) == {"j-node-0-0": 0, "j-node-0-1": 1}
+    assert st.incarnation_key({"j-master-0"}, "j-master-0") == "j-master-0"
+
+
 def test_pods_and_events_of_an_earlier_job_of_the_same_name_do_not_count():
     j = job(workers=0, created=at(100))
     j["spec"]["pytorchReplicaSpecs"].pop("Worker")

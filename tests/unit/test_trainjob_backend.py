@@ -204,3 +204,38 @@ def test_a_trainjob_schedule_stores_its_backend_and_its_runs_are_trainjobs_with_
     assert job["kind"] == "TrainJob" and job["metadata"]["labels"][contract.LABEL_SCHEDULE] == "train"
     env = {e["name"]: e["value"] for e in job["spec"]["trainer"]["env"]}
     assert env[contract.ENV_WARM_START_FROM] == contract.WARM_START_LATEST and env[contract.ENV_RUN_ID] == "train-29403360"
+
+
+def test_ttl_and_clean_pod_policy_given_for_a_trainjob_warn_that_they_do_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("")
+    code, out, err = run(capsys, "train.py", "--checkpoint", "s3://b/c", "--backend", "trainjob", "--ttl", "60",
+                         "--dry-run")
+    assert code == 0 and kinds_of(out)[0] == "TrainJob"
+    assert err.splitlines() == [f"launch: warning: --ttl {trainjob.IGNORED_FLAGS['ttl']}"]
+    (tmp_path / "launch.yaml").write_text("clean_pod_policy: All\n")  # from the config as well
+    err = run(capsys, "train.py", "--checkpoint", "s3://b/c", "--backend", "trainjob", "--dry-run")[2]
+    assert err.splitlines() == [f"launch: warning: --clean-pod-policy {trainjob.IGNORED_FLAGS['clean_pod_policy']}"]
+    # Not given, or on a PyTorchJob (which honours both): no warning.
+    (tmp_path / "launch.yaml").unlink()
+    assert run(capsys, "train.py", "--checkpoint", "s3://b/c", "--backend", "trainjob", "--dry-run")[2] == ""
+    assert run(capsys, "train.py", "--checkpoint", "s3://b/c", "--ttl", "60", "--dry-run")[2] == ""
+
+
+def test_chaos_kill_pod_master_is_the_rank_0_pod_of_either_kind():
+    import random
+    from types import SimpleNamespace
+
+    from launcher.chaos.cluster import pick_pod
+
+    def pod(labels: dict) -> SimpleNamespace:
+        return SimpleNamespace(metadata=SimpleNamespace(labels=labels))
+
+    nodes = [pod({trainjob.POD_JOB_LABEL: "j", trainjob.REPLICATED_JOB_LABEL: "node",
+                  trainjob.COMPLETION_INDEX_LABEL: str(i)}) for i in (1, 0)]
+    assert pick_pod(nodes, "master", random.Random(0)) is nodes[1]
+    assert pick_pod(nodes, "node-1", random.Random(0)) is nodes[0]
+    assert pick_pod(nodes, "worker-1", random.Random(0)) is None
+    replicas = [pod({contract.OPERATOR_JOB_NAME_LABEL: "j", contract.OPERATOR_REPLICA_TYPE_LABEL: t,
+                     contract.OPERATOR_REPLICA_INDEX_LABEL: "0"}) for t in ("worker", "master")]
+    assert pick_pod(replicas, "master", random.Random(0)) is replicas[1]
