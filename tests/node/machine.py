@@ -1,6 +1,7 @@
 """A real Kubernetes node on this machine: containerd + runc, a CNI bridge, a kubelet, kube-proxy
 and CoreDNS, joined to a control plane of its own (etcd, kube-apiserver, controller-manager,
-scheduler, the training operator), every binary built by cluster/build.
+scheduler, the training operator, Kubeflow Trainer v2 and JobSet), every binary built by
+cluster/build.
 
 Networking stays on this machine: the pods get a bridge (`BRIDGE`) on a private /24 whose
 host address is the node's IP; the pods' only routes are that subnet and the Service range,
@@ -72,7 +73,7 @@ def prerequisites_missing(bin_dir: str | None) -> list[str]:
     if not bin_dir:
         missing.append("Go, to build the kubelet, kube-proxy and CoreDNS (cluster/build)")
     else:
-        for b in ("kubelet", "kube-proxy", "coredns"):
+        for b in ("kubelet", "kube-proxy", "coredns", "jobset", "trainer-controller-manager"):
             if not os.path.exists(os.path.join(bin_dir, b)):
                 missing.append(f"{b} in {bin_dir} (run cluster/build)")
     return missing
@@ -204,6 +205,7 @@ class Node:
     pause_image: str
     init_image: str
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    trainer_v2: list[subprocess.Popen] = field(default_factory=list)  # JobSet, Trainer (tests/cluster/trainer_v2.py)
     kubeconfig: str = ""
     api_port: int = 0
     sysctls: dict[str, str] = field(default_factory=dict)
@@ -222,10 +224,12 @@ class Node:
         self._kube_proxy()
         self._kubelet()
         self._operator()
+        self._trainer_v2()
 
     def stop(self) -> None:
         """Everything down, each step on its own: one that fails or hangs does not skip the rest."""
-        steps = [lambda name=name: self._end(name) for name in ("training-operator", "kubelet", "kube-proxy", "coredns")]
+        steps = [self._stop_trainer_v2]
+        steps += [lambda name=name: self._end(name) for name in ("training-operator", "kubelet", "kube-proxy", "coredns")]
         steps += [self._remove_containers, *(lambda name=name: self._end(name) for name in list(self.procs)),
                   lambda: self._end("containerd"), _kill_pod_processes, _kill_our_shims,
                   lambda: subprocess.run([os.path.join(self.bin_dir, "kube-proxy"), "--cleanup"],
@@ -504,6 +508,31 @@ state = "{STATE / 'state'}"
             env={"KUBECONFIG": self.kubeconfig, "MY_POD_NAMESPACE": OPERATOR_NAMESPACE,
                  "TMPDIR": str(_serving_cert_dirs(self.workdir, certs))})
         _wait(lambda: _http_ok(f"http://127.0.0.1:{probe_port}/readyz"), 120, "the training operator", [p])
+
+    def _trainer_v2(self) -> None:
+        """The JobSet controller and Trainer v2 with their webhooks and our ClusterTrainingRuntime, as in the
+        cluster tier (tests/cluster/trainer_v2.py), so that TrainJobs run their pods on this node."""
+        from kubernetes import config as kconfig
+
+        from tests.cluster import trainer_v2
+        from tests.cluster.conftest import webhook_certs
+
+        api_client = kconfig.new_client_from_config(config_file=self.kubeconfig)
+        d = self.workdir / "trainer-v2"
+        self.trainer_v2 = trainer_v2.start(self.bin_dir, self.kubeconfig, d, webhook_certs(d / "webhook"), api_client)
+        with open(PIDS, "a") as f:
+            f.writelines(f"{p.pid} {p.args[0]}\n" for p in self.trainer_v2)
+
+    def _stop_trainer_v2(self) -> None:
+        if not self.trainer_v2:
+            return
+        from kubernetes import client, config as kconfig
+
+        from tests.cluster import trainer_v2
+
+        api_client = kconfig.new_client_from_config(config_file=self.kubeconfig)
+        trainer_v2.stop(self.trainer_v2, client.AdmissionregistrationV1Api(api_client))
+        self.trainer_v2 = []
 
 
 def _http_ok(url: str) -> bool:

@@ -327,3 +327,48 @@ def test_a_job_that_crashes_on_every_start_is_stopped_by_the_runtime_budget_and_
     log = pod_log(api, ns, f"{name}-master-0")
     assert terminated.exit_code == contract.ExitCode.CRASH_LOOP, log[-3000:]
     assert "crash loop: 2 attempts in a row failed without committing a new step (--max-restarts 1)" in log, log[-3000:]
+
+
+def test_a_trainjob_trains_in_real_containers_and_a_deleted_node_is_a_free_preemption_of_every_node(
+        api, node, capsys, restricted_namespace, local_digest):
+    """Kubeflow Trainer v2 and JobSet on the real node: `launch --backend trainjob`, `launch chaos` deletes node 1.
+
+    The nodes find node 0 by its JobSet Service name through CoreDNS. The kubelet stops the deleted pod with
+    SIGTERM; the ranks of both nodes agree on a stop step, commit it and exit 143, which the runtime's
+    podFailurePolicy ignores: each node's Job makes a new pod (a new name), the JobSet does not restart and
+    no restart of the budget is spent, and the new pods resume from the stop step to a local run's weights.
+    """
+    from launcher.backends import trainjob as v2
+
+    ns, name = restricted_namespace, "v2"
+    folder = local_volume(api, node, ns)
+    launch_job(capsys, node, ns, name, "--steps", "60", "--step-sleep", "0.3", nproc=1, launch_args=(
+        "--backend", "trainjob", "--pvc", f"{CLAIM}:/checkpoints", "--checkpoint", "/checkpoints"))
+    latest = os.path.join(folder, name, contract.LATEST_NAME)
+    wait(lambda: os.path.exists(latest), 300, "a committed checkpoint", explain(api, node, ns))
+    code, out, err = launch(capsys, "chaos", name, "-n", ns, "--kill-pod", "node-1", "--wait", "300s")
+    assert code == 0, out + err + explain(api, node, ns)()
+    assert f"deleted node-1 ({name}-node-0-1-" in out and "resumed from step " in out, out
+
+    def finished() -> str | None:
+        job = api.custom.get_namespaced_custom_object(v2.GROUP, v2.VERSION, ns, v2.PLURAL, name)
+        return next((c["type"] for c in (job.get("status") or {}).get("conditions") or []
+                     if c["type"] in ("Complete", "Failed") and c["status"] == "True"), None)
+
+    assert wait(finished, 420, "the TrainJob to finish", explain(api, node, ns)) == "Complete"
+    pods = api.core.list_namespaced_pod(ns, label_selector=f"{v2.POD_JOB_LABEL}={name}").items
+    seen = [(p.metadata.name, p.metadata.labels.get(v2.COMPLETION_INDEX_LABEL),
+             p.metadata.labels.get(v2.RESTART_ATTEMPT_LABEL), p.status.phase,
+             [c.state.terminated.exit_code for c in p.status.container_statuses or [] if c.state.terminated])
+            for p in pods]
+    # Node 0's first pod stopped with 143 and stays; its replacement and node 1's succeeded; no JobSet restart.
+    assert sorted((index, attempt, phase, codes) for _, index, attempt, phase, codes in seen) == [
+        ("0", "0", "Failed", [143]), ("0", "0", "Succeeded", [0]), ("1", "0", "Succeeded", [0])], seen
+    rank0 = next(p for p in pods if p.metadata.labels[v2.COMPLETION_INDEX_LABEL] == "0" and p.status.phase == "Succeeded")
+    log = api.core.read_namespaced_pod_log(rank0.metadata.name, ns, container=v2.CONTAINER)
+    assert final_digest(log) == local_digest(60, ranks=2), log[-4000:]
+    resumed = contract.parse_runtime_log(log.splitlines())["resumed_from"]
+    assert resumed is not None and resumed >= 5, log[-3000:]
+    doc = json.loads(launch(capsys, "status", name, "-n", ns, "-o", "json")[1])
+    assert (doc["state"], doc["restarts"], doc["retries_left"]) == ("Succeeded", 0, 3), doc
+    assert doc["restarts_by_pod"] == {f"{name}-node-0-0": 1, f"{name}-node-0-1": 1}, doc
