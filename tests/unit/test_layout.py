@@ -78,3 +78,35 @@ def test_a_folder_loses_only_the_temp_files_a_killed_write_left(tmp_path):
     assert (run / "step-000000010/rank-00000.pt.tmp-7-3").exists()  # not recursive: the step's own sweep
     storage.remove_leftover_temps(str(run), recursive=True)
     assert sorted(p.name for p in run.rglob("*") if p.is_file()) == ["latest", "notes.tmp-x", "state.pt"]
+
+
+@pytest.mark.parametrize("latest,listed,expected", [
+    (None, [], []),
+    (b"30\n", [10, 20, 30], [30]),          # a clean restart: only the committed folder
+    (b"20\n", [10, 20, 30, 40], [40, 30, 20]),  # 30 and 40: saves cut before `latest` moved
+    (None, [20, 10], [20, 10]),             # nothing committed: any folder may be a cut save's
+    (b"junk", [20, 10], [20, 10]),
+], ids=["empty", "clean", "cut-saves", "no-latest", "latest-unreadable"])
+def test_steps_a_cut_save_may_be_in(latest, listed, expected):
+    assert layout.steps_a_cut_save_may_be_in(latest, listed) == expected
+
+
+@pytest.mark.parametrize("world_size,listed,expected", [
+    (1, [], ["state.pt", "dcp/__0_0.distcp", "dcp/.metadata", "rank-00000.pt"]),
+    (1, ["rank-00000.pt"], ["state.pt", "dcp/__0_0.distcp", "dcp/.metadata"]),  # killed in state.pt's upload
+    (2, ["rank-00000.pt", "rank-00001.pt", "state.pt", "manifest.json"], ["dcp/__0_0.distcp", "dcp/__1_0.distcp",
+                                                                          "dcp/.metadata"]),
+    # an attempt with 3 ranks wrote it: its rank files say so, though this attempt has 1
+    (1, ["rank-00000.pt", "rank-00002.pt", "dcp", "dcp/__0_0.distcp"],
+     ["state.pt", "dcp/__1_0.distcp", "dcp/__2_0.distcp", "dcp/.metadata", "rank-00001.pt"]),
+], ids=["empty-folder", "replicated-cut", "committed", "larger-earlier-world"])
+def test_files_a_save_may_not_have_finished(world_size, listed, expected):
+    assert layout.files_a_save_may_not_have_finished(world_size, listed) == expected
+
+
+@pytest.mark.parametrize("name,rank", [("rank-00003.pt", 3), ("rank-123456.pt", 123456), ("rank-3.pt", None),
+                                       ("rank-00003.pt.tmp-1-2", None), ("state.pt", None)])
+def test_parse_rank_file(name, rank):
+    assert contract.parse_rank_file(name) == rank
+    if rank is not None:
+        assert contract.parse_rank_file(contract.rank_file(rank)) == rank
