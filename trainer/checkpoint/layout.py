@@ -134,8 +134,11 @@ def files_a_save_may_not_have_finished(world_size: int, listed: list[str]) -> li
 
     `listed`: the step folder's files, `dcp/...` for the shards. Its `rank-NNNNN.pt` files also
     tell the world size of the attempt that wrote them (each rank writes its own first), which
-    may be larger than this attempt's.
+    may be larger than this attempt's. A folder with a manifest has none unfinished: rank 0
+    writes the manifest only after every rank's files landed.
     """
+    if contract.MANIFEST_NAME in listed:
+        return []
     ranks = [r for r in (contract.parse_rank_file(n) for n in listed) if r is not None]
     world = max([world_size, *(r + 1 for r in ranks)])
     names = ([REPLICATED_FILE] + [f"{SHARDED_DIR}/{dcp_shard_file(r)}" for r in range(world)]

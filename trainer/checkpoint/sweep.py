@@ -13,8 +13,8 @@ from trainer.storage import Storage, join
 log = logging.getLogger("kubetrain.checkpoint")
 
 
-#: The most files one sweep asks the server about one by one (see files_a_cut_save_may_have_open).
-MAX_EXACT_UPLOAD_QUERIES = 128
+#: The most requests one sweep makes to find uploads by exact key (files_a_cut_save_may_have_open).
+MAX_EXACT_SWEEP_REQUESTS = 128
 
 
 def abort_stale_uploads(storage: Storage, run_uri: str, started_before: float, world_size: int) -> None:
@@ -37,29 +37,34 @@ def abort_stale_uploads(storage: Storage, run_uri: str, started_before: float, w
 def files_a_cut_save_may_have_open(storage: Storage, run_uri: str, world_size: int) -> list[str]:
     """The paths whose multipart upload a save cut short by a kill may have left open, for a server
     that lists uploads only by exact key (MinIO): the files missing from the step folders a save
-    may have been writing (layout.steps_a_cut_save_may_be_in), the big ones first.
+    may have been writing (layout.steps_a_cut_save_may_be_in), the big ones first. Every multipart
+    upload of a save starts after its rank's small rank file landed in the same folder (saver.py),
+    so a folder holding an open upload is always listed.
 
     Bounded, because it runs at every start where the server listed no upload under the run (on
     AWS S3 too, where there are none): 1 read of `latest`, 1 listing of the run folder, 1 listing
-    per step folder from the committed one on (2 when it has shards), then one request per missing
-    file, at most MAX_EXACT_UPLOAD_QUERIES. A clean restart has one such folder, the committed
-    one, and nothing missing in it: 3 requests, 4 with the listing under the run folder before. A 1024-rank sharded save killed before
-    most shards landed would need more than the cap: the rest is what the bucket's lifecycle rule
-    is for (`launch` warns when there is none), and MinIO's own stale_uploads_expiry (24h).
-    Every multipart upload of a save starts after its rank's small rank file landed in the
-    same folder (saver.py), so a folder holding an open upload is always listed.
+    per step folder from the committed one on (2 for a cut sharded save's), then 1 request per
+    missing file; MAX_EXACT_SWEEP_REQUESTS (128) in all. A clean restart lists one such folder, the
+    committed one, whose manifest says nothing in it is unfinished: 3 requests (4 with the listing
+    by folder before). A 2-rank save cut in rank 0's state.pt: 3 + 1 + 4 = 8. A 1024-rank sharded
+    save killed before most shards landed would need more than the cap: the rest is what the
+    bucket's lifecycle rule is for (`launch` warns when there is none), and MinIO's own
+    stale_uploads_expiry (24h by default).
     """
     latest = storage.read_small(join(run_uri, contract.LATEST_NAME))
-    paths: list[str] = []
-    for step in layout.steps_a_cut_save_may_be_in(latest, layout.steps_in_listing(storage.list_names(run_uri))):
+    steps = layout.steps_a_cut_save_may_be_in(latest, layout.steps_in_listing(storage.list_names(run_uri)))
+    requests, paths = 2, []
+    for step in steps:
+        if requests + len(paths) >= MAX_EXACT_SWEEP_REQUESTS:
+            break
         step_uri = join(run_uri, contract.step_dir_name(step))
         names = storage.list_names(step_uri)
-        if layout.SHARDED_DIR in names:
+        requests += 1
+        if layout.SHARDED_DIR in names and contract.MANIFEST_NAME not in names:
             names += [f"{layout.SHARDED_DIR}/{n}" for n in storage.list_names(join(step_uri, layout.SHARDED_DIR))]
+            requests += 1
         paths += [join(step_uri, n) for n in layout.files_a_save_may_not_have_finished(world_size, names)]
-        if len(paths) >= MAX_EXACT_UPLOAD_QUERIES:
-            break
-    return paths[:MAX_EXACT_UPLOAD_QUERIES]
+    return paths[:max(0, MAX_EXACT_SWEEP_REQUESTS - requests)]
 
 
 def remove_leftover_temps(storage: Storage, folder: str, recursive: bool = False) -> None:

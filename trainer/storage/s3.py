@@ -222,7 +222,7 @@ class S3Storage(Storage):
         # Nothing listed under the folder: none there, or a server that lists uploads only by exact
         # key. MinIO's ListMultipartUploads takes Prefix as one object's name and returns only that
         # key's uploads (tests/storage/test_minio_uploads.py shows it), so ask for each file a save
-        # may have left open (the caller keeps that list short: one request each).
+        # may have left open (the caller keeps that list short: one request each, 128 at most).
         for p in exact():
             key = self._key(p)
             for up in self._open_uploads(key, f"list incomplete uploads of {p}"):
