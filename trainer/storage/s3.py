@@ -221,7 +221,7 @@ class S3Storage(Storage):
             return aborted
         # Nothing listed under the folder: none there, or a server that lists uploads only by exact
         # key. MinIO's ListMultipartUploads takes Prefix as one object's name and returns only that
-        # key's uploads (tests/storage/test_minio_uploads.py shows it), so ask for each file a save
+        # key's uploads (tests/storage/test_upload_sweep.py shows it), so ask for each file a save
         # may have left open (the caller keeps that list short: one request each, 128 at most).
         for p in exact():
             key = self._key(p)
