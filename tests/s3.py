@@ -1,5 +1,5 @@
 """S3 for the tests: moto's server on 127.0.0.1 (local_s3, shared with the bench), one that checks
-credentials, and a proxy that breaks requests."""
+credentials, MinIO (a second, real S3 server), and a proxy that breaks requests."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import contextlib
 import dataclasses
 import http.client
 import json
+import os
 import random
 import re
 import socket
 import struct
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +20,13 @@ from typing import Iterator
 from urllib.request import Request, urlopen
 
 # One way to start moto, shared with the bench; the tests import these names from here.
-from local_s3 import CREDENTIALS, SECRET, moto_server  # noqa: F401
+from local_s3 import CREDENTIALS, SECRET, free_port, moto_server  # noqa: F401
+from tests.helpers import REPO
+
+#: MinIO's root user, the one key it knows; a distinctive secret, as for moto (SECRET).
+MINIO_SECRET = "kt-minio-secret-4e2b91"
+MINIO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "kubetrain-minio", "AWS_SECRET_ACCESS_KEY": MINIO_SECRET,
+                     "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @contextlib.contextmanager
@@ -50,6 +58,67 @@ def authenticating_moto() -> Iterator[dict]:
         yield {"url": url, "bucket": bucket,
                "trainer": (keys["trainer"]["AccessKeyId"], keys["trainer"]["SecretAccessKey"]),
                "nobody": (keys["nobody"]["AccessKeyId"], keys["nobody"]["SecretAccessKey"])}
+
+
+def minio_exe() -> str:
+    """Where the MinIO binary is: in $KUBETRAIN_MINIO_BIN, else in cluster/build-minio's cache (which
+    `--dir` names without building: a cold build takes minutes, too long for a test's setup). It may
+    not exist."""
+    folder = os.environ.get("KUBETRAIN_MINIO_BIN") or subprocess.run(
+        [os.path.join(REPO, "cluster", "build-minio"), "--dir"], capture_output=True, text=True,
+        check=True).stdout.strip()
+    return os.path.join(folder, "minio")
+
+
+@contextlib.contextmanager
+def minio_server(exe: str, data_dir: str) -> Iterator[str]:
+    """Start MinIO (one drive in `data_dir`, MINIO_CREDENTIALS as its root user) on a free loopback
+    port; yield its endpoint URL once it is ready; stop it on the way out."""
+    port, console = free_port(), free_port()
+    env = {**os.environ, "MINIO_ROOT_USER": MINIO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+           "MINIO_ROOT_PASSWORD": MINIO_SECRET, "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}
+    log = open(os.path.join(data_dir, "minio.log"), "w")
+    proc = subprocess.Popen([exe, "server", "--quiet", "--address", f"127.0.0.1:{port}", "--console-address",
+                             f"127.0.0.1:{console}", os.path.join(data_dir, "drive")], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # its health endpoint answers 200 once it serves S3 requests
+            try:
+                with urlopen(url + "/minio/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"MinIO did not start on {url}:\n{open(log.name).read()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def minio_as_auth_server(url: str) -> dict:
+    """MinIO in the shape of authenticating_moto()'s server: its root key as the one allowed, and
+    no key without permissions (making one needs MinIO's encrypted admin API); a bucket."""
+    import boto3
+
+    bucket = "ckpt-auth"
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                          aws_access_key_id=MINIO_CREDENTIALS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=MINIO_SECRET)
+    try:
+        client.create_bucket(Bucket=bucket)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return {"url": url, "bucket": bucket, "trainer": (MINIO_CREDENTIALS["AWS_ACCESS_KEY_ID"], MINIO_SECRET),
+            "nobody": None}
 
 
 @dataclasses.dataclass

@@ -1,8 +1,9 @@
 """Storage failures told apart: a read error is waited out, a configuration error is permanent.
 
 Real torchrun (2 gloo ranks) against moto's S3 server through the fault proxy, whose
-FaultRules fail only some request kinds for a bounded count; and a second moto server
-that checks credentials (tests/s3.authenticating_moto).
+FaultRules fail only some request kinds for a bounded count; and servers that check
+credentials: a second moto (tests/s3.authenticating_moto) and MinIO. The configuration
+errors are the same on both: each server says them in its own way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 from tests.helpers import read_json, run
-from tests.s3 import authenticating_moto
+from tests.s3 import authenticating_moto, minio_as_auth_server
+from tests.storage.conftest import SERVERS
 from tests.storage.test_s3_checkpoints import STEPS, args, latest
 from trainer.checkpoint import Checkpointer
 from trainer.errors import StorageConfigError
@@ -70,23 +72,33 @@ def test_an_outage_longer_than_the_storage_timeout_exits_201_with_latest_untouch
     print(f"outage run: exit 201 after {elapsed:.1f}s with --storage-timeout 8")
 
 
-def test_a_bucket_that_does_not_exist_exits_2_at_once_with_one_line_naming_it(tmp_path, s3_env):
+def _the_one_line(out: str) -> str:
+    """The runtime's final line of an exit 2, which must be the only one."""
+    final = [line for line in out.splitlines() if "; exit 2 (" in line]
+    assert len(final) == 1, out
+    assert "permanent" in final[0] and "Traceback" not in out, out
+    return final[0]
+
+
+def test_a_bucket_that_does_not_exist_exits_2_at_once_with_one_line_naming_it(tmp_path, each_s3_env):
     result = str(tmp_path / "result.json")
-    argv = [a.replace(s3_env["bucket"], "no-such-bucket-kt") for a in args(s3_env, result)]
+    argv = [a.replace(each_s3_env["bucket"], "no-such-bucket-kt") for a in args(each_s3_env, result)]
     t0 = time.monotonic()
-    r = run(argv, env=s3_env["env"])
+    r = run(argv, env=each_s3_env["env"])
     elapsed = time.monotonic() - t0
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
-    final = [line for line in out.splitlines() if "; exit 2 (" in line]
-    assert len(final) == 1, out
-    assert "s3://no-such-bucket-kt" in final[0] and "NoSuchBucket" in final[0] and "create it" in final[0], final
-    assert "permanent" in final[0] and "Traceback" not in out
-    print(f"NoSuchBucket: exit 2 after {elapsed:.1f}s")
+    final = _the_one_line(out)
+    assert "s3://no-such-bucket-kt" in final and "NoSuchBucket" in final and "create it" in final, final
+    print(f"NoSuchBucket on {each_s3_env['server']}: exit 2 after {elapsed:.1f}s")
 
 
-@pytest.fixture(scope="module")
-def auth_s3():
+@pytest.fixture(scope="module", params=SERVERS)
+def auth_s3(request):
+    """A server that checks credentials: the authenticating moto, or MinIO (with no key lacking permissions)."""
+    if request.param == "minio":
+        yield minio_as_auth_server(request.getfixturevalue("minio_endpoint"))
+        return
     with authenticating_moto() as server:
         yield server
 
@@ -101,8 +113,12 @@ def _use(monkeypatch, server, key_id, secret):
         monkeypatch.delenv(k, raising=False)
 
 
-@pytest.mark.parametrize("who,code", [("unknown key", "InvalidAccessKeyId"), ("wrong secret", "SignatureDoesNotMatch"),
-                                      ("no permission", "AccessDenied")])
+# MinIO has no key without permissions here (tests/s3.minio_as_auth_server): AccessDenied on moto only.
+@pytest.mark.parametrize("auth_s3,who,code", [
+    *((server, "unknown key", "InvalidAccessKeyId") for server in SERVERS),
+    *((server, "wrong secret", "SignatureDoesNotMatch") for server in SERVERS),
+    ("moto", "no permission", "AccessDenied"),
+], indirect=["auth_s3"])
 def test_refused_credentials_are_a_configuration_error_not_an_outage(auth_s3, monkeypatch, who, code):
     key_id, secret = {"unknown key": ("AKIAKUBETRAINNOBODY0", "x"), "wrong secret": (auth_s3["trainer"][0], "wrong"),
                       "no permission": auth_s3["nobody"]}[who]
@@ -125,28 +141,22 @@ def test_the_credential_checking_server_accepts_the_right_key(auth_s3, monkeypat
     assert Checkpointer(torch.nn.Linear(4, 4), uri=uri, run_id="ok").restore() == 3
 
 
-def test_a_wrong_secret_exits_2_through_the_runtime(tmp_path, auth_s3, monkeypatch):
-    env = {"AWS_ENDPOINT_URL": auth_s3["url"], "AWS_ACCESS_KEY_ID": auth_s3["trainer"][0],
-           "AWS_SECRET_ACCESS_KEY": "not-the-secret", "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2"}
+@pytest.mark.parametrize("who,code", [("wrong secret", "SignatureDoesNotMatch"), ("unknown key", "InvalidAccessKeyId")])
+def test_refused_credentials_exit_2_through_the_runtime_with_one_line(tmp_path, auth_s3, who, code):
+    key_id, secret = {"wrong secret": (auth_s3["trainer"][0], "not-the-secret"),
+                      "unknown key": ("AKIAKUBETRAINNOBODY0", "not-the-secret")}[who]
+    env = {"AWS_ENDPOINT_URL": auth_s3["url"], "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2"}
     result = str(tmp_path / "result.json")
     r = run(["--nproc-per-node", "2", "--checkpoint", f"s3://{auth_s3['bucket']}/ckpts", "--run-id", "exp",
              "examples/train.py", "--steps", "5", "--result", result], env=env)
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
-    assert "SignatureDoesNotMatch" in out and "AWS_SECRET_ACCESS_KEY" in out and "not-the-secret" not in out
-
-
-def test_restore_aborts_the_multipart_uploads_an_earlier_attempt_left_behind(s3_env):
-    client, bucket = s3_env["client"], s3_env["bucket"]
-    key = "ckpts/mp/step-000000020/state.pt"  # what a SIGKILL in the middle of an upload leaves
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-    client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * (5 << 20))
-    other = client.create_multipart_upload(Bucket=bucket, Key="ckpts/other-run/step-000000020/state.pt")["UploadId"]
-    time.sleep(1.1)  # S3 times have second resolution
-    uri = f"s3://{bucket}/ckpts"
-    assert Checkpointer(torch.nn.Linear(4, 4), uri=uri, run_id="mp").restore() == 0
-    left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-    assert [(u["Key"], u["UploadId"]) for u in left] == [("ckpts/other-run/step-000000020/state.pt", other)]
+    final = _the_one_line(out)
+    assert code in final and f"s3://{auth_s3['bucket']}" in final, final
+    assert "not-the-secret" not in out
+    if who == "wrong secret":
+        assert "AWS_SECRET_ACCESS_KEY" in final, final
 
 
 def test_sigterm_while_restore_waits_out_an_outage_exits_143_at_once_and_says_nothing_committed(tmp_path, s3_env,

@@ -78,3 +78,57 @@ def test_a_folder_loses_only_the_temp_files_a_killed_write_left(tmp_path):
     assert (run / "step-000000010/rank-00000.pt.tmp-7-3").exists()  # not recursive: the step's own sweep
     storage.remove_leftover_temps(str(run), recursive=True)
     assert sorted(p.name for p in run.rglob("*") if p.is_file()) == ["latest", "notes.tmp-x", "state.pt"]
+
+
+@pytest.mark.parametrize("latest,listed,expected", [
+    (None, [], []),
+    (b"30\n", [10, 20, 30], [30]),          # a clean restart: only the committed folder
+    (b"20\n", [10, 20, 30, 40], [40, 30, 20]),  # 30 and 40: saves cut before `latest` moved
+    (None, [20, 10], [20, 10]),             # nothing committed: any folder may be a cut save's
+    (b"junk", [20, 10], [20, 10]),
+], ids=["empty", "clean", "cut-saves", "no-latest", "latest-unreadable"])
+def test_steps_a_cut_save_may_be_in(latest, listed, expected):
+    assert layout.steps_a_cut_save_may_be_in(latest, listed) == expected
+
+
+@pytest.mark.parametrize("world_size,listed,expected", [
+    (1, [], ["state.pt", "dcp/__0_0.distcp", "dcp/.metadata", "rank-00000.pt"]),
+    (1, ["rank-00000.pt"], ["state.pt", "dcp/__0_0.distcp", "dcp/.metadata"]),  # killed in state.pt's upload
+    (2, ["rank-00000.pt", "rank-00001.pt", "state.pt"], ["dcp/__0_0.distcp", "dcp/__1_0.distcp", "dcp/.metadata"]),
+    (2, ["rank-00000.pt", "rank-00001.pt", "state.pt", "manifest.json"], []),  # every file landed before it
+    # an attempt with 3 ranks wrote it: its rank files say so, though this attempt has 1
+    (1, ["rank-00000.pt", "rank-00002.pt", "dcp", "dcp/__0_0.distcp"],
+     ["state.pt", "dcp/__1_0.distcp", "dcp/__2_0.distcp", "dcp/.metadata", "rank-00001.pt"]),
+], ids=["empty-folder", "replicated-cut", "cut-before-manifest", "with-manifest", "larger-earlier-world"])
+def test_files_a_save_may_not_have_finished(world_size, listed, expected):
+    assert layout.files_a_save_may_not_have_finished(world_size, listed) == expected
+
+
+@pytest.mark.parametrize("name,rank", [("rank-00003.pt", 3), ("rank-123456.pt", 123456), ("rank-3.pt", None),
+                                       ("rank-00003.pt.tmp-1-2", None), ("state.pt", None)])
+def test_parse_rank_file(name, rank):
+    assert contract.parse_rank_file(name) == rank
+    if rank is not None:
+        assert contract.parse_rank_file(contract.rank_file(rank)) == rank
+
+
+def test_the_files_asked_for_one_by_one_are_those_cut_saves_lack_and_at_most_the_cap(tmp_path):
+    from trainer.checkpoint import sweep
+    from trainer.storage import open_storage
+
+    run = tmp_path / "r"
+    for name in ("latest", "step-000000010/rank-00000.pt", "step-000000020/rank-00000.pt",
+                 "step-000000020/rank-00001.pt", "step-000000020/state.pt", "step-000000020/manifest.json",
+                 "step-000000030/rank-00001.pt", "step-000000030/dcp/__1_0.distcp"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("20\n" if name == "latest" else "x")
+    storage = open_storage(str(tmp_path))
+    paths = sweep.files_a_cut_save_may_have_open(storage, str(run), world_size=2)
+    # 10 is older than `latest`: no save of a run resumed from 20 wrote it. 20 has its manifest; 30 was cut.
+    assert [p[len(str(run)) + 1:] for p in paths] == [
+        "step-000000030/state.pt", "step-000000030/dcp/__0_0.distcp", "step-000000030/dcp/.metadata",
+        "step-000000030/rank-00000.pt"]
+    # A 1024-rank save cut early: one request per missing file would be thousands. With the 2 reads before
+    # them and 2 listings (30 and its dcp/; 20 is not even listed), the sweep stays at the cap.
+    assert len(sweep.files_a_cut_save_may_have_open(storage, str(run), world_size=1024)) == \
+        sweep.MAX_EXACT_SWEEP_REQUESTS - 4

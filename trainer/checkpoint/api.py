@@ -107,7 +107,7 @@ class Checkpointer:
         """
         self._control.heartbeat(0, force=True)
         if self.rank == 0:
-            abort_stale_uploads(self.storage, self.run_uri, self._created_at)
+            abort_stale_uploads(self.storage, self.run_uri, self._created_at, self.world_size)
             remove_leftover_temps(self.storage, self.run_uri)
         restorer = Restorer(self.run, lambda: self.stop_requested)
         token = dist.broadcast_object(uuid.uuid4().hex[:12] if self.rank == 0 else "", self.run.control_group)

@@ -103,3 +103,45 @@ def steps_to_prune(committed: list[int], all_steps: list[int], *, newest: int, k
     kept = set(sorted((s for s in committed if s <= newest), reverse=True)[:max(keep, 1)])
     kept.add(newest)
     return sorted(s for s in all_steps if s < newest and s not in kept)
+
+
+# --- what a save cut short may have left: the names the upload sweep asks for one by one ---
+
+#: torch.distributed.checkpoint's FileSystemWriter names (thread_count=1, as saver.py runs it):
+#: one `__<rank>_0.distcp` of shards per rank, and the coordinator's `.metadata`.
+DCP_METADATA = ".metadata"
+
+
+def dcp_shard_file(rank: int) -> str:
+    return f"__{rank}_0.distcp"
+
+
+def steps_a_cut_save_may_be_in(latest: bytes | None, listed_steps: list[int]) -> list[int]:
+    """Step folders in which a save cut short by a kill may have left an upload, newest first.
+
+    A run saves only steps after the one it resumed from, so: the step `latest` names and the
+    listed steps newer than it (uncommitted: a save cut before `latest` moved). Without a usable
+    `latest` every listed step.
+    """
+    step = parse_latest(latest)
+    return sorted((s for s in set(listed_steps) if step is None or s >= step), reverse=True)
+
+
+def files_a_save_may_not_have_finished(world_size: int, listed: list[str]) -> list[str]:
+    """Names (relative to the step folder) a save by `world_size` ranks writes and `listed` lacks:
+    the files whose upload may still be open. The big ones first (rank 0's state, each rank's
+    shards), the small per-rank files last.
+
+    `listed`: the step folder's files, `dcp/...` for the shards. Its `rank-NNNNN.pt` files also
+    tell the world size of the attempt that wrote them (each rank writes its own first), which
+    may be larger than this attempt's. A folder with a manifest has none unfinished: rank 0
+    writes the manifest only after every rank's files landed.
+    """
+    if contract.MANIFEST_NAME in listed:
+        return []
+    ranks = [r for r in (contract.parse_rank_file(n) for n in listed) if r is not None]
+    world = max([world_size, *(r + 1 for r in ranks)])
+    names = ([REPLICATED_FILE] + [f"{SHARDED_DIR}/{dcp_shard_file(r)}" for r in range(world)]
+             + [f"{SHARDED_DIR}/{DCP_METADATA}"] + [contract.rank_file(r) for r in range(world)])
+    have = set(listed)
+    return [n for n in names if n not in have]

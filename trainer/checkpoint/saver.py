@@ -149,11 +149,14 @@ class Saver:
         try:
             faults.injected_outage()
             files: dict[str, FileInfo] = {}
+            # The small rank file first: once it landed, a listing shows the step folder, so a kill
+            # in the big upload after it leaves an open upload the next start can find on a server
+            # that lists uploads only by exact key (MinIO; sweep.files_a_cut_save_may_have_open).
+            files[contract.rank_file(run.rank)] = run.storage.write_file(
+                join(step_uri, contract.rank_file(run.rank)), lambda f: torch.save(job.per_rank, f))
             if job.replicated is not None:
                 files[layout.REPLICATED_FILE] = run.storage.write_file(
                     join(step_uri, layout.REPLICATED_FILE), lambda f: torch.save(job.replicated, f))
-            files[contract.rank_file(run.rank)] = run.storage.write_file(
-                join(step_uri, contract.rank_file(run.rank)), lambda f: torch.save(job.per_rank, f))
             if job.sharded is not None:
                 files.update(self._write_sharded(step_uri, job.sharded))
             mine: tuple[str, Any] = ("ok", files)

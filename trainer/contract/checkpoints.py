@@ -81,6 +81,15 @@ def rank_file(rank: int) -> str:
     return f"rank-{rank:05d}.pt"
 
 
+_RANK_FILE_RE = re.compile(r"^rank-(\d{5,})\.pt$")
+
+
+def parse_rank_file(name: str) -> int | None:
+    """The rank of a `rank-NNNNN.pt` file name, or None for anything else."""
+    m = _RANK_FILE_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
 def parse_step_dir_name(name: str) -> int | None:
     """The step of a `step-NNNNNNNNN` folder name, or None for anything else."""
     m = _STEP_DIR_RE.match(name.rstrip("/").rsplit("/", 1)[-1])

@@ -121,7 +121,13 @@ class Storage:
         put is atomic. The caller makes sure nothing is writing there now."""
         return []
 
-    def abort_stale_uploads(self, path: str, started_before: float) -> list[str]:
+    def abort_stale_uploads(self, path: str, started_before: float,
+                            exact: Callable[[], list[str]] | None = None) -> list[str]:
         """Abort incomplete multipart uploads under the folder `path` begun before `started_before`
-        (Unix time); the keys aborted. Only object stores have them."""
+        (Unix time); the keys aborted. Only object stores have them.
+
+        `exact`: the paths under `path` that may have an upload open, asked for one by one
+        when the server lists none under the folder (MinIO lists uploads only by exact key);
+        called only then.
+        """
         return []
