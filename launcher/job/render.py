@@ -55,7 +55,9 @@ def code_configmap_name(name: str) -> str:
 
 def code_to_configmap(name: str, spec: JobSpec, code: CodeRef) -> dict[str, Any]:
     assert code.configmap_data is not None
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(code_configmap_name(name), spec),
+    # Labelled with the job's name (not its own): `launch cancel` finds a job's objects by that label.
+    meta = {**_metadata(code_configmap_name(name), spec), "labels": labels(name)}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
             "binaryData": {contract.CODE_BUNDLE_NAME: base64.b64encode(code.configmap_data).decode()},
             "immutable": True}
 

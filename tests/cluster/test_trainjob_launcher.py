@@ -216,6 +216,9 @@ def _held_trainjob(api, capsys, kwok_logs, *flags: str) -> str:
     from tests.cluster.test_operator_faults import cri_line
 
     ns = _namespace(api, TRAINJOB_LOGS_NAMESPACE)
+    # An earlier test's "held" is gone once cancelled, but its pods go with the garbage collector, later:
+    # they carry the same JobSet label, so wait them out rather than take them for this job's.
+    wait(lambda: not running_nodes(api, ns, any_phase=True), 120, "the pods of an earlier job named held to go")
     (kwok_logs / f"{TRAINJOB_LOGS_FILE}.log").write_text(cri_line(contract.LOG_RESUMED.format(step=1200)))
     code, out, err = launch(capsys, EXAMPLE, "--backend", "trainjob", "--gpus", "16", "--gpus-per-node", "8",
                             "--checkpoint", "s3://b/c", "-n", ns, "--name", "held", *flags)
@@ -223,13 +226,13 @@ def _held_trainjob(api, capsys, kwok_logs, *flags: str) -> str:
     return ns
 
 
-def running_nodes(api, ns: str) -> dict[str, str]:
-    """node rank -> pod UID of the held TrainJob's running pods."""
+def running_nodes(api, ns: str, any_phase: bool = False) -> dict[str, str]:
+    """node rank -> pod UID of the held TrainJob's running pods (any_phase: of all its pods)."""
     from launcher.backends import trainjob as backend
 
     return {p.metadata.labels[backend.COMPLETION_INDEX_LABEL]: p.metadata.uid for p in api.core.list_namespaced_pod(
         ns, label_selector=f"{backend.POD_JOB_LABEL}=held").items
-        if p.status.phase == "Running" and not p.metadata.deletion_timestamp}
+        if any_phase or (p.status.phase == "Running" and not p.metadata.deletion_timestamp)}
 
 
 def test_chaos_kill_pod_on_a_trainjob_finds_the_replacement_by_node_rank_and_reads_its_log(api, capsys, kwok_logs):
