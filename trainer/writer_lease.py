@@ -253,18 +253,27 @@ class WriterLease:
             # our temp file between its write and its rename: once more is enough.
             self.storage.write_small(self.path, data)
 
-    def release(self) -> None:
-        """Stop the heartbeat and remove the lease while it is still this start's (never fails the run)."""
+    def release(self, timeout: float = 10.0) -> None:
+        """Stop the heartbeat and remove the lease while it is still this start's, within `timeout` seconds
+        (a store that does not answer must not hold the exit past the grace period); never fails the run.
+        A lease left behind is this start's own: its job's next start, or any on this machine, takes it over."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(1.0)  # inside the grace period; a beat that lands later only leaves our own record
+            self._thread.join(timeout / 2)
         if not self._held:
             return
         self._held = False
-        try:
-            current = self.read()
-            if current is not None and current.token == self.me.token:
-                self.storage.remove(self.path)
-        except Exception as e:
-            log.warning("writer lease: could not remove %s (%s); the next start takes it over", self.path,
-                        one_line(str(e)))
+
+        def remove() -> None:
+            try:
+                current = self.read()
+                if current is not None and current.token == self.me.token:
+                    self.storage.remove(self.path)
+            except Exception as e:
+                log.warning("writer lease: could not remove %s (%s); the next start takes it over", self.path,
+                            one_line(str(e)))
+
+        end = threading.Thread(target=remove, name="kubetrain-lease-end", daemon=True)
+        end.start()
+        end.join(max(deadline - time.monotonic(), 0.0))
