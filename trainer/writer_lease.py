@@ -24,10 +24,12 @@ the job's identity, which the restart shares; on one machine the PID proves it. 
 the same job ever waits, and a second job is refused without waiting either. A lease that
 expired is taken over with one warning: its holder stopped heartbeating (killed, or cut off).
 
-Identity (`identity`): KUBETRAIN_WRITER_ID when the pod sets it (the launcher can pass the job's
-namespace/name); else, in a job the operator started (MASTER_ADDR or PET_MASTER_ADDR set, the
-same for all its pods and restarts), the run id and that address; else (a local run) this host,
-the supervisor's PID and its start time, unique to the run: its liveness check does the rest.
+Identity (`identity`): KUBETRAIN_WRITER_ID, which `launch` sets in every pod to NAMESPACE/JOB (the
+run id is the job's name, so a namesake job in another namespace would share it); else, in a job
+the operator started (MASTER_ADDR or PET_MASTER_ADDR set, the same for all its pods and restarts),
+the run id and that address; else (a local run) this host, the supervisor's PID and its start
+time, unique to the run: the liveness check on this machine does the rest. Two clusters whose jobs
+share a namespace, a name and a bucket are one writer to it: not told apart.
 
 Races. Object stores have no compare-and-swap we can count on everywhere, and a folder has no
 lock that holds on every file system; each write of the lease replaces it whole (atomically, as

@@ -187,3 +187,16 @@ def test_the_heartbeat_moves_while_the_lease_is_held(tmp_path):
     assert moved.wait(30)
     lease.release()
     assert not os.path.exists(lease_file(tmp_path))
+
+
+def test_launch_gives_every_pod_of_a_job_one_writer_identity_and_a_namesake_in_another_namespace_another():
+    from launcher.job.render import spec_to_objects
+    from launcher.job.spec import JobSpec
+
+    def ids(namespace: str) -> set[str]:
+        job = spec_to_objects(JobSpec(script="train.py", nodes=2, namespace=namespace, checkpoint_uri="s3://b/c"),
+                              name="run-1", code=None, image="img")[0]
+        return {e["value"] for r in job["spec"]["pytorchReplicaSpecs"].values()
+                for e in r["template"]["spec"]["containers"][0]["env"] if e["name"] == contract.ENV_WRITER_ID}
+
+    assert ids("ml") == {"ml/run-1"} and ids("team-b") == {"team-b/run-1"}
