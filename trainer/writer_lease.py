@@ -63,7 +63,7 @@ from typing import Callable, Mapping
 
 from trainer import contract
 from trainer.errors import one_line
-from trainer.processes import pid_namespace, start_time
+from trainer.processes import is_running, pid_namespace, start_time
 from trainer.storage import Storage, join
 
 log = logging.getLogger("kubetrain.lease")
@@ -158,12 +158,6 @@ def identity(env: Mapping[str, str], run_id: str, *, host: str, pid: int, pid_st
     return f"local run {host}:{pid}:{pid_start}"
 
 
-def process_alive(pid: int, pid_start: int | None) -> bool:
-    """Whether `pid` is the process it was when it started at `pid_start` (ticks since boot)."""
-    now_start = start_time(pid)
-    return now_start is not None and (pid_start is None or now_start == pid_start)
-
-
 class WriterLease:
     """Node 0's hold on the run folder: acquire at start, heartbeat while the run lives, release at the end.
 
@@ -197,7 +191,7 @@ class WriterLease:
         current = self.read()
         alive = None
         if current is not None and same_machine(self.me, current):
-            alive = process_alive(current.pid, current.pid_start)
+            alive = is_running(current.pid, current.pid_start)
         return decide(current, self.me, now=time.time() if now is None else now, period=self.period,
                       holder_alive=alive, run_uri=self.run_uri)
 

@@ -200,3 +200,27 @@ def test_launch_gives_every_pod_of_a_job_one_writer_identity_and_a_namesake_in_a
                 for e in r["template"]["spec"]["containers"][0]["env"] if e["name"] == contract.ENV_WRITER_ID}
 
     assert ids("ml") == {"ml/run-1"} and ids("team-b") == {"team-b/run-1"}
+
+
+def test_a_killed_holder_not_yet_waited_for_is_not_running_and_a_reused_pid_is_another_process():
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import wait_for
+    from trainer.processes import is_running
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = start_time(child.pid)
+        assert is_running(child.pid, started) and is_running(child.pid, None)
+        assert not is_running(child.pid, started + 1)  # the PID now names a later process
+        os.kill(child.pid, signal.SIGKILL)
+        # A zombie until waited for: /proc still lists it, with its start time.
+        wait_for(lambda: open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", 30,
+                 "the killed child to be a zombie")
+        assert start_time(child.pid) == started and not is_running(child.pid, started)
+    finally:
+        child.kill()
+        child.wait()
+    assert not is_running(child.pid, started)
