@@ -160,3 +160,23 @@ def test_an_expired_lease_of_another_job_is_taken_over_with_one_warning(tmp_path
     warnings = [line for line in out.splitlines() if "taking over the run folder's writer lease" in line]
     assert len(warnings) == 1 and "ml/run-1 on node-elsewhere (pid 1) last heartbeat" in warnings[0] \
         and "over the 60s lease" in warnings[0], out
+
+
+def test_a_run_whose_folder_another_job_took_over_stops_its_ranks_with_the_permanent_code(tmp_path):
+    run_dir = tmp_path / "ckpt" / "run-1"
+    release = str(tmp_path / "release")
+    first = start(args(tmp_path, release), log_path=str(tmp_path / "first.log"))
+    try:
+        wait_for(lambda: "holding after step 1" in (tmp_path / "first.log").read_text(), 120, "the first run's commit")
+        # As a start of another job leaves it once it took over (this run's heartbeat looked expired to it).
+        taker = seed_lease(run_dir, holder="ml-other/run-1")
+        assert first.wait(120) == ExitCode.USAGE, (tmp_path / "first.log").read_text()
+        log = (tmp_path / "first.log").read_text()
+        assert "another run took over the run folder" in log and "ml-other/run-1 on node-elsewhere" in log
+        assert (run_dir / contract.LATEST_NAME).read_text().strip() == "1"
+        assert read_lease(run_dir) == taker  # neither overwritten nor removed
+        assert_no_workers(SCRIPT)
+    finally:
+        open(release, "w").close()
+        if first.poll() is None:
+            first.wait(120)
