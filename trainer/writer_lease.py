@@ -37,14 +37,17 @@ lock that holds on every file system; each write of the lease replaces it whole 
 holder's record is there, that write won and this start refuses (its own record was overwritten,
 so it left nothing behind). What is guaranteed: two starts of different jobs both get in only when
 one of them took longer than SETTLE_S between reading the lease and its write landing; then the
-first heartbeat of the one whose record was overwritten (within LEASE_PERIOD_S / 4) finds the
-other's and stops its ranks with exit 2, before a second checkpoint of its can commit in most
-runs. The same check stops a holder that was cut off longer than the lease period (a paused or
-partitioned process) once another job took over. Starts of the same job never refuse each other.
+next heartbeat of the one whose record was overwritten (within LEASE_PERIOD_S / 4) finds the
+other's and SIGKILLs its ranks (no stop checkpoint: it would land in the other run's folder) and
+exits 2, so both write for at most one heartbeat interval. The same check stops a holder that was
+cut off longer than the lease period (a paused or partitioned process) once another job took
+over. Starts of the same job never refuse each other; only node 0 writes the lease, the others
+read it, so a job's nodes cannot race each other for it either.
 
 At a clean end the holder removes the lease when it is still its own. A SIGKILLed holder leaves
-it behind: the next start of the same job, or any start on the same machine, takes it over at
-once; another job's start waits out LEASE_PERIOD_S after the last heartbeat.
+it behind: the next start of the same job takes it over at once, as does any start on the same
+machine once the holder's PID is gone; another job's start waits out LEASE_PERIOD_S after the
+last heartbeat.
 
 Standard library and trainer.storage only: it runs in the supervisor, PID 1 of a pod.
 """
