@@ -29,7 +29,7 @@ class _OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `python -m trainer {self.prog.split()[-1]} --help`)")
 
 
-EPILOG = f"""exit codes: 0 finished; 1 the script raised (not retried); 2 bad flags;
+EPILOG = f"""exit codes: 0 finished; 1 the script raised (not retried); 2 bad flags, or another live run writes the run folder;
 {int(ExitCode.PREEMPTED)} preempted, checkpoint committed; 128+N killed by signal N (137: SIGKILL/OOM);
 {int(ExitCode.HANG)} hang detected by the watchdog; {int(ExitCode.INFRA)} rendezvous, transport or storage failure;
 {int(ExitCode.CRASH_LOOP)} crash loop: --max-restarts spent without a new checkpoint (not retried).

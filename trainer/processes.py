@@ -99,6 +99,19 @@ def start_time(pid: int) -> int | None:
         return None
 
 
+def is_running(pid: int, started: int | None) -> bool:
+    """Whether `pid` still names the process that started at `started` (start_time's ticks; None: any),
+    and it is not a zombie: a killed process whose parent has not waited for it yet runs no more."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rfind(b")") + 2:].split()
+        state, since = fields[0].decode(), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return False
+    return state not in ("Z", "X") and (started is None or since == started)
+
+
 def pid_namespace() -> str:
     """This process's PID namespace (the inode of /proc/self/ns/pid), "0" where unknown: PIDs mean
     something only inside one, and a spool may be shared by pods on one host."""

@@ -80,6 +80,9 @@ def runtime_env(spec: JobSpec, *, name: str, code: CodeRef | None) -> list[dict[
     """The runtime's settings, by the names trainer.contract defines."""
     env = [
         (contract.ENV_RUN_ID, name),  # the job name: stable across the operator's restarts of this job
+        # Who writes the run folder (its writer lease): every pod and restart of this job, and no job of
+        # the same name in another namespace, which would otherwise share its run id.
+        (contract.ENV_WRITER_ID, f"{spec.namespace}/{name}"),
         (contract.ENV_CHECKPOINT_EVERY_STEPS, str(spec.checkpoint_every_steps)),
         (contract.ENV_GRACE_SECONDS, _num(spec.grace_seconds)),
         (contract.ENV_HANG_TIMEOUT, _num(spec.hang_timeout)),

@@ -59,6 +59,9 @@ def checkpoint_uri_problem(uri: str, schemes: frozenset[str] | set[str] = CHECKP
 # remove such leftovers. Older steps are pruned only after a newer one committed, manifest first.
 
 MANIFEST_NAME = "manifest.json"
+#: The run folder's writer lease: who writes this folder now (trainer/writer_lease.py). Node 0's
+#: supervisor holds it while its run lives; a second live writer of another job finds it and exits 2.
+WRITER_LEASE_NAME = "writer.json"
 #: A replicated checkpoint's state on rank 0 (model, optimizer, scheduler, extra), one torch.save file.
 REPLICATED_FILE = "state.pt"
 #: A sharded checkpoint's torch.distributed.checkpoint files, under this folder of the step.

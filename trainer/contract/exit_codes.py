@@ -17,7 +17,8 @@ class ExitCode(enum.IntEnum):
     OK = 0
     #: The user's code raised; retrying would fail the same way.
     USER_ERROR = 1
-    #: Bad flags, URI or environment; nothing ran.
+    #: Bad flags, URI or environment, or another live run writes the run folder (its writer lease);
+    #: nothing ran.
     USAGE = 2
     #: SIGTERM or a cloud preemption notice; the checkpoint committed first.
     PREEMPTED = 143

@@ -47,6 +47,10 @@ ENV_WARM_START_FROM = "KUBETRAIN_WARM_START_FROM"
 #: "1": restore the optimizer too on a warm start (default: weights only, a fresh optimizer).
 ENV_WARM_START_OPTIMIZER = "KUBETRAIN_WARM_START_OPTIMIZER"
 WARM_START_LATEST = "latest"
+#: Who writes the run folder (its writer lease, trainer/writer_lease.py): the same value in every pod
+#: and every restart of one job (e.g. NAMESPACE/JOB), different for any other job, so a job's restart
+#: or its other nodes are never refused and another job is. Unset: the runtime derives one.
+ENV_WRITER_ID = "KUBETRAIN_WRITER_ID"
 # The in-cluster submitter of a schedule (`python -m launcher.submit`, run by its CronJob).
 ENV_SCHEDULE = "KUBETRAIN_SCHEDULE"  # which schedule's stored spec to submit
 ENV_RUN_NAME = "KUBETRAIN_RUN_NAME"  # the run's name: its Job's name, through the downward API

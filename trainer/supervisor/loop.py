@@ -38,6 +38,8 @@ class Supervisor:
         self._proc: subprocess.Popen | None = None
         self._ledger = None  # trainer.ledger.Ledger once the start is recorded
         self._verdict = None  # node 0's crash-loop verdict, seen by another node while its ranks start
+        self._lease = None  # trainer.writer_lease.WriterLease that node 0 holds while the run lives
+        self._lost: str | None = None  # another job took the run folder over: why this one stops
 
     def request_stop(self, reason: str) -> None:
         """Ask the ranks to checkpoint and stop; safe from a signal handler or a thread."""
@@ -51,10 +53,15 @@ class Supervisor:
         self.request_stop(signal.Signals(signum).name)
 
     def run(self) -> int:
-        early = self._begin_ledger()
+        # The lease first: a start that is refused must write nothing into the run folder, not even
+        # its ledger record.
+        early = self._take_lease() or self._begin_ledger()
         if early is not None:
+            self._release_lease()
             self._report(early)
             return int(early.code)
+        if self._lease is not None:
+            self._lease.start_heartbeat(self._on_lost)
         given = self.env.get(contract.ENV_CONTROL_DIR)  # `launch chaos` watches progress there
         control = given or tempfile.mkdtemp(prefix="kubetrain-control-")
         os.makedirs(control, exist_ok=True)
@@ -92,6 +99,7 @@ class Supervisor:
             if not given:
                 shutil.rmtree(control, ignore_errors=True)
         outcome = self._finish_ledger(outcome, last_step)
+        self._release_lease()
         self._report(outcome)
         return int(outcome.code)
 
@@ -110,6 +118,37 @@ class Supervisor:
         if verdict is not None:
             return Outcome(ExitCode.CRASH_LOOP, verdict.message)
         return None
+
+    def _take_lease(self) -> Outcome | None:
+        """Node 0 takes the run folder's writer lease, other nodes check it; an Outcome (exit 2) when
+        another live run writes the folder. A storage error leaves the lease off for this start."""
+        from trainer.errors import StorageConfigError, UsageError, one_line
+        from trainer.storage import open_storage
+        from trainer.writer_lease import WriterLease
+
+        try:
+            lease = WriterLease.for_run(open_storage(self.cfg.checkpoint_uri), self.cfg.run_id, self.env)
+            decision = lease.acquire() if contract.operator_node_rank(self.env) == 0 else lease.check()
+        except (StorageConfigError, UsageError) as e:
+            return Outcome(ExitCode.USAGE, str(e))
+        except Exception as e:
+            log.warning("writer lease unavailable (%s): this start does not check for another live writer",
+                        one_line(str(e)))
+            return None
+        if not decision.take:
+            return Outcome(ExitCode.USAGE, decision.reason)
+        self._lease = lease
+        return None
+
+    def _release_lease(self) -> None:
+        if self._lease is not None:
+            # Inside the grace period when stopping, beside the ledger's end; a lease left behind only
+            # holds off another job (this job's restart takes it over at once).
+            self._lease.release(contract.SUPERVISOR_GRACE_RESERVE / 4 if self._stop_reason else 10.0)
+
+    def _on_lost(self, message: str) -> None:
+        self._lost = message
+        self._wake.set()
 
     def _on_verdict(self, verdict) -> None:
         self._verdict = verdict
@@ -152,6 +191,11 @@ class Supervisor:
                 log.error("node 0 stopped the run: %s; stopping this node's ranks", self._verdict.message)
                 stop_sent_at = now
                 self._kill_group(signal.SIGKILL)
+            if self._lost is not None and stop_sent_at is None and hang is None:
+                # No stop checkpoint: it would be a second writer's commit in the other run's folder.
+                log.error("%s; killing this node's ranks", self._lost)
+                stop_sent_at = now
+                self._kill_group(signal.SIGKILL)
             if self._stop_reason and stop_sent_at is None:
                 stop_sent_at = now
                 with open(os.path.join(control, contract.CONTROL_STOP), "w") as f:
@@ -185,6 +229,8 @@ class Supervisor:
         self._note_progress(control, training)
         if self._verdict is not None:
             return Outcome(ExitCode.CRASH_LOOP, f"node 0 stopped the run: {self._verdict.message}")
+        if self._lost is not None:
+            return Outcome(ExitCode.USAGE, self._lost)
         return classify(torchrun_rc=rc, result=read_json(os.path.join(control, contract.CONTROL_RESULT)),
                         errors=read_errors(control),
                         preempted=read_json(os.path.join(control, contract.CONTROL_PREEMPTED)),
