@@ -179,7 +179,10 @@ def test_deleting_a_worker_pod_commits_exits_143_and_the_job_resumes_bit_identic
     _delete_and_resume(api, node, capsys, restricted_namespace, "worker", local_digest)
 
 
-def test_checkpoints_in_s3_from_real_pods(api, node, node_s3, capsys, restricted_namespace, local_digest):
+def test_checkpoints_and_a_code_bundle_too_big_for_a_configmap_in_s3_from_real_pods(
+        api, node, node_s3, capsys, restricted_namespace, local_digest, tmp_path, monkeypatch):
+    import shutil
+
     import boto3
 
     from tests.s3 import CREDENTIALS
@@ -190,12 +193,27 @@ def test_checkpoints_in_s3_from_real_pods(api, node, node_s3, capsys, restricted
     s3.create_bucket(Bucket=bucket)
     api.core.create_namespaced_secret(ns, {"metadata": {"name": "s3"},
                                            "stringData": {**CREDENTIALS, "AWS_ENDPOINT_URL": node_s3}})
-    launch_job(capsys, node, ns, name, "--steps", "20",
-               launch_args=("--checkpoint", f"s3://{bucket}/ckpts", "--secret-env", "s3"))
+    # The script beside 2 MiB that do not compress: a bundle over the ConfigMap limit, which launch uploads
+    # under --code-uri (with this process's credentials) and the pods fetch and check by its sha256.
+    code = tmp_path / "code"
+    code.mkdir()
+    shutil.copy(EXAMPLE, code / "train.py")
+    (code / "weights.bin").write_bytes(os.urandom(2 << 20))
+    for k, v in {**CREDENTIALS, "AWS_ENDPOINT_URL": node_s3}.items():
+        monkeypatch.setenv(k, v)
+    code_, _, err = launch(capsys, str(code / "train.py"), "--nodes", "2", "--nproc", "2", "--image", node.image,
+                           "-n", ns, "--name", name, "--checkpoint-every-steps", "5", "--code-dir", str(code),
+                           "--code-uri", f"s3://{bucket}/code", "--checkpoint", f"s3://{bucket}/ckpts",
+                           "--secret-env", "s3", "--", *SCRIPT_ARGS, "--steps", "20")
+    assert code_ == 0, err
+    (bundle,) = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"code/{name}/")["Contents"]]
+    assert bundle.endswith(".tar.gz")
     wait(lambda: succeeded(api, ns, name), 420, "the job to succeed", explain(api, node, ns))
     latest = s3.get_object(Bucket=bucket, Key=f"ckpts/{name}/{contract.LATEST_NAME}")["Body"].read().decode()
     assert latest.strip().endswith("20")
     assert final_digest(pod_log(api, ns, f"{name}-master-0")) == local_digest(20)
+    # Shipped through the object store: no code ConfigMap.
+    assert not api.core.list_namespaced_config_map(ns, label_selector=f"{contract.LABEL_JOB}={name}").items
 
 
 def test_in_the_container_uid_1000_restricted_seccomp_shm_read_only_code_fsgroup_and_no_zombies(
