@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 import traceback
+from typing import Any
 
 from trainer import contract
 from trainer.control import write_rank_pid
@@ -40,14 +41,36 @@ CONFIG_ERROR_TYPES = ("StorageConfigError",)
 _LOADER_KILLED_RE = re.compile(r"DataLoader worker \(pid \d+\) is killed by signal: (.+?)\.?\s*$")
 
 
+#: The same death seen by the other path, when the rank's read of the workers' queue failed before the
+#: SIGCHLD handler ran (a worker killed mid-write, more often on a loaded machine):
+#: "DataLoader worker (pid(s) 123, 124) exited unexpectedly". It names no signal; see _failed_workers_signal.
+_LOADER_EXITED_RE = re.compile(r"DataLoader worker \(pid\(s\) [\d, ]+\) exited unexpectedly$")
+
+
+def _failed_workers_signal(tb: Any) -> int | None:
+    """The signal that ended a worker in the `failed_workers` list of the torch frame that raised
+    "exited unexpectedly" (_MultiProcessingDataLoaderIter._try_get_data): its multiprocessing
+    Process, already reaped there, keeps the status as exitcode -N. None when no frame has one."""
+    while tb is not None:
+        for w in tb.tb_frame.f_locals.get("failed_workers") or ():
+            code = getattr(w, "exitcode", None)
+            if isinstance(code, int) and code < 0:
+                return -code
+        tb = tb.tb_next
+    return None
+
+
 def loader_worker_signal(exc: BaseException) -> int | None:
     """The signal that killed one of this rank's DataLoader workers, when that is what `exc` says.
 
     A loader worker killed by a signal (the OOM killer, a node's pressure) is the machine's doing,
-    not the script's: the rank exits 128+N like a killed rank, and the operator retries it.
+    not the script's: the rank exits 128+N like a killed rank, and the operator retries it. torch
+    reports it in one of two words, by which of its checks saw the death first; both count.
     """
     if not isinstance(exc, RuntimeError):
         return None
+    if _LOADER_EXITED_RE.search(str(exc)):
+        return _failed_workers_signal(exc.__traceback__)
     m = _LOADER_KILLED_RE.search(str(exc))
     if not m:
         return None

@@ -1,0 +1,47 @@
+"""A DataLoader worker killed by a signal is the machine's doing, whichever of torch's two checks sees it.
+
+torch reports the death as "is killed by signal: Killed" when its SIGCHLD handler runs first, and as
+"exited unexpectedly" (no signal named) when the rank's read of the workers' queue fails first, which a
+loaded machine makes common. The rank wrapper (trainer/worker.py) must read both as 128+N. Here the
+second path is taken for certain: the handler is put back to the default before the worker is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from trainer import contract
+from trainer.worker import loader_worker_signal
+
+pytestmark = pytest.mark.runtime
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_worker_death_seen_as_exited_unexpectedly_is_still_its_signal():
+    import torch
+    from torch.utils.data import DataLoader
+
+    it = iter(DataLoader(range(64), batch_size=1, num_workers=1, prefetch_factor=1))
+    next(it)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler off: only the queue check remains
+    (pid,) = [w.pid for w in it._workers]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not _zombie(pid):  # dead, not yet reaped: what torch's check then finds
+        assert time.monotonic() < deadline, "the worker did not die"
+        time.sleep(0.05)
+    with pytest.raises(RuntimeError, match=r"exited unexpectedly") as info:
+        for _ in range(64):
+            next(it)
+    assert "killed by signal" not in str(info.value)
+    sig = loader_worker_signal(info.value)
+    assert sig == signal.SIGKILL and contract.ExitCode.for_signal(sig) == 137
+    del it, torch
