@@ -20,7 +20,7 @@ from typing import Iterator
 from urllib.request import Request, urlopen
 
 # One way to start moto, shared with the bench; the tests import these names from here.
-from local_s3 import CREDENTIALS, SECRET, free_port, moto_server  # noqa: F401
+from local_s3 import CREDENTIALS, SECRET, free_port, moto_server, serving  # noqa: F401
 from tests.helpers import REPO
 
 #: MinIO's root user, the one key it knows; a distinctive secret, as for moto (SECRET).
@@ -77,32 +77,19 @@ def minio_server(exe: str, data_dir: str) -> Iterator[str]:
     port, console = free_port(), free_port()
     env = {**os.environ, "MINIO_ROOT_USER": MINIO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
            "MINIO_ROOT_PASSWORD": MINIO_SECRET, "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}
-    log = open(os.path.join(data_dir, "minio.log"), "w")
-    proc = subprocess.Popen([exe, "server", "--quiet", "--address", f"127.0.0.1:{port}", "--console-address",
-                             f"127.0.0.1:{console}", os.path.join(data_dir, "drive")], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # its health endpoint answers 200 once it serves S3 requests
-            try:
-                with urlopen(url + "/minio/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"MinIO did not start on {url}:\n{open(log.name).read()[-3000:]}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
+
+    def ready() -> bool:  # its health endpoint answers 200 once it serves S3 requests
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            with urlopen(url + "/minio/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    with serving([exe, "server", "--quiet", "--address", f"127.0.0.1:{port}", "--console-address",
+                  f"127.0.0.1:{console}", os.path.join(data_dir, "drive")], ready, f"MinIO on {url}", env=env,
+                 log_path=os.path.join(data_dir, "minio.log")):
+        yield url
 
 
 def minio_as_auth_server(url: str) -> dict:

@@ -84,21 +84,7 @@ def restricted_namespace(api):
 @pytest.fixture(scope="package")
 def node_s3(node, tmp_path_factory):
     """moto's S3 server on the node's IP, where the pods (and this process) reach it; yields its URL."""
-    import sys
+    from local_s3 import moto_server
 
-    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    port = machine._free_port(machine.NODE_IP)
-    log = open(tmp_path_factory.mktemp("node-s3") / "moto.log", "w")
-    proc = subprocess.Popen([exe, "-H", machine.NODE_IP, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://{machine.NODE_IP}:{port}"
-    try:
-        machine._wait(lambda: machine._http_ok(url), 60, f"moto_server on {url}", [proc])
+    with moto_server(host=machine.NODE_IP, log_path=str(tmp_path_factory.mktemp("node-s3") / "moto.log")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
