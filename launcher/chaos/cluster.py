@@ -8,8 +8,8 @@ pod's log (contract.LOG_RESUMED).
 A replacement is found by replica (`master-0`, `worker-1`, `node-1`) and a new UID,
 never by pod name: the training operator recreates a PyTorchJob's pod under the same
 name, but a TrainJob's pods belong to Jobs, whose controller gives every pod a new
-random suffix (and a failed TrainJob pod restarts the whole JobSet: every node's pod
-is replaced, the one the fault hit among them).
+random suffix (and a TrainJob's other nodes are often replaced too: a deleted pod's
+ranks and theirs agree on a stop step and all exit 143).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def _watch(api: Api, ns: str, name: str, r: FaultResult, timeout: float) -> None
                 if p.status.phase == "Running":
                     replaced[replica_id(p)] = p
         time.sleep(0.5)
-    if len(replaced) < len(r.pods):
+    if len(replaced) < len(wanted):
         r.note = f"not running again after {timeout:.0f}s"
         return
     r.running_s = time.monotonic() - r.at
