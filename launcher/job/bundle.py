@@ -130,7 +130,9 @@ def upload(uri: str, data: bytes) -> None:
     try:
         import fsspec
 
-        with fsspec.open(uri, "wb") as f:
+        # A new filesystem, not fsspec's cached one: that was made with the endpoint and credentials of
+        # the environment at its first use in this process, which may not be this call's (seen in tests).
+        with fsspec.open(uri, "wb", skip_instance_cache=True) as f:
             f.write(data)
     except Exception as e:
         raise ClusterError(f"uploading the code bundle to {uri}: {e}") from e
@@ -141,7 +143,7 @@ def remove(uri: str) -> None:
     try:
         import fsspec
 
-        fs, path = fsspec.core.url_to_fs(uri)
+        fs, path = fsspec.core.url_to_fs(uri, skip_instance_cache=True)  # as upload: this environment's
         fs.rm_file(path)
     except Exception as e:
         print(f"launch: warning: could not remove the code bundle {uri}: {e}", file=sys.stderr)

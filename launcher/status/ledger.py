@@ -51,7 +51,7 @@ def read_objects(path: str) -> dict[str, bytes | None]:
     """{name: bytes} of the ledger folder's *.json objects, through fsspec; raises what fsspec raises."""
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = fsspec.core.url_to_fs(path, skip_instance_cache=True)  # this environment's endpoint, not a cached one's
     try:
         names = [n for n in fs.ls(root, detail=False) if n.endswith(".json")]
     except FileNotFoundError:
