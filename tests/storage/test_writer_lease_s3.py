@@ -62,13 +62,36 @@ def test_a_second_live_run_on_the_same_s3_folder_is_refused_and_writes_nothing(t
             first.wait(120)
 
 
+class _InStep:
+    """A storage of one job that, with the others, first reads the lease, then writes it, then reads it
+    back: the worst case of starts at the same instant, made certain rather than left to the clock."""
+
+    def __init__(self, storage, read: threading.Barrier, wrote: threading.Barrier) -> None:
+        self._storage, self._read, self._wrote, self._reads = storage, read, wrote, 0
+
+    def read_small(self, path):
+        data = self._storage.read_small(path)
+        self._reads += 1
+        if self._reads == 1:
+            self._read.wait(60)  # every job has read before any writes
+        return data
+
+    def write_small(self, path, data):
+        self._storage.write_small(path, data)
+        self._wrote.wait(60)  # every write landed before any read-back
+
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
+
+
 def test_two_jobs_starting_at_the_same_instant_let_exactly_one_in(s3_env):
     uri = f"s3://{s3_env['bucket']}/ckpts"
+    jobs = ("ns-a/run-1", "ns-b/run-1", "ns-c/run-1")
+    read, wrote = threading.Barrier(len(jobs)), threading.Barrier(len(jobs))
     leases = []
-    for job in ("ns-a/run-1", "ns-b/run-1", "ns-c/run-1"):
+    for job in jobs:
         lease = WriterLease.for_run(open_storage(uri), "run-1", {contract.ENV_WRITER_ID: job})
-        # Settled for longer than any read-then-put here takes: the guarantee the module states.
-        leases.append(WriterLease(lease.storage, lease.run_uri, lease.me, settle=5.0))
+        leases.append(WriterLease(_InStep(lease.storage, read, wrote), lease.run_uri, lease.me, settle=0.0))
     decisions: dict[int, object] = {}
     go = threading.Barrier(len(leases))
 
@@ -90,4 +113,4 @@ def test_two_jobs_starting_at_the_same_instant_let_exactly_one_in(s3_env):
             assert f"is being written by {held.holder}" in d.reason
     for lease in leases:
         lease.release()
-    assert leases[0].read() is None
+    assert WriterLease.for_run(open_storage(uri), "run-1", {}).read() is None
