@@ -161,9 +161,11 @@ def test_a_holder_whose_folder_another_job_took_is_told_once_and_stops_heartbeat
     assert lease.acquire().take
     lost: list[str] = []
     told = threading.Event()
-    lease.start_heartbeat(lambda message: (lost.append(message), told.set()))
+    # The taker's record lands before the first beat: written while a beat runs, between its read and its
+    # write, the beat would overwrite it (the taker's own read-back then refuses it, as acquire does).
     taker = dataclasses.replace(me_here("ns/job-a"), host="node-9", heartbeat_at=NOW * 2)
     LocalStorage(str(tmp_path)).write_small(lease_file(tmp_path), taker.to_json())
+    lease.start_heartbeat(lambda message: (lost.append(message), told.set()))
     assert told.wait(30)
     lease.release()
     assert len(lost) == 1 and "ns/job-a on node-9" in lost[0]
