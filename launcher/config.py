@@ -20,7 +20,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "memory": (str,), "shm": (str,), "spot": (str,), "priority_class": (str,), "gang": (str,),
     "max_restarts": (int,), "max_runtime": (int,), "ttl": (int,), "clean_pod_policy": (str,),
     "pvc": (list,), "secret_env": (list,), "service_account": (str,), "code_dir": (str,),
-    "code_uri": (str,), "local_checkpoint": (str,), "backend": (str,),
+    "code_uri": (str,), "local_checkpoint": (str,), "backend": (str,), "queue": (str,), "priority": (str,),
 }
 ENV_KEYS = {"image": contract.ENV_IMAGE, "namespace": contract.ENV_NAMESPACE, "checkpoint": contract.ENV_CHECKPOINT_URI}
 

@@ -21,6 +21,9 @@ across the launcher. A backend module has:
     replica_names(job)     every pod name the job's spec asks for
     replica_id(labels)     a pod's replica, from its labels: "master-0", "worker-3"
     expected_pods(job), min_pods(job), retry_limit(job), deadline(job)
+    KUEUE_FRAMEWORK        Kueue's integration name for the kind (launch --queue)
+    suspended(job)         whether the job is suspended (Kueue's webhook sets it; launch never does)
+    podsets(job)           pods of each pod set, as Kueue makes its workload of the job
     exit_event(event)      (pod name, exit code) of the controller's "a container exited" event, or None
 
 Modules here are pure (no kubernetes import, no I/O); launcher/k8s/ does the talking.

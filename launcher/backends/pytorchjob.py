@@ -43,6 +43,8 @@ _EXITED = re.compile(r"Pod: [^.\s]+\.(\S+) exited with code (-?\d+)")
 
 #: The rank-0 pod's replica (`launch chaos --kill-pod master`).
 FIRST_REPLICA = "master-0"
+#: Kueue's name for this kind (integrations.frameworks in its Configuration), v0.17.0.
+KUEUE_FRAMEWORK = "kubeflow.org/pytorchjob"
 #: Flags a PyTorchJob cannot honour: none.
 IGNORED_FLAGS: dict[str, str] = {}
 
@@ -137,6 +139,17 @@ def min_pods(job: dict) -> int:
 def retry_limit(job: dict) -> int | None:
     """runPolicy.backoffLimit: the restarts the operator allows (None: not set)."""
     return ((job.get("spec") or {}).get("runPolicy") or {}).get("backoffLimit")
+
+
+def suspended(job: dict) -> bool:
+    """spec.runPolicy.suspend: set by Kueue's webhook on create (never by launch), cleared on admission."""
+    return bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+
+
+def podsets(job: dict) -> list[int]:
+    """Pods of each pod set as Kueue counts them: one pod set per replica type, Master first."""
+    specs = _replica_specs(job)
+    return [int(specs[t].get("replicas") or 1) for t in sorted(specs, key=lambda t: t != "Master")]
 
 
 def deadline(job: dict) -> tuple[float | None, str | None]:

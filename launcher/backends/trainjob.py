@@ -51,6 +51,8 @@ IGNORED_FLAGS = {
     "ttl": "has no effect on a TrainJob: Trainer v2.3.0 has no ttlSecondsAfterFinished; delete it with `launch cancel`",
     "clean_pod_policy": "has no effect on a TrainJob: its JobSet keeps the finished pods until the TrainJob is deleted",
 }
+#: Kueue's name for this kind (integrations.frameworks in its Configuration), v0.17.0.
+KUEUE_FRAMEWORK = "trainer.kubeflow.org/trainjob"
 #: Who owns our spec.runtimePatches entry (a domain-prefixed path, as the API asks).
 PATCH_MANAGER = "kubetrain.dev/launch"
 #: The cluster-wide runtime (k8s/trainjob/clustertrainingruntime.yaml) and its budget.
@@ -239,6 +241,16 @@ def retry_limit(job: dict) -> int | None:
             except (TypeError, ValueError):
                 return None
     return None
+
+
+def suspended(job: dict) -> bool:
+    """spec.suspend: set by Kueue's webhook on create (never by launch), cleared on admission."""
+    return bool(_spec(job).get("suspend"))
+
+
+def podsets(job: dict) -> list[int]:
+    """Pods of each pod set as Kueue counts them: one per replicated Job of the runtime, ours has one."""
+    return [expected_pods(job)]
 
 
 def deadline(job: dict) -> tuple[float | None, str | None]:

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from launcher.commandline import Parser, field_default, print_objects, split_script_args
 from launcher.errors import SpecError
 from launcher.job.spec import DEFAULT_IMAGE, JobSpec, Resources
+from launcher.kueue import names as kueue
 from trainer import contract
 
 
@@ -55,8 +56,16 @@ def add_job_flags(p: argparse.ArgumentParser, *, name_help: str, local_help: str
     g = p.add_argument_group("scheduling")
     g.add_argument("--spot", nargs="?", const="prefer", default=None, choices=("prefer", "require"),
                    help="run on spot capacity (EKS, Karpenter, GKE, AKS labels/taints); bare --spot = prefer")
-    g.add_argument("--priority-class", default=None)
-    g.add_argument("--gang", default=None, choices=("volcano", "scheduler-plugins"), help="gang-schedule all pods")
+    g.add_argument("--priority-class", default=None, help="a Kubernetes PriorityClass for the pods "
+                   "(scheduling and preemption by the kube-scheduler)")
+    g.add_argument("--gang", default=None, choices=("volcano", "scheduler-plugins"), help="gang-schedule all pods "
+                   "(not with --queue)")
+    g.add_argument("--queue", default=None, metavar="LOCALQUEUE", help="submit through Kueue: the LocalQueue in "
+                   f"the namespace (label {kueue.QUEUE_LABEL}); Kueue starts the job when its quota admits "
+                   "all pods. Config key: queue")
+    g.add_argument("--priority", default=None, metavar="NAME", help="with --queue: a Kueue WorkloadPriorityClass "
+                   f"(label {kueue.PRIORITY_LABEL}; the order in the queue and Kueue's preemption), not a "
+                   "Kubernetes PriorityClass. Config key: priority")
     g = p.add_argument_group("pod")
     g.add_argument("--pvc", action="append", default=None, help="NAME:/PATH[:ro], repeatable")
     g.add_argument("--secret-env", action="append", default=None, help="Secret whose keys become env, repeatable")
@@ -153,7 +162,8 @@ def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mappi
                 hang_timeout=pick("hang_timeout"), spot=pick("spot"), priority_class=pick("priority_class"),
                 gang=pick("gang"), max_restarts=pick("max_restarts"), active_deadline_seconds=pick("max_runtime"),
                 ttl_seconds_after_finished=pick("ttl"), clean_pod_policy=pick("clean_pod_policy"),
-                service_account=pick("service_account")))
+                service_account=pick("service_account"), queue=pick("queue"),
+                workload_priority=pick("priority")))
 
 
 def pack_code(args: argparse.Namespace, defaults: Mapping[str, Any], script: str, name: str):
@@ -204,13 +214,18 @@ def main(argv: list[str], env: Mapping[str, str], now: float | None = None) -> i
     from launcher.job import bundle as shipping
     from launcher.job.bucket_lifecycle import warn_without_abort_rule
     from launcher.k8s.jobs import create_job
+    from launcher.k8s.kueue import managed_probe
     from launcher.k8s.preflight import preflight
 
     api = connect()
     preflight(api, spec, backend, objects[0])
     warn_without_abort_rule(spec.checkpoint_uri)  # one line on stderr, never fatal
-    shipping.shipped_then_created(code, bundle.data, lambda: create_job(api, spec.namespace, objects))
+    # With --queue, a dry run of the job first: Kueue must suspend it, or it would run outside quota.
+    probe = managed_probe(backend) if spec.queue else None
+    shipping.shipped_then_created(code, bundle.data, lambda: create_job(api, spec.namespace, objects, probe=probe))
     print(f"created {objects[0]['kind']} {spec.namespace}/{name}: {spec.nodes} pod(s) x "
           f"{spec.resources.gpus_per_node or spec.nproc_per_node} {'GPU' if spec.resources.gpus_per_node else 'rank'}(s)")
+    if spec.queue:
+        print(f"  queued in LocalQueue {spec.queue}: suspended until Kueue admits all its pods")
     print(f"  launch status {name} -n {spec.namespace}   |   launch logs {name} -n {spec.namespace} -f")
     return 0

@@ -22,7 +22,7 @@ from trainer import contract
 #: Flags that only mean something on a cluster; --local refuses them rather than ignore them.
 CLUSTER_ONLY = ("gpu_type", "gpu_resource", "cpu", "memory", "shm", "image", "namespace", "context", "spot",
                 "priority_class", "gang", "pvc", "secret_env", "service_account", "code_dir", "code_uri",
-                "max_runtime", "ttl", "clean_pod_policy", "max_restarts", "gpus_per_node")
+                "max_runtime", "ttl", "clean_pod_policy", "max_restarts", "gpus_per_node", "queue", "priority")
 
 
 def local_gpu_count() -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from launcher import backends
 from launcher.job.spec import GPU_RESOURCE, JobSpec
+from launcher.kueue import names as kueue
 from trainer import contract
 
 RUNTIME_UID = 1000  # the runtime image's non-root user (images/Dockerfile)
@@ -204,7 +205,10 @@ def spec_to_objects(spec: JobSpec, *, name: str, code: CodeRef | None, image: st
     """Everything one `launch` creates, job first (the others are owned by it once it exists; its
     companions, such as a TrainJob's own runtime, are created before it: launcher/k8s/jobs.py)."""
     pod_template = _pod_template(spec, name=name, code=code, image=image)
-    objects = [backend.render(spec, metadata=_metadata(name, spec), pod_template=pod_template),
+    # Kueue's labels on the job object only: it is the one Kueue makes a workload of.
+    job_metadata = _metadata(name, spec)
+    job_metadata["labels"].update(kueue.job_labels(spec.queue, spec.workload_priority))
+    objects = [backend.render(spec, metadata=job_metadata, pod_template=pod_template),
                *backend.companions(spec, metadata=_metadata(name, spec), pod_template=pod_template)]
     if code is not None and code.configmap_data is not None:
         objects.append(code_to_configmap(name, spec, code))

@@ -122,6 +122,9 @@ class JobSpec:
     secret_env: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     service_account: str | None = None
+    #: Kueue: the LocalQueue the job waits in (--queue), and its WorkloadPriorityClass (--priority).
+    queue: str | None = None
+    workload_priority: str | None = None
 
     def __post_init__(self) -> None:
         if not self.script or not isinstance(self.script, str):
@@ -153,6 +156,16 @@ class JobSpec:
             raise SpecError(f"--gang {self.gang!r}: choose {' or '.join(GANG_SCHEDULERS)}")
         if self.priority_class is not None:
             check_dns_label(self.priority_class, "--priority-class", max_len=253)
+        if self.queue is not None:
+            check_dns_label(self.queue, "--queue")  # a label value: 63 characters at most
+            if self.gang:
+                raise SpecError(f"--queue with --gang {self.gang}: Kueue admits all of a job's pods or none already; "
+                                "drop --gang")
+        if self.workload_priority is not None:
+            if self.queue is None:
+                raise SpecError(f"--priority {self.workload_priority} is a Kueue WorkloadPriorityClass and needs "
+                                "--queue; for a Kubernetes PriorityClass use --priority-class")
+            check_dns_label(self.workload_priority, "--priority")
         if self.service_account is not None:
             check_dns_label(self.service_account, "--service-account", max_len=253)
         if not isinstance(self.max_restarts, int) or self.max_restarts < 0:

@@ -155,14 +155,18 @@ def _method(api: Api, verb: str, kind: str) -> Callable[..., Any]:
     return getattr(getattr(api, client), f"{verb}_namespaced_{noun}")
 
 
-def create(api: Api, ns: str, obj: dict, *, what: str | None = None) -> dict:
-    """Create `obj` in `ns`; the object the server returned, as a dict."""
+def create(api: Api, ns: str, obj: dict, *, what: str | None = None, dry_run: bool = False) -> dict:
+    """Create `obj` in `ns`; the object the server returned, as a dict.
+
+    dry_run: the server admits it (webhooks included) and answers as if created, but stores nothing.
+    """
     kind = obj["kind"]
     what = what or f"creating {kind} {obj['metadata']['name']}"
+    extra = {"dry_run": "All"} if dry_run else {}
     custom = backends.CUSTOM_KINDS.get(kind)
     if custom is not None:
-        return call(what, lambda: api.custom.create_namespaced_custom_object(*custom[:2], ns, custom[2], obj))
-    got = call(what, lambda: _method(api, "create", kind)(ns, obj))
+        return call(what, lambda: api.custom.create_namespaced_custom_object(*custom[:2], ns, custom[2], obj, **extra))
+    got = call(what, lambda: _method(api, "create", kind)(ns, obj, **extra))
     return api.core.api_client.sanitize_for_serialization(got)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 from launcher import backends
 from launcher.errors import ClusterError, SpecError
@@ -13,13 +13,19 @@ from launcher.status.format import natural_key
 from trainer import contract
 
 
-def create_job(api: Api, ns: str, objects: list[dict]) -> None:
+def create_job(api: Api, ns: str, objects: list[dict], *, probe: Callable[[dict], None] | None = None) -> None:
     """The job's companions (a TrainJob's own runtime), the job, then what it owns (code ConfigMap, PDB); all or none.
 
     A companion must exist before the job that names it (the Trainer's webhook looks its runtime up),
     so it is created first and made the job's own once the job has a UID.
+
+    probe: given the server's answer to a dry-run create of the job (every admission webhook
+    applied, nothing stored), made before the job and what it owns; raising stops the submit and
+    removes the companions again. A job with no companions (a PyTorchJob, most TrainJobs) is then
+    refused before anything exists. A TrainJob's own runtime has to exist first even for the dry
+    run: the Trainer's webhook refuses a TrainJob whose runtime it cannot find.
     """
-    from launcher.k8s.api import owner_reference, patch_owner
+    from launcher.k8s.api import create, owner_reference, patch_owner
 
     kind = objects[0]["kind"]
     companions = [o for o in objects[1:] if o["kind"] in backends.CUSTOM_KINDS]
@@ -35,6 +41,15 @@ def create_job(api: Api, ns: str, objects: list[dict]) -> None:
 
     create_all(api, ns, companions, owner_kind="", conflict=conflict, what=what)
     try:
+        if probe is not None:
+            try:
+                answer = create(api, ns, objects[0], dry_run=True,
+                                what=f"checking the {kind} with a server-side dry run (nothing created)")
+            except ClusterError as e:
+                if e.status == 409:
+                    raise SpecError(conflict(objects[0])) from e
+                raise
+            probe(answer)
         create_all(api, ns, rest, owner_kind=kind, conflict=conflict, what=what)
         if companions:
             job = read(api, ns, kind, objects[0]["metadata"]["name"])

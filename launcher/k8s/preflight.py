@@ -1,4 +1,4 @@
-"""Checks before anything is created: the CRDs, the namespace, its quota, Secrets, PVCs, priority class."""
+"""Checks before anything is created: the CRDs, the namespace, its quota, Secrets, PVCs, priority class, Kueue."""
 
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def cluster_runtime_missing(api: Api, job: dict) -> str | None:
 
 
 def preflight(api: Api, spec: JobSpec, backend: ModuleType = backends.DEFAULT, job: dict | None = None) -> None:
-    """Refuse before creating anything: CRD (and a TrainJob's runtime), namespace, quota, Secrets, PVCs, priority class."""
+    """Refuse before creating anything: CRD (and a TrainJob's runtime), namespace, quota, Secrets, PVCs, priority
+    class, and with --queue Kueue's (launcher/k8s/kueue.py; `job`, the rendered job, gives its pod sets)."""
     ns = spec.namespace
     if call(f"reading the {backend.KIND} CRD", lambda: api.ext.read_custom_resource_definition(backend.CRD_NAME),
             missing_ok=True) is None:
@@ -112,3 +113,7 @@ def preflight(api: Api, spec: JobSpec, backend: ModuleType = backends.DEFAULT, j
                                     lambda: api.scheduling.read_priority_class(spec.priority_class),
                                     missing_ok=True) is None:
         raise SpecError(f"--priority-class {spec.priority_class}: no such PriorityClass")
+    if spec.queue:
+        from launcher.k8s import kueue
+
+        kueue.preflight(api, spec, backend, job or {})

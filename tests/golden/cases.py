@@ -19,6 +19,8 @@ LAUNCH = {
     "policies": ["--gpus", "8", "--max-restarts", "10", "--max-runtime", "86400", "--ttl", "3600",
                  "--clean-pod-policy", "All", "--grace-seconds", "90", "--hang-timeout", "600"],
     "pvc-checkpoint": ["--gpus", "1", "--pvc", "ckpt:/ckpt", "--checkpoint", "/ckpt/runs"],
+    # Kueue: its labels on the job object only, and no suspend (Kueue's webhook sets that).
+    "kueue-queue-priority": ["--gpus", "16", "--gpus-per-node", "8", "--queue", "team-a", "--priority", "high"],
 }
 
 #: The same cases with `--backend trainjob` (tests/golden/launch-trainjob/CASE.yaml), but the elastic one:
@@ -37,6 +39,7 @@ SCHEDULE = {
     "cpu-macro-history": ["--nodes", "2", "--nproc", "2", "--cron", "@daily", "--keep-history", "5",
                           "--starting-deadline", "600"],
     "spot-secret-pvc": ["--gpus", "8", "--spot", "--secret-env", "aws-creds", "--pvc", "data:/data:ro"],
+    "kueue-queue": ["--gpus", "8", "--queue", "team-a", "--priority", "low"],
 }
 RUN_NAME, RUN_NAMESPACE = "nightly-29403360", "team-a"
 #: `launch schedule ... --chart-values` (tests/golden/chart-values/CASE.yaml).

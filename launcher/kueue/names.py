@@ -1,0 +1,40 @@
+"""Kueue's API facts, each named once: its group and version, the labels a job carries, its kinds.
+
+From Kueue v0.17.0 (apis/kueue/v1beta2): a job joins a LocalQueue by the label QUEUE_LABEL on
+the job object, and takes a WorkloadPriorityClass by PRIORITY_LABEL. Kueue's mutating
+webhook suspends the job on create and unsuspends it when the workload is admitted, so
+`launch` never sets suspend itself. Which job kinds Kueue manages is its own configuration
+(integrations.frameworks); each backend names its framework (KUEUE_FRAMEWORK).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainer import contract
+
+GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
+API_VERSION = f"{GROUP}/{VERSION}"
+#: On the job object's metadata: the LocalQueue (namespaced) the job waits in.
+QUEUE_LABEL = f"{GROUP}/queue-name"
+#: On the job object's metadata: the WorkloadPriorityClass (cluster-scoped) of its workload.
+PRIORITY_LABEL = f"{GROUP}/priority-class"
+#: kind -> plural, and whether it is namespaced: the kinds `launch` reads.
+LOCAL_QUEUE, CLUSTER_QUEUE, RESOURCE_FLAVOR, PRIORITY_CLASS = (
+    "localqueues", "clusterqueues", "resourceflavors", "workloadpriorityclasses")
+#: The CRDs a cluster with Kueue serves, of those `launch` reads.
+CRDS = tuple(f"{plural}.{GROUP}" for plural in (LOCAL_QUEUE, CLUSTER_QUEUE, RESOURCE_FLAVOR, PRIORITY_CLASS))
+
+
+def job_labels(queue: str | None, priority: str | None) -> dict[str, str]:
+    """The labels that put a job in `queue` with `priority` (none without a queue)."""
+    if not queue:
+        return {}
+    return {QUEUE_LABEL: queue, **({PRIORITY_LABEL: priority} if priority else {})}
+
+
+def local_queue(name: str, namespace: str, cluster_queue: str) -> dict[str, Any]:
+    """A LocalQueue pointing at `cluster_queue` (the Helm chart renders this, scripts/gen-chart)."""
+    return {"apiVersion": API_VERSION, "kind": "LocalQueue",
+            "metadata": {"name": name, "namespace": namespace, "labels": {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}},
+            "spec": {"clusterQueue": cluster_queue}}
