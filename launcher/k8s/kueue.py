@@ -128,3 +128,18 @@ def managed_probe(backend: ModuleType) -> Callable[[dict], None]:
             raise SpecError(checks.unmanaged(backend.KIND, backend.KUEUE_FRAMEWORK, others))
 
     return probe
+
+
+def probe_ahead(api: Api, ns: str, objects: list[dict], backend: ModuleType) -> bool:
+    """The managed-kind probe for a job created later (a schedule's runs), now; False when it cannot be made yet.
+
+    A TrainJob with a runtime of its own cannot be dry-run before that runtime exists (the
+    Trainer's webhook looks it up); its submitter probes each run before creating it instead.
+    """
+    from launcher.k8s.api import create
+
+    if any(o["kind"] in backends.CUSTOM_KINDS for o in objects[1:]):
+        return False
+    managed_probe(backend)(create(api, ns, objects[0], dry_run=True, what=(
+        f"checking a {backend.KIND} of this schedule with a server-side dry run (nothing created)")))
+    return True

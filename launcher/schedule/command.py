@@ -137,12 +137,23 @@ def create(argv: list[str], env: Mapping[str, str]) -> int:
     from launcher.k8s.schedules import create_schedule
 
     api = connect()
-    preflight(api, job, backend)
+    if job.queue:
+        from launcher.job.render import spec_to_objects
+        from launcher.k8s.kueue import probe_ahead
+
+        # One run's job as the submitter will render it: Kueue's checks need its pod sets, and the
+        # dry run whether Kueue manages its kind (the submitter probes again before each run).
+        run = spec_to_objects(job, name=f"{name}-0", code=code, image=job.image or DEFAULT_IMAGE, backend=backend)
+        preflight(api, job, backend, run[0])
+        probe_ahead(api, job.namespace, run, backend)
+    else:
+        preflight(api, job, backend)
     shipping.shipped_then_created(code, bundle.data, lambda: create_schedule(api, job.namespace, objects))
     ns = job.namespace
     tz = f" ({schedule.time_zone})" if schedule.time_zone else ""
     print(f"created schedule {ns}/{name}: \"{schedule.cron}\"{tz}, each run a {backend.KIND} {name}-MINUTES of "
-          f"{job.nodes} pod(s)" + (f", warm-started from {schedule.warm_start_from}" if schedule.warm_start_from else ""))
+          f"{job.nodes} pod(s)" + (f", warm-started from {schedule.warm_start_from}" if schedule.warm_start_from else "")
+          + (f", queued in LocalQueue {job.queue}" if job.queue else ""))
     print(f"  launch schedule trigger {name} -n {ns}   |   launch schedule list -n {ns}")
     return 0
 

@@ -24,6 +24,8 @@ from trainer import contract
 #: has at most 52 characters (the operator appends -master-0 / -worker-N).
 MAX_NAME = 52 - 1 - 8
 STORED_FORMAT = 1
+#: JobSpec fields added after STORED_FORMAT 1 shipped: stored only when set (Kueue's --queue, --priority).
+_NEWER_JOB_FIELDS = ("queue", "workload_priority")
 _CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,?-]+$")
 _CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 
@@ -145,6 +147,9 @@ def stored_to_dict(schedule: ScheduleSpec, *, image: str, code: CodeRef) -> dict
     if schedule.backend == ScheduleSpec.__dataclass_fields__["backend"].default:
         del sched["backend"]  # stored as before backends were chosen: submitters of that time read it too
     job = {k: v for k, v in job_spec_to_dict(schedule.job).items() if k != "namespace"}
+    for key in _NEWER_JOB_FIELDS:
+        if job[key] is None:
+            del job[key]  # as before they existed: submitters of that time read what does not use them
     return {"format": STORED_FORMAT, "schedule": sched, "job": job, "image": image,
             "code": {"sha256": code.sha256, "entrypoint": code.entrypoint, "uri": code.uri}}
 

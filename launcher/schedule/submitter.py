@@ -23,6 +23,7 @@ from typing import Callable, Mapping
 
 from launcher import backends
 from launcher.errors import ClusterError, SpecError, one_line
+from launcher.kueue import names as kueue
 from launcher.schedule.spec import StoredSchedule, SubmitExit, stored_from_dict
 from trainer import contract
 
@@ -56,6 +57,7 @@ def read_stored(api, ns: str, schedule: str) -> StoredSchedule:
 def submit_run(api, ns: str, schedule: str, run_name: str) -> bool:
     """Create the run's objects unless they exist; False when the run is skipped (another one is active)."""
     from launcher.k8s import jobs, preflight, schedules
+    from launcher.k8s.kueue import managed_probe
     from launcher.schedule.render import run_to_objects
 
     existing = jobs.get_job(api, ns, run_name, required=False)
@@ -76,10 +78,12 @@ def submit_run(api, ns: str, schedule: str, run_name: str) -> bool:
             raise SpecError(f"namespace {ns} has room for {room:g} {job.resources.gpu_resource} under its "
                             f"ResourceQuota, the run asks for {job.total_gpus}")
     objects = run_to_objects(stored, run_name=run_name, namespace=ns)
-    jobs.create_job(api, ns, objects)
+    backend = backends.of(objects[0])
+    # With --queue, a dry run first: Kueue must still manage the kind, or the run would bypass its quota.
+    jobs.create_job(api, ns, objects, probe=managed_probe(backend) if job.queue else None)
     warm = stored.schedule.warm_start_from
-    log.info("created %s %s/%s: %d pod(s)%s", objects[0]["kind"], ns, run_name, job.nodes,
-             f", warm start from {warm}" if warm else "")
+    log.info("created %s %s/%s: %d pod(s)%s%s", objects[0]["kind"], ns, run_name, job.nodes,
+             f", warm start from {warm}" if warm else "", f", in LocalQueue {job.queue}" if job.queue else "")
     return True
 
 
@@ -93,14 +97,41 @@ def past_deadline(job: dict, now: float) -> bool:
     The training operator v1.8 checks the deadline only when something makes it reconcile the
     job (its delayed re-check goes to a work queue that drops it), so a job whose pods never
     schedule stays Pending past its deadline for as long as nothing about it changes.
+
+    Time suspended in a Kueue queue is not run time. Read in the operator v1.8.1
+    (pkg/controller.v1/common/job.go ReconcileJobs, pytorchjob_controller.go UpdateJobStatus):
+    a job suspended from creation returns before status.startTime is set, so it has none while
+    queued; on resume the Suspended condition turns False and startTime is set to that moment,
+    and PastActiveDeadline counts from startTime. So the deadline counts from admission, and
+    restarts from each re-admission after a Kueue preemption. This check follows the same
+    start time, and never nudges a suspended job: the operator does not check its deadline then.
     """
     import calendar
 
-    deadline, started = backends.of(job).deadline(job)
+    backend = backends.of(job)
+    if backend.suspended(job):
+        return False
+    deadline, started = backend.deadline(job)
     if not deadline or not started:
         return False
     start = calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ"))
     return now - start > float(deadline)
+
+
+#: Seconds between two "waiting in queue" lines of a run Kueue has not admitted.
+QUEUE_LOG_EVERY_SECONDS = 300.0
+
+
+def queued_since(job: dict) -> float | None:
+    """When the job last became suspended (its Suspended condition, else its creation); None when it runs."""
+    import calendar
+
+    if not backends.of(job).suspended(job):
+        return None
+    conds = [c for c in (job.get("status") or {}).get("conditions") or []
+             if c.get("type") == "Suspended" and c.get("status") == "True" and c.get("lastTransitionTime")]
+    stamp = conds[-1]["lastTransitionTime"] if conds else (job.get("metadata") or {}).get("creationTimestamp")
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) if stamp else None
 
 
 def wait_for(api, ns: str, run_name: str, *, poll_seconds: float, sleep: Callable[[float], None],
@@ -109,7 +140,7 @@ def wait_for(api, ns: str, run_name: str, *, poll_seconds: float, sleep: Callabl
     from launcher.k8s import jobs
 
     last = None
-    nudged_at = 0.0
+    nudged_at = logged_queue_at = float("-inf")
     kind = backends.DEFAULT.KIND  # the run's, once read
     while True:
         job = jobs.get_job(api, ns, run_name, required=False)
@@ -122,6 +153,12 @@ def wait_for(api, ns: str, run_name: str, *, poll_seconds: float, sleep: Callabl
             log.info("%s %s/%s: %s", kind, ns, run_name, state)
             last = state
         now = clock()
+        since = queued_since(job) if state not in backends.FINISHED else None
+        if since is not None and now - logged_queue_at >= QUEUE_LOG_EVERY_SECONDS:
+            queue = ((job.get("metadata") or {}).get("labels") or {}).get(kueue.QUEUE_LABEL, "?")
+            log.info("waiting in queue %s for %d s, not counted against --max-runtime (Kueue has not admitted "
+                     "%s %s/%s yet)", queue, max(0, now - since), kind, ns, run_name)
+            logged_queue_at = now
         if state not in backends.FINISHED and past_deadline(job, now) and now - nudged_at >= NUDGE_EVERY_SECONDS:
             log.info("%s %s/%s is past its deadline (--max-runtime): asking the operator to look again",
                      kind, ns, run_name)
