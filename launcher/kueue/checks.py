@@ -7,6 +7,7 @@ Each function returns the line to print (None: nothing to say); the caller raise
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Mapping
 
 from launcher.job.render import GPU_PRODUCT_LABEL  # the node label --gpu-type selects on
@@ -16,10 +17,16 @@ from launcher.kueue.names import VERSION
 _MAX_ASSIGNMENTS = 4096
 
 
-def quantity(value: object) -> float:
-    from kubernetes.utils import parse_quantity  # pure: parses a string, no I/O
+_SUFFIX = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
-    return float(parse_quantity(str(value)))
+
+def quantity(value: object) -> float:
+    """A Kubernetes quantity ("8", "500m", "1k") as a number; here, not kubernetes.utils: only launcher/k8s imports it."""
+    m = re.match(r"^([0-9.]+(?:[eE][-+]?[0-9]+)?)([a-zA-Z]*)$", str(value).strip())
+    if not m or m.group(2) not in _SUFFIX:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    return float(m.group(1)) * _SUFFIX[m.group(2)]
 
 
 def missing_api(served: Mapping[str, list[str] | None]) -> str | None:
