@@ -35,6 +35,7 @@ class FakeCluster:
         self.objects.update({("resourceflavors", None, n): f for n, f in (flavors or {}).items()})
         self.objects.update({("workloadpriorityclasses", None, n): {"metadata": {"name": n}}
                              for n in (priority_classes or [])})
+        self.objects[("clustertrainingruntimes", None, "kubetrain")] = {"metadata": {"name": "kubetrain"}}
         self.forbidden = set(forbidden)  # plurals this user may not read
         self.webhook_denies = webhook_denies
         self.created: list[tuple[str, str]] = []
