@@ -22,10 +22,11 @@ from trainer.errors import UsageError
 FLAGS = ["--gpus", "--gpus-per-node", "--nodes", "--nproc", "--gpu-type", "--gpu-resource", "--cpu", "--memory",
          "--shm", "--image", "--namespace", "--name", "--checkpoint", "--checkpoint-every-steps", "--grace-seconds",
          "--hang-timeout", "--max-restarts", "--max-runtime", "--ttl", "--clean-pod-policy", "--spot",
-         "--priority-class", "--gang", "--pvc", "--secret-env", "--env", "--service-account", "--local", "-o"]
+         "--priority-class", "--gang", "--pvc", "--secret-env", "--env", "--service-account", "--local", "-o",
+         "--queue", "--priority"]
 VALUES = ["8", "0", "-1", "16", "2:4", "4:2", "x", "", "1.5", "nvidia.com/gpu", "NVIDIA-A100", "s3://b/c", "/data",
           "data:/data", "data:/data:ro", "a:b:c:d", "prefer", "require", "volcano", "None", "yaml", "json", "1e9",
-          "K=V", "=V", "KUBETRAIN_X=1", "64Gi", "64GiB", "\x00", "ü", "--", "-", "nan", "inf", "9" * 30]
+          "K=V", "=V", "KUBETRAIN_X=1", "64Gi", "64GiB", "\x00", "ü", "--", "-", "nan", "inf", "9" * 30, "team-a"]
 
 
 @contextlib.contextmanager
