@@ -26,6 +26,7 @@ import urllib.request
 import pytest
 import yaml
 
+from tests.cluster import kueue as kueue_tier
 from tests.cluster.pod_runner import RUN_FOR_REAL, PodRunner
 from tests.helpers import REPO
 from trainer import contract
@@ -404,3 +405,30 @@ def trainjob_cluster(operator_cluster, tmp_path_factory):
         yield operator_cluster
     finally:
         trainer_v2.stop(procs, client.AdmissionregistrationV1Api(api_client))
+
+
+@pytest.fixture(scope="package")
+def kueue(trainjob_cluster, tmp_path_factory):
+    """Kueue (tests/cluster/kueue.py) in front of the operator and Trainer v2: both integrations on.
+
+    Yields the running `kueue.Kueue`: its flavor, ClusterQueue and WorkloadPriorityClasses are
+    installed; `local_queue(ns)` makes a namespace's LocalQueue, `restart(frameworks)` runs it
+    with other integrations. Its webhooks go before it stops (their failurePolicy is Fail).
+    """
+    from kubernetes import config
+
+    d = tmp_path_factory.mktemp("kueue")
+    api_client = config.new_client_from_config(config_file=trainjob_cluster)
+    running = kueue_tier.start(_cluster_bin(), trainjob_cluster, d, webhook_certs(d / "webhook"), api_client)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def kueue_cluster(kueue):
+    """The kubeconfig of the cluster with Kueue in front (the `kueue` fixture), with both integrations on."""
+    if kueue.frameworks != kueue_tier.FRAMEWORKS:  # a test before ran it with fewer integrations
+        kueue.restart()
+    return kueue.kubeconfig

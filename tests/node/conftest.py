@@ -88,3 +88,28 @@ def node_s3(node, tmp_path_factory):
 
     with moto_server(host=machine.NODE_IP, log_path=str(tmp_path_factory.mktemp("node-s3") / "moto.log")) as url:
         yield url
+
+
+@pytest.fixture(scope="package")
+def node_kueue(node, tmp_path_factory):
+    """Kueue (tests/cluster/kueue.py) on the node's control plane, in front of the operator and Trainer v2.
+
+    Its flavor has no node labels (the one real node carries none of the fake GPU nodes'). Started by
+    the first test that asks for it; its webhooks go before it stops. Its pid is recorded with the
+    node's daemons, so that a crashed run's leftover is ended by the next start.
+    """
+    from kubernetes import config as kconfig
+
+    from tests.cluster import kueue as kueue_tier
+    from tests.cluster.conftest import webhook_certs
+
+    d = tmp_path_factory.mktemp("node-kueue")
+    api_client = kconfig.new_client_from_config(config_file=node.kubeconfig)
+    running = kueue_tier.start(node.bin_dir, node.kubeconfig, d, webhook_certs(d / "webhook"), api_client,
+                               flavor_labels={})
+    with open(machine.PIDS, "a") as f:
+        f.write(f"{running.proc.pid} {running.proc.args[0]}\n")
+    try:
+        yield running
+    finally:
+        running.stop()

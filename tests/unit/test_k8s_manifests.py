@@ -35,8 +35,9 @@ def test_the_vendored_crd_is_the_pytorchjob_v1_crd():
     assert [v["name"] for v in crd["spec"]["versions"]] == ["v1"]
 
 
-def test_the_vendored_crds_are_the_trainer_v2_and_jobset_ones():
-    """Kubeflow Trainer v2.3.0's three (manifests/base/crds) and JobSet v0.12.0's (config/components/crd/bases)."""
+def test_the_vendored_crds_are_the_operators_trainer_v2_jobset_and_kueue_ones():
+    """The operator's, Kubeflow Trainer v2.3.0's three (manifests/base/crds), JobSet v0.12.0's and Kueue v0.17.0's
+    eleven (config/components/crd/bases; v1beta2 the storage version)."""
     served = {kind: (crd["metadata"]["name"], [v["name"] for v in crd["spec"]["versions"]], crd["spec"]["scope"])
               for (_, kind), crd in crds.crds().items()}
     assert served == {
@@ -45,6 +46,14 @@ def test_the_vendored_crds_are_the_trainer_v2_and_jobset_ones():
         "TrainingRuntime": ("trainingruntimes.trainer.kubeflow.org", ["v1alpha1"], "Namespaced"),
         "ClusterTrainingRuntime": ("clustertrainingruntimes.trainer.kubeflow.org", ["v1alpha1"], "Cluster"),
         "JobSet": ("jobsets.jobset.x-k8s.io", ["v1alpha2"], "Namespaced"),
+        **{kind: (f"{plural}.kueue.x-k8s.io", ["v1beta1", "v1beta2"], "Namespaced" if kind in ("LocalQueue", "Workload")
+                  else "Cluster")
+           for kind, plural in (("AdmissionCheck", "admissionchecks"), ("ClusterQueue", "clusterqueues"),
+                                ("Cohort", "cohorts"), ("LocalQueue", "localqueues"),
+                                ("MultiKueueCluster", "multikueueclusters"), ("MultiKueueConfig", "multikueueconfigs"),
+                                ("ProvisioningRequestConfig", "provisioningrequestconfigs"),
+                                ("ResourceFlavor", "resourceflavors"), ("Topology", "topologies"),
+                                ("WorkloadPriorityClass", "workloadpriorityclasses"), ("Workload", "workloads"))},
     }
 
 

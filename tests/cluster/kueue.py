@@ -1,0 +1,310 @@
+"""Kueue on the cluster tier's control plane (and the node tier's), as a plain process.
+
+`start(...)` installs Kueue's CRDs (k8s/crds/kueue.x-k8s.io_*.yaml, v0.17.0), its webhook
+configurations for its own kinds and for the two integrations we enable, and runs the
+controller manager built by cluster/build with a Configuration that manages exactly
+`kubeflow.org/pytorchjob` and `trainer.kubeflow.org/trainjob`. Then it creates the
+queueing objects a shared GPU cluster has: a ResourceFlavor for the fake GPU nodes, a
+ClusterQueue with an `nvidia.com/gpu` quota (in a cohort, with a borrowing limit),
+WorkloadPriorityClasses, and `local_queue(...)` makes a namespace's LocalQueue.
+
+Out of cluster, as tests/cluster/trainer_v2.py runs Trainer v2: internal certificate
+management is off, the webhook listens on 127.0.0.1 with the cluster tier's CA and is
+called by URL. The vendored CRDs keep upstream's `conversion: None` (upstream patches in a
+conversion webhook for v1beta1 ↔ v1beta2): everything here, launch included, speaks
+v1beta2, the storage version. Kueue's visibility API server is not aggregated into the API
+server (an APIService needs a Service the out-of-cluster API server cannot route to), so
+queue positions are not served here.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import os
+import socket
+import subprocess
+import time
+from typing import Any
+
+import yaml
+
+from tests.helpers import REPO
+
+GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
+API_VERSION = f"{GROUP}/{VERSION}"
+CRD_GLOB = os.path.join(REPO, "k8s", "crds", "kueue.x-k8s.io_*.yaml")
+KUEUE_NAMESPACE = "kueue-system"
+#: The integrations launch relies on (Kueue's Configuration `integrations.frameworks`).
+PYTORCHJOB_FRAMEWORK, TRAINJOB_FRAMEWORK = "kubeflow.org/pytorchjob", "trainer.kubeflow.org/trainjob"
+FRAMEWORKS = (PYTORCHJOB_FRAMEWORK, TRAINJOB_FRAMEWORK)
+
+FLAVOR = "fake-gpu"
+CLUSTER_QUEUE = "gpu-team-a"
+COHORT = "gpus"
+LOCAL_QUEUE = "team-a"
+GPU = "nvidia.com/gpu"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # the label a job names its LocalQueue by
+GPU_NOMINAL, GPU_BORROWING_LIMIT = 8, 4  # a job of more than 12 GPUs can never be admitted
+CPU_NOMINAL = 16  # the real-runtime tests' pods ask for CPU only: this is their quota
+#: WorkloadPriorityClasses: name -> value.
+PRIORITIES = {"low": 100, "high": 1000}
+
+_WEBHOOKS = {
+    # As upstream's config/components/webhook/manifests.yaml, for Kueue's own kinds and our two integrations.
+    "mutating": [
+        ("mclusterqueue.kb.io", "/mutate-kueue-x-k8s-io-v1beta2-clusterqueue", GROUP, VERSION, ["clusterqueues"], ["CREATE"]),
+        ("mresourceflavor.kb.io", "/mutate-kueue-x-k8s-io-v1beta2-resourceflavor", GROUP, VERSION, ["resourceflavors"],
+         ["CREATE"]),
+        ("mworkload.kb.io", "/mutate-kueue-x-k8s-io-v1beta2-workload", GROUP, VERSION, ["workloads"], ["CREATE"]),
+        ("mpytorchjob.kb.io", "/mutate-kubeflow-org-v1-pytorchjob", "kubeflow.org", "v1", ["pytorchjobs"], ["CREATE"]),
+        ("mtrainjob.kb.io", "/mutate-trainer-kubeflow-org-v1alpha1-trainjob", "trainer.kubeflow.org", "v1alpha1",
+         ["trainjobs"], ["CREATE"]),
+    ],
+    "validating": [
+        ("vclusterqueue.kb.io", "/validate-kueue-x-k8s-io-v1beta2-clusterqueue", GROUP, VERSION, ["clusterqueues"],
+         ["CREATE", "UPDATE"]),
+        ("vcohort.kb.io", "/validate-kueue-x-k8s-io-v1beta2-cohort", GROUP, VERSION, ["cohorts"], ["CREATE", "UPDATE"]),
+        ("vresourceflavor.kb.io", "/validate-kueue-x-k8s-io-v1beta2-resourceflavor", GROUP, VERSION,
+         ["resourceflavors"], ["CREATE", "UPDATE"]),
+        ("vworkload.kb.io", "/validate-kueue-x-k8s-io-v1beta2-workload", GROUP, VERSION,
+         ["workloads", "workloads/status"], ["CREATE", "UPDATE"]),
+        ("vpytorchjob.kb.io", "/validate-kubeflow-org-v1-pytorchjob", "kubeflow.org", "v1", ["pytorchjobs"],
+         ["CREATE", "UPDATE"]),
+        ("vtrainjob.kb.io", "/validate-trainer-kubeflow-org-v1alpha1-trainjob", "trainer.kubeflow.org", "v1alpha1",
+         ["trainjobs"], ["CREATE", "UPDATE"]),
+    ],
+}
+WEBHOOK_CONFIG = "kubetrain-test-kueue"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def install_crds(ext) -> None:
+    """Create Kueue's CRDs (a 409 is fine) and wait until each is Established."""
+    from kubernetes.client.exceptions import ApiException
+
+    names = []
+    for path in sorted(glob.glob(CRD_GLOB)):
+        crd = yaml.safe_load(open(path))
+        names.append(crd["metadata"]["name"])
+        try:
+            ext.create_custom_resource_definition(crd)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+    deadline = time.monotonic() + 60
+    for name in names:
+        while not any(c.type == "Established" and c.status == "True"
+                      for c in (ext.read_custom_resource_definition(name).status.conditions or [])):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"CRD {name} did not become Established")
+            time.sleep(0.2)
+
+
+def _webhooks(specs, port: int, ca: bytes) -> list[dict]:
+    return [{"name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+             "clientConfig": {"url": f"https://127.0.0.1:{port}{path}", "caBundle": base64.b64encode(ca).decode()},
+             "rules": [{"apiGroups": [group], "apiVersions": [version], "operations": ops, "resources": resources}]}
+            for name, path, group, version, resources, ops in specs]
+
+
+def install_webhooks(admission, ca: bytes, port: int) -> None:
+    admission.create_mutating_webhook_configuration(
+        {"metadata": {"name": WEBHOOK_CONFIG}, "webhooks": _webhooks(_WEBHOOKS["mutating"], port, ca)})
+    admission.create_validating_webhook_configuration(
+        {"metadata": {"name": WEBHOOK_CONFIG}, "webhooks": _webhooks(_WEBHOOKS["validating"], port, ca)})
+
+
+def remove_webhooks(admission) -> None:
+    """Before Kueue stops: a webhook with failurePolicy Fail and no server refuses every PyTorchJob and TrainJob."""
+    from kubernetes.client.exceptions import ApiException
+
+    for delete in (admission.delete_mutating_webhook_configuration, admission.delete_validating_webhook_configuration):
+        try:
+            delete(WEBHOOK_CONFIG)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def config(d, *, webhook_port: int, probe_port: int, cert_dir: str, frameworks=FRAMEWORKS) -> str:
+    """Kueue v0.17.0's Configuration (config.kueue.x-k8s.io/v1beta2): our integrations, 127.0.0.1 only."""
+    path = os.path.join(d, "kueue-config.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump({"apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration",
+                        "namespace": KUEUE_NAMESPACE,
+                        "webhook": {"port": webhook_port, "host": "127.0.0.1", "certDir": cert_dir},
+                        "health": {"healthProbeBindAddress": f"127.0.0.1:{probe_port}"},
+                        "metrics": {"bindAddress": "0"},  # "0": no metrics server
+                        "leaderElection": {"leaderElect": False},
+                        "internalCertManagement": {"enable": False},
+                        "integrations": {"frameworks": list(frameworks)}}, f)
+    return path
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} not ready after {timeout}s")
+
+
+class Kueue:
+    """The running controller manager; `restart(frameworks)` runs it again with other integrations."""
+
+    def __init__(self, bin_dir: str, kubeconfig: str, d, certs: dict[str, bytes], api_client) -> None:
+        from kubernetes import client
+
+        self.bin_dir, self.kubeconfig, self.d = bin_dir, kubeconfig, str(d)
+        self.admission = client.AdmissionregistrationV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        os.makedirs(self.d, exist_ok=True)
+        self.cert_dir = os.path.join(self.d, "certs")
+        os.makedirs(self.cert_dir, exist_ok=True)
+        for name in ("tls.crt", "tls.key"):
+            with open(os.path.join(self.cert_dir, name), "wb") as f:
+                f.write(certs[name])
+        self.ca = certs["ca.crt"]
+        self.proc: subprocess.Popen | None = None
+        self.frameworks: tuple[str, ...] = ()
+        self.starts = 0
+        install_crds(client.ApiextensionsV1Api(api_client))
+        try:
+            self.core.create_namespace({"metadata": {"name": KUEUE_NAMESPACE}})
+        except client.exceptions.ApiException as e:
+            if e.status != 409:
+                raise
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.d, f"kueue-{self.starts}.log")
+
+    def start(self, frameworks=FRAMEWORKS) -> None:
+        webhook_port, probe_port = _free_port(), _free_port()
+        self.starts += 1
+        self.frameworks = tuple(frameworks)
+        install_webhooks(self.admission, self.ca, webhook_port)
+        cfg = config(self.d, webhook_port=webhook_port, probe_port=probe_port, cert_dir=self.cert_dir,
+                     frameworks=frameworks)
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [os.path.join(self.bin_dir, "kueue"), f"--config={cfg}",
+                 # Its own port, free: two tiers' Kueues never share a machine at once, but a stray one may.
+                 f"--visibility-server-port={_free_port()}"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": self.kubeconfig})
+        _wait_ready(probe_port, self.proc, f"kueue (log: {self.log})")
+
+    def stop(self) -> None:
+        try:
+            remove_webhooks(self.admission)
+        finally:
+            if self.proc is not None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                self.proc = None
+
+    def restart(self, frameworks=FRAMEWORKS) -> None:
+        self.stop()
+        self.start(frameworks)
+
+    def create(self, plural: str, body: dict[str, Any], namespace: str | None = None) -> None:
+        """Create a Kueue object through its webhooks (retried while the webhook server's first handshake races)."""
+        from kubernetes.client.exceptions import ApiException
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if namespace:
+                    self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+                else:
+                    self.custom.create_cluster_custom_object(GROUP, VERSION, plural, body)
+                return
+            except ApiException as e:
+                if e.status == 409:
+                    return
+                if e.status < 500 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def install_queues(self, flavor_labels: dict[str, str]) -> None:
+        """The shared cluster's queueing objects: flavor, ClusterQueue (cohort, borrowing limit), priorities.
+
+        flavor_labels: the flavor's nodeLabels, which Kueue adds to an admitted job's pods as a nodeSelector.
+        """
+        self.create("resourceflavors", {"apiVersion": API_VERSION, "kind": "ResourceFlavor",
+                                        "metadata": {"name": FLAVOR}, "spec": {"nodeLabels": flavor_labels}})
+        self.create("clusterqueues", cluster_queue())
+        for name, value in PRIORITIES.items():
+            self.create("workloadpriorityclasses", {"apiVersion": API_VERSION, "kind": "WorkloadPriorityClass",
+                                                    "metadata": {"name": name}, "value": value,
+                                                    "description": f"kubetrain tests: {name}"})
+
+    def local_queue(self, namespace: str, name: str = LOCAL_QUEUE, cluster_queue_name: str = CLUSTER_QUEUE) -> str:
+        self.create("localqueues", {"apiVersion": API_VERSION, "kind": "LocalQueue",
+                                    "metadata": {"name": name, "namespace": namespace},
+                                    "spec": {"clusterQueue": cluster_queue_name}}, namespace)
+        return name
+
+
+def cluster_queue(name: str = CLUSTER_QUEUE) -> dict[str, Any]:
+    """A team's GPU quota: 8 GPUs of its own, up to 4 more borrowed from its cohort; lower priorities are preempted."""
+    return {"apiVersion": API_VERSION, "kind": "ClusterQueue", "metadata": {"name": name},
+            "spec": {"namespaceSelector": {}, "cohortName": COHORT, "queueingStrategy": "BestEffortFIFO",
+                     "preemption": {"withinClusterQueue": "LowerPriority", "reclaimWithinCohort": "Any"},
+                     "resourceGroups": [{
+                         "coveredResources": ["cpu", "memory", GPU],
+                         "flavors": [{"name": FLAVOR, "resources": [
+                             {"name": "cpu", "nominalQuota": str(CPU_NOMINAL)},
+                             {"name": "memory", "nominalQuota": "256Gi"},
+                             {"name": GPU, "nominalQuota": str(GPU_NOMINAL),
+                              "borrowingLimit": str(GPU_BORROWING_LIMIT)}]}]}]}}
+
+
+#: The cluster tier's fake GPU nodes (k8s/kwok/nodes.yaml) all carry this label.
+KWOK_NODES = {"type": "kwok"}
+
+
+def start(bin_dir: str, kubeconfig: str, d, certs: dict[str, bytes], api_client,
+          flavor_labels: dict[str, str] = KWOK_NODES) -> Kueue:
+    """CRDs, webhooks, Kueue (ready), the flavor, ClusterQueue and priority classes."""
+    kueue = Kueue(bin_dir, kubeconfig, d, certs, api_client)
+    try:
+        kueue.start()
+        kueue.install_queues(flavor_labels)
+    except BaseException:
+        kueue.stop()
+        raise
+    return kueue
+
+
+def workload_of(custom, namespace: str, job_uid: str) -> dict | None:
+    """The Workload Kueue made for a job (label kueue.x-k8s.io/job-uid), or None while there is none."""
+    items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "workloads",
+                                                 label_selector=f"kueue.x-k8s.io/job-uid={job_uid}")["items"]
+    return items[0] if items else None
+
+
+def condition(workload: dict | None, kind: str) -> dict | None:
+    for c in ((workload or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == kind:
+            return c
+    return None
