@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.kueue import names as kueue
+from launcher.kueue import names
 from tests.cluster import kueue as fixture
 from tests.cluster.test_launcher_against_apiserver import launch, namespace
 from tests.cluster.test_operator_runs_our_jobs import wait
@@ -21,6 +21,7 @@ pytestmark = pytest.mark.cluster
 
 KINDS = {"pytorchjob": ("kubeflow.org", "v1", "pytorchjobs"), "trainjob": ("trainer.kubeflow.org", "v1alpha1",
                                                                           "trainjobs")}
+FRAMEWORK = {"pytorchjob": fixture.PYTORCHJOB_FRAMEWORK, "trainjob": fixture.TRAINJOB_FRAMEWORK}
 
 
 @pytest.fixture
@@ -32,10 +33,9 @@ def api(kueue_cluster, monkeypatch):
 
 
 @pytest.fixture
-def ns(api):
+def ns(api, kueue):
     name = namespace(api)
-    api.custom.create_namespaced_custom_object(kueue.GROUP, kueue.VERSION, name, kueue.LOCAL_QUEUE, kueue.local_queue(
-        fixture.LOCAL_QUEUE, name, fixture.CLUSTER_QUEUE))
+    kueue.local_queue(name)
     return name
 
 
@@ -46,28 +46,15 @@ def args(ns: str, name: str, *flags: str) -> list[str]:
 def jobs_in(api, ns: str) -> dict[str, list[str]]:
     out = {}
     for backend, (g, v, plural) in KINDS.items():
-        try:
-            out[backend] = [j["metadata"]["name"] for j in api.custom.list_namespaced_custom_object(g, v, ns, plural)["items"]]
-        except Exception:  # noqa: BLE001 - a kind the cluster does not serve has none
-            out[backend] = []
+        out[backend] = [j["metadata"]["name"] for j in api.custom.list_namespaced_custom_object(g, v, ns, plural)["items"]]
+    out["trainingruntimes"] = [j["metadata"]["name"] for j in api.custom.list_namespaced_custom_object(
+        "trainer.kubeflow.org", "v1alpha1", ns, "trainingruntimes")["items"]]
     out["configmaps"] = [c.metadata.name for c in api.core.list_namespaced_config_map(
-        ns, label_selector=f"{contract.LABEL_JOB}").items]
+        ns, label_selector=contract.LABEL_JOB).items]
     return out
 
 
-NOTHING = {"pytorchjob": [], "trainjob": [], "configmaps": []}
-
-
-def gpu_cap(api) -> int:
-    """The most nvidia.com/gpu the fixture's ClusterQueue can hold in one flavor (nominalQuota + borrowingLimit)."""
-    from launcher.kueue.checks import quantity
-
-    cq = api.custom.get_cluster_custom_object(kueue.GROUP, kueue.VERSION, kueue.CLUSTER_QUEUE, fixture.CLUSTER_QUEUE)
-    caps = [quantity(r.get("nominalQuota", 0)) + quantity(r.get("borrowingLimit", 0))
-            for g in cq["spec"]["resourceGroups"] for f in g["flavors"] for r in f["resources"]
-            if r["name"] == "nvidia.com/gpu"]
-    assert caps, f"ClusterQueue {fixture.CLUSTER_QUEUE} has no nvidia.com/gpu quota"
-    return int(max(caps))
+NOTHING = {"pytorchjob": [], "trainjob": [], "trainingruntimes": [], "configmaps": []}
 
 
 def test_no_such_local_queue_is_refused_naming_the_ones_there(api, ns, capsys):
@@ -78,10 +65,10 @@ def test_no_such_local_queue_is_refused_naming_the_ones_there(api, ns, capsys):
 
 
 def test_more_gpus_than_the_cluster_queue_can_ever_admit_is_refused(api, ns, capsys):
-    too_many = gpu_cap(api) + 1
-    code, out, err = launch(capsys, *args(ns, "big", "--gpus", str(too_many), "--gpus-per-node", "1",
+    cap = fixture.GPU_NOMINAL + fixture.GPU_BORROWING_LIMIT  # in a cohort, with a borrowing limit
+    code, out, err = launch(capsys, *args(ns, "big", "--gpus", str(cap + 1), "--gpus-per-node", "1",
                                           "--queue", fixture.LOCAL_QUEUE))
-    assert code == 2 and f"the job asks for {too_many} nvidia.com/gpu in all" in err, err
+    assert code == 2 and f"the job asks for {cap + 1} nvidia.com/gpu in all" in err and f"{fixture.FLAVOR}: {cap}" in err, err
     assert jobs_in(api, ns) == NOTHING
 
 
@@ -92,44 +79,24 @@ def test_an_unknown_workload_priority_class_is_refused(api, ns, capsys):
     assert jobs_in(api, ns) == NOTHING
 
 
-def served(api, backend: str) -> bool:
-    g, v, plural = KINDS[backend]
-    from launcher.k8s.api import call
-
-    return call("crd", lambda: api.ext.read_custom_resource_definition(f"{plural}.{g}"), missing_ok=True) is not None
-
-
-def managed(api, ns: str, backend: str) -> bool:
-    """Whether this Kueue manages the kind: a dry run of a queued job comes back suspended."""
-    from launcher import backends
-    from launcher.job.render import spec_to_objects
-    from launcher.job.spec import JobSpec, Resources
-    from launcher.k8s.api import create
-
-    spec = JobSpec(script="train.py", namespace=ns, checkpoint_uri="s3://b/c", queue=fixture.LOCAL_QUEUE,
-                   resources=Resources(gpus_per_node=1))
-    job = spec_to_objects(spec, name="probe", code=None, image="img:1", backend=backends.BACKENDS[backend])[0]
-    return backends.BACKENDS[backend].suspended(create(api, ns, job, dry_run=True))
-
-
-@pytest.mark.parametrize("backend", list(KINDS))
-def test_a_kind_kueue_does_not_manage_is_refused(api, ns, capsys, backend):
-    if not served(api, backend):
-        pytest.skip(f"the fixture's cluster does not serve {backend}")
-    if managed(api, ns, backend):
-        pytest.skip(f"the fixture's Kueue manages {backend} (it offers no Kueue without that integration)")
-    code, out, err = launch(capsys, *args(ns, "unmanaged", "--gpus", "1", "--queue", fixture.LOCAL_QUEUE,
-                                          "--backend", backend))
-    assert code == 2 and "Kueue does not manage" in err and "integration" in err, err
+@pytest.mark.parametrize("backend,extra", [("pytorchjob", []), ("trainjob", []),
+                                           ("trainjob", ["--max-restarts", "5"])])  # with a runtime of its own
+def test_a_kind_kueue_does_not_manage_is_refused_and_nothing_is_left(api, ns, kueue, capsys, backend, extra):
+    kueue.restart(frameworks=tuple(f for f in fixture.FRAMEWORKS if f != FRAMEWORK[backend]))
+    try:
+        code, out, err = launch(capsys, *args(ns, "unmanaged", "--gpus", "1", "--queue", fixture.LOCAL_QUEUE,
+                                              "--backend", backend, *extra))
+    finally:
+        kueue.restart()
+    assert code == 2, err
+    kind = "PyTorchJob" if backend == "pytorchjob" else "TrainJob"
+    assert f"Kueue does not manage {kind} " \
+           f"on this cluster: enable the `{FRAMEWORK[backend]}` integration" in err
     assert jobs_in(api, ns) == NOTHING
 
 
 @pytest.mark.parametrize("backend", list(KINDS))
 def test_a_queued_job_is_suspended_by_kueue_labelled_and_admitted(api, ns, capsys, backend):
-    if not served(api, backend):
-        pytest.skip(f"the fixture's cluster does not serve {backend}")
-    if not managed(api, ns, backend):
-        pytest.skip(f"the fixture's Kueue does not manage {backend}")
     code, out, err = launch(capsys, *args(ns, "queued", "--gpus", "1", "--queue", fixture.LOCAL_QUEUE,
                                           "--priority", "low", "--backend", backend))
     assert code == 0, err
@@ -137,26 +104,22 @@ def test_a_queued_job_is_suspended_by_kueue_labelled_and_admitted(api, ns, capsy
     g, v, plural = KINDS[backend]
     job = api.custom.get_namespaced_custom_object(g, v, ns, plural, "queued")
     labels = job["metadata"]["labels"]
-    assert labels[kueue.QUEUE_LABEL] == fixture.LOCAL_QUEUE and labels[kueue.PRIORITY_LABEL] == "low"
-
-    def workload():
-        items = api.custom.list_namespaced_custom_object(kueue.GROUP, kueue.VERSION, ns, "workloads")["items"]
-        return next((w for w in items if any(o.get("name") == "queued" for o in w["metadata"].get("ownerReferences")
-                                             or [])), None)
+    assert labels[names.QUEUE_LABEL] == fixture.LOCAL_QUEUE and labels[names.PRIORITY_LABEL] == "low"
 
     def admitted():
-        w = workload()
-        return w if w and any(c["type"] == "Admitted" and c["status"] == "True"
-                              for c in (w.get("status") or {}).get("conditions") or []) else None
+        w = fixture.workload_of(api.custom, ns, job["metadata"]["uid"])
+        return w if (fixture.condition(w, "Admitted") or {}).get("status") == "True" else None
 
-    w = wait(admitted, 60, "Kueue to admit the job's workload", explain=lambda: str(workload()))
+    w = wait(admitted, 60, "Kueue to admit the job's workload",
+             explain=lambda: str(fixture.workload_of(api.custom, ns, job["metadata"]["uid"])))
     assert w["spec"]["queueName"] == fixture.LOCAL_QUEUE
+    assert (w["spec"].get("priorityClassRef") or {}).get("name") == "low"
 
     def unsuspended():
         got = api.custom.get_namespaced_custom_object(g, v, ns, plural, "queued")
         where = got["spec"]["runPolicy"] if backend == "pytorchjob" else got["spec"]
-        # launch never sets suspend: the field is there because Kueue's webhook set it, and false
-        # because Kueue admitted the job.
+        # launch never sets suspend: the field is there because Kueue's webhook set it on create,
+        # and false because Kueue admitted the job.
         return where.get("suspend") is False
 
     wait(unsuspended, 60, "Kueue to unsuspend the admitted job")
