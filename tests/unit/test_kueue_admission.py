@@ -121,3 +121,15 @@ def test_other_evictions_name_their_reason():
     a = kueue.summarize(JOB, w)
     assert a.state == "Evicted" and kueue.short_state(a) == "Evicted (PodsReadyTimeout)"
     assert a.evictions[0].cause == "evicted by Kueue (PodsReadyTimeout: Exceeded the PodsReady timeout)"
+
+
+def test_launch_list_has_an_admission_column_only_when_a_job_is_behind_kueue():
+    from launcher.status import format as status_fmt
+
+    plain = [{"name": "b", "state": "Running", "pods": 1, "created": None}]
+    assert status_fmt.job_rows(plain, NOW)[0] == ["NAME", "STATE", "PODS", "AGE"]
+    queued = {"name": "a", "state": "Created", "pods": 2, "created": None,
+              "admission": kueue.doc(kueue.summarize(JOB, load("workload-requeued.json")))}
+    header, rows = status_fmt.job_rows([queued, *plain], NOW)
+    assert header == ["NAME", "STATE", "ADMISSION", "PODS", "AGE"]
+    assert rows == [["a", "Created", "Preempted → requeued", "2", "<unknown>"], ["b", "Running", "-", "1", "<unknown>"]]
