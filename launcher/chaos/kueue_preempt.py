@@ -81,6 +81,7 @@ def run_kueue_preempt(api: Api, ns: str, name: str, wait_s: float) -> int:
     start = time.monotonic()
     deadline = start + wait_s
     report: dict[str, Any] = {}
+    created: dict | None = None
     try:
         created = k8s_kueue.create_workload(api, ns, body)
         uid = created["metadata"]["uid"]
@@ -100,9 +101,10 @@ def run_kueue_preempt(api: Api, ns: str, name: str, wait_s: float) -> int:
               + f" after {time.monotonic() - start:.1f}s", flush=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        try:
+        try:  # also when the create's answer was lost (created None): it may exist all the same
             k8s_kueue.delete_workload(api, ns, body["metadata"]["name"])
-            print(f"removed Workload {body['metadata']['name']}", flush=True)
+            if created is not None:
+                print(f"removed Workload {body['metadata']['name']}", flush=True)
         except ClusterError as e:
             print(f"launch chaos: could not remove Workload {body['metadata']['name']}: {e}; delete it by hand")
     return _recovery(api, ns, job, before, start, deadline)
