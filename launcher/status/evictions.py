@@ -11,7 +11,7 @@ spent (and the ledger never counts a preemption toward --max-restarts).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from launcher.status.admission import Eviction
 from trainer import contract
