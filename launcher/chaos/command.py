@@ -2,7 +2,7 @@
 
     launch chaos train.py --local --nproc 2 --faults 5 [--seed S] [-- script args]
     launch chaos JOB --kill-pod random|master|worker-N|node-N [--every 120s] [--count N]
-    launch chaos JOB --evict-with-grace 30 | --drain-node
+    launch chaos JOB --evict-with-grace 30 | --drain-node | --kueue-preempt
 
 --local runs the script without and with faults and checks the invariants
 (kubetrain_chaos/). Against a cluster it acts on one running job's own pods and
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="evict a random pod (Eviction API, PDB honoured) with S seconds of grace: a spot reclaim")
     what.add_argument("--drain-node", action="store_true",
                       help="cordon the node of a random pod of the job and evict the job's pods on it")
+    what.add_argument("--kueue-preempt", action="store_true",
+                      help="a job behind Kueue: submit a short-lived higher-priority Workload that takes its GPUs, "
+                           "remove it once Kueue evicted the job, and report re-admission and the resume step")
     g.add_argument("--every", default="120s", help="time between faults: 90s, 2m (default 120s)")
     g.add_argument("--count", type=int, default=1, help="faults to inject (default 1)")
     g.add_argument("--wait", default="10m", help="how long to wait for the job to recover after the last fault")
@@ -84,8 +87,9 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
 
 
 def _local(args: argparse.Namespace, script_args: list[str]) -> int:
-    if args.kill_pod or args.evict_with_grace is not None or args.drain_node:
-        raise SpecError("--kill-pod/--evict-with-grace/--drain-node act on a cluster job; drop them or drop --local")
+    if args.kill_pod or args.evict_with_grace is not None or args.drain_node or args.kueue_preempt:
+        raise SpecError("--kill-pod/--evict-with-grace/--drain-node/--kueue-preempt act on a cluster job; "
+                        "drop them or drop --local")
     from kubetrain_chaos import driver as chaos, plan as chaos_plan, report as chaos_report
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -112,9 +116,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    if not (args.kill_pod or args.evict_with_grace is not None or args.drain_node):
-        raise SpecError("say what to do: --kill-pod random|master|worker-N|node-N, --evict-with-grace S or --drain-node "
-                        "(or --local to check a script here)")
+    if not (args.kill_pod or args.evict_with_grace is not None or args.drain_node or args.kueue_preempt):
+        raise SpecError("say what to do: --kill-pod random|master|worker-N|node-N, --evict-with-grace S, --drain-node "
+                        "or --kueue-preempt (or --local to check a script here)")
     if args.kill_pod and not re.fullmatch(r"random|master|(worker|node)-\d+", args.kill_pod):
         raise SpecError(f"--kill-pod {args.kill_pod!r}: use random, master, worker-N (PyTorchJob) or node-N (TrainJob)")
     if args.evict_with_grace is not None and args.evict_with_grace < 0:
@@ -128,6 +132,10 @@ def _cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from launcher.k8s.api import connect
 
     defaults = project_defaults(env)
+    if args.kueue_preempt:
+        from launcher.chaos.kueue_preempt import run_kueue_preempt
+
+        return run_kueue_preempt(connect(context=context(args, defaults)), namespace(args, defaults), args.target, wait)
     action = ChaosAction(kill_pod=args.kill_pod, evict_grace=args.evict_with_grace, drain_node=args.drain_node,
                          every_s=every, count=args.count, wait_s=wait)
     api = connect(context=context(args, defaults))

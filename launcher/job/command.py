@@ -214,7 +214,7 @@ def main(argv: list[str], env: Mapping[str, str], now: float | None = None) -> i
     from launcher.job import bundle as shipping
     from launcher.job.bucket_lifecycle import warn_without_abort_rule
     from launcher.k8s.jobs import create_job
-    from launcher.k8s.kueue import managed_probe
+    from launcher.k8s.kueue_preflight import managed_probe
     from launcher.k8s.preflight import preflight
 
     api = connect()

@@ -52,6 +52,9 @@ def main(verb: str, argv: list[str], env: Mapping[str, str]) -> int:
         return 0
     from launcher.status.report import print_list
 
-    print_list(jobs.job_rows(jobs.list_all_jobs(api, ns)), ns,
+    from launcher.k8s.kueue import admissions
+
+    found = jobs.list_all_jobs(api, ns)
+    print_list(jobs.job_rows(found, admissions(api, ns, found)), ns,
                kind=" or ".join(f"{b.KIND}s" for b in backends.BACKENDS.values()), output=args.output)
     return 0

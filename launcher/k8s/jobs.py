@@ -209,8 +209,14 @@ def list_all_jobs(api: Api, ns: str, *, selector: str | None = None) -> list[dic
     return out
 
 
-def job_rows(jobs: list[dict]) -> list[dict]:
-    """`launch list`'s records: name, state, pods, created."""
+def job_rows(jobs: list[dict], admissions: dict | None = None) -> list[dict]:
+    """`launch list`'s records: name, state, pods, created; with `admissions` (launcher/k8s/kueue.py), the
+    admission record of each job behind Kueue."""
+    from launcher.status import admission as kueue
+
+    admissions = admissions or {}
     return [{"name": j["metadata"]["name"], "state": state(j, backends.of(j).KIND),
-             "pods": backends.of(j).expected_pods(j), "created": j["metadata"].get("creationTimestamp")}
+             "pods": backends.of(j).expected_pods(j), "created": j["metadata"].get("creationTimestamp"),
+             **({"admission": kueue.doc(admissions[j["metadata"]["name"]])}
+                if j["metadata"]["name"] in admissions else {})}
             for j in jobs]

@@ -1,145 +1,146 @@
-"""Kueue before `launch --queue` creates anything: what it reads, decided by launcher/kueue/checks.py.
+"""Kueue's objects for a job, read (and, for `launch chaos --kueue-preempt`, a bare Workload written).
 
-(a) Kueue's CRDs are served at v1beta2, (b) the LocalQueue exists, (c) its ClusterQueue covers
-the job's GPU resource, (d) the job can ever fit its quota, (e) counting only flavors of
---gpu-type, (g) the --priority WorkloadPriorityClass exists. Cluster-scoped reads a user may
-not have (ClusterQueue, ResourceFlavor, WorkloadPriorityClass) are one warning and skipped:
-Kueue itself still decides. (f), that Kueue manages the job's kind, is `managed_probe`: a
-server-side dry run of the job itself, made by launcher/k8s/jobs.py create_job.
+Every read is plain JSON and every failure to read is an answer, not an error: a cluster without
+Kueue, or a user who may not read its objects, gets `launch status` without the Kueue block's
+detail. launcher/status/admission.py makes sense of what is read here.
 """
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
-from typing import Any, Callable
+import dataclasses
+from typing import Sequence
 
-from launcher import backends
-from launcher.errors import ClusterError, SpecError
-from launcher.k8s.api import Api, call
-from launcher.kueue import checks, names
+from launcher.errors import ClusterError
+from launcher.k8s.api import Api, call, raw
+from launcher.status import admission as kueue
 
-
-def _warn(line: str) -> None:
-    print(f"launch: warning: {line}", file=sys.stderr)
+from launcher.kueue.names import (CLUSTER_QUEUE as CLUSTER_QUEUES, LOCAL_QUEUE as LOCAL_QUEUES,
+                                  PRIORITY_CLASS as PRIORITY_CLASSES, WORKLOAD as WORKLOADS)
 
 
-def _get(api: Api, plural: str, name: str, ns: str | None = None) -> dict | None:
-    """A Kueue object (None: not there); ClusterError, with its status, for anything else."""
-    what = f"reading {plural[:-1]} {name}"
-    if ns is None:
-        return call(what, lambda: api.custom.get_cluster_custom_object(names.GROUP, names.VERSION, plural, name),
-                    missing_ok=True)
-    return call(what, lambda: api.custom.get_namespaced_custom_object(names.GROUP, names.VERSION, ns, plural, name),
-                missing_ok=True)
+def _list(api: Api, ns: str, plural: str, selector: str | None = None) -> list[dict]:
+    got = call(f"listing Kueue {plural}", lambda: raw(api.custom.list_namespaced_custom_object(
+        kueue.GROUP, kueue.VERSION, ns, plural, label_selector=selector or "", _preload_content=False)))
+    return got.get("items") or []
 
 
-def _names(api: Api, plural: str, ns: str | None = None) -> list[str] | None:
-    """Names of the Kueue objects there are (None: this user may not list them)."""
+def workloads(api: Api, ns: str, job_uid: str | None = None) -> list[dict]:
+    """The namespace's Workloads (one list call), or those of one job (by Kueue's job-uid label)."""
+    return _list(api, ns, WORKLOADS, f"{kueue.JOB_UID_LABEL}={job_uid}" if job_uid else None)
+
+
+def newest(items: Sequence[dict]) -> dict | None:
+    """A job has one Workload; while Kueue replaces one (a changed spec) the newer is the one that counts."""
+    return max(items, key=lambda w: (w.get("metadata") or {}).get("creationTimestamp") or "", default=None)
+
+
+def workload_events(api: Api, ns: str, workload: dict) -> list[dict]:
+    """Kueue's events on the Workload, as admission.event_record reads them (no typed models)."""
+    uid = (workload.get("metadata") or {}).get("uid")
+    got = call("listing the Workload's events", lambda: raw(api.core.list_namespaced_event(
+        ns, field_selector=f"involvedObject.uid={uid}", _preload_content=False)))
+    return [kueue.event_record(e) for e in got.get("items") or []]
+
+
+def local_queue(api: Api, ns: str, name: str) -> dict | None:
+    return call(f"reading LocalQueue {name}", lambda: api.custom.get_namespaced_custom_object(
+        kueue.GROUP, kueue.VERSION, ns, LOCAL_QUEUES, name), missing_ok=True)
+
+
+def cluster_queue_of(api: Api, ns: str, local: str) -> str | None:
+    """The ClusterQueue a LocalQueue feeds; None when it cannot be read (missing, or not this user's to read)."""
     try:
-        if ns is None:
-            doc = call(f"listing {plural}", lambda: api.custom.list_cluster_custom_object(
-                names.GROUP, names.VERSION, plural))
-        else:
-            doc = call(f"listing {plural}", lambda: api.custom.list_namespaced_custom_object(
-                names.GROUP, names.VERSION, ns, plural))
-    except ClusterError as e:
-        if e.status == 403:
-            return None
-        raise
-    return [i["metadata"]["name"] for i in (doc or {}).get("items") or []]
+        lq = local_queue(api, ns, local)
+    except ClusterError:
+        return None
+    return ((lq or {}).get("spec") or {}).get("clusterQueue")
 
 
-def _served_versions(api: Api, crd: str) -> list[str] | None:
-    got = call(f"reading the {crd} CRD", lambda: api.ext.read_custom_resource_definition(crd), missing_ok=True)
-    return None if got is None else [v.name for v in got.spec.versions or [] if v.served]
+def cluster_queue(api: Api, name: str) -> dict | None:
+    return call(f"reading ClusterQueue {name}", lambda: api.custom.get_cluster_custom_object(
+        kueue.GROUP, kueue.VERSION, CLUSTER_QUEUES, name), missing_ok=True)
 
 
-def _forbidden_ok(read: Callable[[], Any], what: str) -> tuple[bool, Any]:
-    """(True, read()) or, when the user may not read it, (False, None) after one warning line."""
+def priority_classes(api: Api) -> list[dict]:
+    return call("listing WorkloadPriorityClasses", lambda: api.custom.list_cluster_custom_object(
+        kueue.GROUP, kueue.VERSION, PRIORITY_CLASSES))["items"]
+
+
+def position(api: Api, ns: str, local: str, workload: str) -> int | None:
+    """The Workload's position in its LocalQueue from the visibility API; None where it is not served."""
+    path = f"/apis/{kueue.VISIBILITY_GROUP}/{kueue.VERSION}/namespaces/{{namespace}}/localqueues/{{name}}/pendingworkloads"
     try:
-        return True, read()
+        got = call("reading the pending workloads", lambda: raw(api.custom.api_client.call_api(
+            path, "GET", {"namespace": ns, "name": local}, [], {"Accept": "application/json"},
+            auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True)))
+    except (ClusterError, ValueError):
+        return None  # not served (no visibility API, no right to it): say nothing
+    for item in got.get("items") or []:
+        if (item.get("metadata") or {}).get("name") == workload:
+            pos = item.get("positionInLocalQueue")
+            return int(pos) + 1 if isinstance(pos, int) else None  # Kueue counts from 0
+    return None
+
+
+def read_admission(api: Api, ns: str, job: dict) -> kueue.Admission | None:
+    """The job's Admission (None for a job without a queue label: no call is made).
+
+    Calls: the job's Workloads by label, their events, the LocalQueue while the job is not admitted
+    (for its ClusterQueue) and the visibility API while it is queued.
+    """
+    queue = kueue.queue_name(job)
+    if queue is None:
+        return None
+    try:
+        workload = newest(workloads(api, ns, (job.get("metadata") or {}).get("uid")))
+        events = workload_events(api, ns, workload) if workload is not None else []
     except ClusterError as e:
-        if e.status != 403:
-            raise
-        _warn(f"may not read {what} (forbidden): not checked; Kueue decides when the job is queued")
-        return False, None
+        return kueue.Admission(queue, "Unknown", f"cannot read its Workload: {e}")
+    a = kueue.summarize(job, workload, events)
+    if a.cluster_queue is None:  # not admitted: the LocalQueue names it
+        a = dataclasses.replace(a, cluster_queue=cluster_queue_of(api, ns, queue))
+    if a.state in ("Queued", "Requeued") and a.workload:
+        a = dataclasses.replace(a, position=position(api, ns, queue, a.workload))
+    return a
 
 
-def preflight(api: Api, spec: Any, backend: ModuleType, job: dict) -> None:
-    """Refuse (SpecError) a --queue job Kueue cannot take; warn where this user may not look."""
-    if not spec.queue:
-        return
-    problem = checks.missing_api({crd: _served_versions(api, crd) for crd in names.CRDS})
-    if problem:
-        raise SpecError(problem)
-    ns, queue = spec.namespace, spec.queue
-    readable, lq = _forbidden_ok(lambda: _get(api, names.LOCAL_QUEUE, queue, ns), f"LocalQueue {ns}/{queue}")
-    if readable and lq is None:
-        raise SpecError(checks.no_local_queue(queue, ns, _names(api, names.LOCAL_QUEUE, ns) or []))
-    if lq is not None and spec.total_gpus:
-        _check_quota(api, spec, backend, job, str((lq.get("spec") or {}).get("clusterQueue") or ""))
-    if spec.workload_priority:
-        name = spec.workload_priority
-        readable, wpc = _forbidden_ok(lambda: _get(api, names.PRIORITY_CLASS, name),
-                                      f"WorkloadPriorityClass {name}")
-        if readable and wpc is None:
-            raise SpecError(checks.no_priority_class(name, _names(api, names.PRIORITY_CLASS)))
+def admissions(api: Api, ns: str, jobs: Sequence[dict]) -> dict[str, kueue.Admission]:
+    """{job name: Admission} for `launch list`: one list of the namespace's Workloads, and only if a job is queued."""
+    queued = [j for j in jobs if kueue.queue_name(j) is not None]
+    if not queued:
+        return {}
+    try:
+        by_uid: dict[str, list[dict]] = {}
+        for w in workloads(api, ns):
+            by_uid.setdefault(((w.get("metadata") or {}).get("labels") or {}).get(kueue.JOB_UID_LABEL), []).append(w)
+    except ClusterError as e:
+        return {j["metadata"]["name"]: kueue.Admission(kueue.queue_name(j), "Unknown", str(e)) for j in queued}
+    cqs: dict[str, str | None] = {}
+    out = {}
+    for j in queued:
+        q = kueue.queue_name(j)
+        w = newest(by_uid.get(j["metadata"].get("uid"), []))
+        a = kueue.summarize(j, w)
+        if a.cluster_queue is None:  # one read per LocalQueue, not per job
+            if q not in cqs:
+                cqs[q] = cluster_queue_of(api, ns, q)
+            a = dataclasses.replace(a, cluster_queue=cqs[q])
+        out[j["metadata"]["name"]] = a
+    return out
 
 
-def _check_quota(api: Api, spec: Any, backend: ModuleType, job: dict, cq_name: str) -> None:
-    readable, cq = _forbidden_ok(lambda: _get(api, names.CLUSTER_QUEUE, cq_name), f"ClusterQueue {cq_name}")
-    if not readable:
-        return
-    if cq is None:
-        raise SpecError(f"--queue {spec.queue}: its ClusterQueue {cq_name!r} does not exist, so Kueue admits "
-                        "nothing from it; ask your Kueue admin, or use another --queue")
-    flavor_labels: dict[str, dict | None] = {}
-    if spec.resources.gpu_type:
-        for group in (cq.get("spec") or {}).get("resourceGroups") or []:
-            for flavor in group.get("flavors") or []:
-                name = flavor.get("name")
-                try:
-                    rf = _get(api, names.RESOURCE_FLAVOR, name)
-                except ClusterError as e:
-                    if e.status != 403:
-                        raise
-                    rf = None  # not ours to read: the flavor counts
-                flavor_labels[name] = ((rf or {}).get("spec") or {}).get("nodeLabels")
-    per_pod = spec.resources.gpus_per_node
-    problem = checks.quota_problem(cq, queue=spec.queue, resource=spec.resources.gpu_resource,
-                                   podsets=[n * per_pod for n in backend.podsets(job)],
-                                   gpu_type=spec.resources.gpu_type, flavor_labels=flavor_labels)
-    if problem:
-        raise SpecError(problem)
+def create_workload(api: Api, ns: str, body: dict) -> dict:
+    return call("creating the preempting Workload", lambda: api.custom.create_namespaced_custom_object(
+        kueue.GROUP, kueue.VERSION, ns, WORKLOADS, body))
 
 
-def managed_probe(backend: ModuleType) -> Callable[[dict], None]:
-    """What create_job does with the server's answer to a dry-run create of a --queue job.
-
-    Kueue's mutating webhook suspends, on create, every job of a kind it manages that carries
-    a queue label; the dry run goes through the same webhooks and returns the job as they left
-    it. Not suspended: Kueue ignores the kind here, and the job would run at once, outside quota.
-    """
-    others = {n: b.KUEUE_FRAMEWORK for n, b in backends.BACKENDS.items() if b is not backend}
-
-    def probe(answer: dict) -> None:
-        if not backend.suspended(answer):
-            raise SpecError(checks.unmanaged(backend.KIND, backend.KUEUE_FRAMEWORK, others))
-
-    return probe
+def read_workload(api: Api, ns: str, name: str) -> dict | None:
+    return call(f"reading Workload {name}", lambda: api.custom.get_namespaced_custom_object(
+        kueue.GROUP, kueue.VERSION, ns, WORKLOADS, name), missing_ok=True)
 
 
-def probe_ahead(api: Api, ns: str, objects: list[dict], backend: ModuleType) -> bool:
-    """The managed-kind probe for a job created later (a schedule's runs), now; False when it cannot be made yet.
+def delete_workload(api: Api, ns: str, name: str) -> None:
+    call(f"deleting Workload {name}", lambda: api.custom.delete_namespaced_custom_object(
+        kueue.GROUP, kueue.VERSION, ns, WORKLOADS, name, body={"propagationPolicy": "Background"}),
+         missing_ok=True)
 
-    A TrainJob with a runtime of its own cannot be dry-run before that runtime exists (the
-    Trainer's webhook looks it up); its submitter probes each run before creating it instead.
-    """
-    from launcher.k8s.api import create
-
-    if any(o["kind"] in backends.CUSTOM_KINDS for o in objects[1:]):
-        return False
-    managed_probe(backend)(create(api, ns, objects[0], dry_run=True, what=(
-        f"checking a {backend.KIND} of this schedule with a server-side dry run (nothing created)")))
-    return True

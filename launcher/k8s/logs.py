@@ -115,6 +115,15 @@ def _lines(stream: Any) -> Iterator[str]:
         yield buf.decode(errors="replace")
 
 
+def _kueue_waiting(api: Api, ns: str, job: dict) -> str | None:
+    """What a job behind Kueue waits for while it is not admitted (None: admitted, or not behind Kueue)."""
+    from launcher.k8s.kueue import read_admission
+    from launcher.status.admission import waiting_line
+
+    admission = read_admission(api, ns, job)
+    return waiting_line(admission) if admission is not None else None
+
+
 def stream_logs(api: Api, ns: str, name: str, *, follow: bool) -> int:
     """Every pod's log, merged with a replica prefix; with follow, new pods are picked up as they appear."""
     job = get_job(api, ns, name)
@@ -125,11 +134,16 @@ def stream_logs(api: Api, ns: str, name: str, *, follow: bool) -> int:
     while True:
         pods = job_pods(api, ns, name, job["metadata"].get("uid"), backends.of(job))
         if follow and not pods:  # the operator has not created any pod (yet): say why we wait
-            failures = create_failures(api, ns, job)
-            waiting = (f"the operator cannot create its pods: {failures[0]}" if failures
-                       else "the training operator to create its pods")
+            queued = _kueue_waiting(api, ns, job)
+            if queued is not None:  # suspended by Kueue: what it waits for is admission, not the operator
+                waiting = f"launch: {ns}/{name} is {queued}"
+            else:
+                failures = create_failures(api, ns, job)
+                waiting = f"launch: {ns}/{name} has no pods yet, waiting for " + (
+                    f"the operator cannot create its pods: {failures[0]}" if failures
+                    else "the training operator to create its pods")
             if waiting != said:
-                print(f"launch: {ns}/{name} has no pods yet, waiting for {waiting}", file=sys.stderr, flush=True)
+                print(waiting, file=sys.stderr, flush=True)
                 said = waiting
         for pod in pods:
             if pod.metadata.uid not in seen:
@@ -139,7 +153,8 @@ def stream_logs(api: Api, ns: str, name: str, *, follow: bool) -> int:
                 threads.append(t)
         if not follow:
             break
-        if state(get_job(api, ns, name)) in backends.FINISHED:
+        job = get_job(api, ns, name)  # read again: Kueue's labels and the state change while we follow
+        if state(job) in backends.FINISHED:
             shared.drain(threads)
             break
         time.sleep(2)

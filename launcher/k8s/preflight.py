@@ -77,7 +77,7 @@ def cluster_runtime_missing(api: Api, job: dict) -> str | None:
 
 def preflight(api: Api, spec: JobSpec, backend: ModuleType = backends.DEFAULT, job: dict | None = None) -> None:
     """Refuse before creating anything: CRD (and a TrainJob's runtime), namespace, quota, Secrets, PVCs, priority
-    class, and with --queue Kueue's (launcher/k8s/kueue.py; `job`, the rendered job, gives its pod sets)."""
+    class, and with --queue Kueue's (launcher/k8s/kueue_preflight.py; `job`, the rendered job, gives its pod sets)."""
     ns = spec.namespace
     if call(f"reading the {backend.KIND} CRD", lambda: api.ext.read_custom_resource_definition(backend.CRD_NAME),
             missing_ok=True) is None:
@@ -114,6 +114,6 @@ def preflight(api: Api, spec: JobSpec, backend: ModuleType = backends.DEFAULT, j
                                     missing_ok=True) is None:
         raise SpecError(f"--priority-class {spec.priority_class}: no such PriorityClass")
     if spec.queue:
-        from launcher.k8s import kueue
+        from launcher.k8s import kueue_preflight
 
-        kueue.preflight(api, spec, backend, job or {})
+        kueue_preflight.preflight(api, spec, backend, job or {})

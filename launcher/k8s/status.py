@@ -13,8 +13,11 @@ from typing import Any
 
 from launcher import backends
 from launcher.errors import ClusterError
+from launcher.k8s import kueue
 from launcher.k8s.api import Api, call, raw
 from launcher.k8s.jobs import get_job, job_pod_docs, owner_uid, pod_container, replica_id, state
+from launcher.status import admission as kueue_admission
+from launcher.status import evictions
 from launcher.status import format as status_fmt
 from launcher.status import ledger as restart_ledger
 from trainer import contract
@@ -158,7 +161,11 @@ def read_status(api: Api, ns: str, name: str, *, now: Any = None) -> dict:
         causes = causes + exit_causes(pods)
         limit = backend.retry_limit(job)
         retries_left = None if limit is None else max(limit - counted, 0)
+    admission = kueue.read_admission(api, ns, job)  # None (and no call) for a job not behind Kueue
     summary, unread = ledger.result(time.time())
+    # A Kueue preemption reaches the runtime as a bare SIGTERM: the Workload says whose it was.
+    by_kueue = evictions.match(restart_ledger.incidents(summary), admission.evictions) if (
+        summary is not None and admission is not None) else {}
     return {"name": name, "namespace": ns, "uid": uid, "state": state(job),
             "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
                            for c in (job.get("status") or {}).get("conditions") or []],
@@ -171,6 +178,7 @@ def read_status(api: Api, ns: str, name: str, *, now: Any = None) -> dict:
             "committed_step": progress["step"],
             "committed_at": progress["at"].isoformat() if progress.get("at") else None,
             "events": restart_events(job_events),
-            "ledger": restart_ledger.doc(summary) if summary is not None else {"not_shown": unread},
-            "_ledger": (summary, unread), "_progress": progress,
+            "ledger": restart_ledger.doc(summary, by_kueue) if summary is not None else {"not_shown": unread},
+            **({"admission": kueue_admission.doc(admission)} if admission is not None else {}),
+            "_ledger": (summary, unread, by_kueue), "_admission": admission, "_progress": progress,
             "_now": now or datetime.datetime.now(datetime.timezone.utc)}

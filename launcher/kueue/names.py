@@ -19,9 +19,14 @@ API_VERSION = f"{GROUP}/{VERSION}"
 QUEUE_LABEL = f"{GROUP}/queue-name"
 #: On the job object's metadata: the WorkloadPriorityClass (cluster-scoped) of its workload.
 PRIORITY_LABEL = f"{GROUP}/priority-class"
+#: On a Workload, set by Kueue: its job's metadata.uid (one list call finds a job's Workload).
+JOB_UID_LABEL = f"{GROUP}/job-uid"
+WORKLOAD_PRIORITY_CLASS_KIND = "WorkloadPriorityClass"
+#: Kueue's visibility API (pending workloads and their positions), where a cluster aggregates it.
+VISIBILITY_GROUP = f"visibility.{GROUP}"
 #: kind -> plural, and whether it is namespaced: the kinds `launch` reads.
-LOCAL_QUEUE, CLUSTER_QUEUE, RESOURCE_FLAVOR, PRIORITY_CLASS = (
-    "localqueues", "clusterqueues", "resourceflavors", "workloadpriorityclasses")
+LOCAL_QUEUE, CLUSTER_QUEUE, RESOURCE_FLAVOR, PRIORITY_CLASS, WORKLOAD = (
+    "localqueues", "clusterqueues", "resourceflavors", "workloadpriorityclasses", "workloads")
 #: The CRDs a cluster with Kueue serves, of those `launch` reads.
 CRDS = tuple(f"{plural}.{GROUP}" for plural in (LOCAL_QUEUE, CLUSTER_QUEUE, RESOURCE_FLAVOR, PRIORITY_CLASS))
 

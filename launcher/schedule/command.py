@@ -139,7 +139,7 @@ def create(argv: list[str], env: Mapping[str, str]) -> int:
     api = connect()
     if job.queue:
         from launcher.job.render import spec_to_objects
-        from launcher.k8s.kueue import probe_ahead
+        from launcher.k8s.kueue_preflight import probe_ahead
 
         # One run's job as the submitter will render it: Kueue's checks need its pod sets, and the
         # dry run whether Kueue manages its kind (the submitter probes again before each run).

@@ -57,7 +57,7 @@ def read_stored(api, ns: str, schedule: str) -> StoredSchedule:
 def submit_run(api, ns: str, schedule: str, run_name: str) -> bool:
     """Create the run's objects unless they exist; False when the run is skipped (another one is active)."""
     from launcher.k8s import jobs, preflight, schedules
-    from launcher.k8s.kueue import managed_probe
+    from launcher.k8s.kueue_preflight import managed_probe
     from launcher.schedule.render import run_to_objects
 
     existing = jobs.get_job(api, ns, run_name, required=False)

@@ -273,11 +273,16 @@ def parse_time(value: Any) -> datetime.datetime | None:
 
 
 def job_rows(jobs: Sequence[dict], now: datetime.datetime, *, wide: bool = False) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of `launch list`: name, state, pods, age (wide: created), newest first by name order."""
-    header = ["NAME", "STATE", "PODS", "AGE"] + (["CREATED"] if wide else [])
+    """(header, rows) of `launch list`: name, state, pods, age (wide: created), newest first by name order.
+
+    An ADMISSION column (Kueue's short state) only when a job is behind Kueue: other tables stay as they were.
+    """
+    kueue = any("admission" in j for j in jobs)
+    header = ["NAME", "STATE"] + (["ADMISSION"] if kueue else []) + ["PODS", "AGE"] + (["CREATED"] if wide else [])
     rows = []
     for j in sorted(jobs, key=lambda j: natural_key(j["name"])):
-        row = [j["name"], j["state"], str(j.get("pods", "-")), age(j.get("created"), now)]
+        admitted = [(j.get("admission") or {}).get("summary") or "-"] if kueue else []
+        row = [j["name"], j["state"], *admitted, str(j.get("pods", "-")), age(j.get("created"), now)]
         rows.append(row + ([j.get("created") or "-"] if wide else []))
     return header, rows
 

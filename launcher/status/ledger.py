@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from launcher import backends
+from launcher.status import evictions
 from launcher.status import format as status_fmt
 from trainer import contract
 
@@ -115,14 +116,17 @@ def _short(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def doc(summary: contract.LedgerSummary) -> dict:
-    """The ledger part of `launch status -o json|yaml`."""
+def doc(summary: contract.LedgerSummary, kueue: Mapping[str, Any] | None = None) -> dict:
+    """The ledger part of `launch status -o json|yaml`; `kueue`: {attempt: the Kueue eviction that ended it}."""
+    kueue = kueue or {}
     return {"attempts": summary.attempts,
             "goodput": round(summary.goodput, 4) if summary.goodput is not None else None,
             "first_start": _when(summary.first_start) if summary.first_start is not None else None,
             "crash_loop": summary.crash_loop is not None,
             "incidents": [{"started": _when(i.started_at), "ended": _when(i.ended_at) if i.ended_at else None,
-                           "node_rank": i.node_rank, "kind": i.kind, "code": i.code, "cause": i.cause,
+                           "node_rank": i.node_rank, "kind": i.kind, "code": i.code,
+                           "cause": kueue[i.attempt].cause if i.attempt in kueue else i.cause,
+                           **({"retry_spent": False} if i.attempt in kueue else {}),
                            "resumed_from": i.resumed_from, "committed": i.committed,
                            "steps_redone": i.steps_redone, "seconds_lost": i.seconds_lost}
                           for i in incidents(summary)]}
@@ -133,8 +137,12 @@ def incidents(summary: contract.LedgerSummary) -> list[contract.Incident]:
     return [i for i in summary.incidents if i.kind in ("preempted", "failed")]
 
 
-def lines(summary: contract.LedgerSummary) -> list[str]:
-    """`launch status`'s ledger block: one summary line, then a table of the incidents (none: no table)."""
+def lines(summary: contract.LedgerSummary, kueue: Mapping[str, Any] | None = None) -> list[str]:
+    """`launch status`'s ledger block: one summary line, then a table of the incidents (none: no table).
+
+    `kueue`: {attempt name: the Kueue eviction that ended it} (launcher/status/evictions.py), shown as its cause.
+    """
+    kueue = kueue or {}
     shown = incidents(summary)
     lost = sum(i.seconds_lost or 0.0 for i in shown)
     redone = sum(i.steps_redone or 0 for i in shown)
@@ -145,7 +153,8 @@ def lines(summary: contract.LedgerSummary) -> list[str]:
         head += f"; crash loop: stopped after {len(summary.crash_loop)} failed start(s) in a row"
     rows = [[_when(i.started_at), "-" if i.resumed_from is None else str(i.resumed_from),
              _when(i.ended_at), "-" if i.steps_redone is None else str(i.steps_redone), _duration(i.seconds_lost),
-             _short((f"exit {i.code}: " if i.code is not None else "") + i.cause)] for i in shown]
+             _short((f"exit {i.code}: " if i.code is not None else "")
+                    + (evictions.cause(kueue[i.attempt]) if i.attempt in kueue else i.cause))] for i in shown]
     return [head] + (status_fmt.table(HEADER, rows, indent="  ") if rows else [])
 
 

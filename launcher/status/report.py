@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 from launcher.commandline import print_doc
+from launcher.status import admission as kueue_admission
 from launcher.status import format as status_fmt
 from launcher.status import ledger as restart_ledger
 
@@ -12,7 +13,8 @@ from launcher.status import ledger as restart_ledger
 def print_status(doc: dict, *, output: str = "text", all_pods: bool = False) -> None:
     """`doc` is launcher.k8s.status.read_status's."""
     ns, name = doc["namespace"], doc["name"]
-    progress, now, (ledger, unread) = doc.pop("_progress"), doc.pop("_now"), doc.pop("_ledger")
+    progress, now, (ledger, unread, by_kueue) = doc.pop("_progress"), doc.pop("_now"), doc.pop("_ledger")
+    admission = doc.pop("_admission", None)
     if output in ("json", "yaml"):
         print_doc(doc, output)
         return
@@ -21,11 +23,13 @@ def print_status(doc: dict, *, output: str = "text", all_pods: bool = False) -> 
     for line in status_fmt.summary_lines(ns, name, doc["state"], pods, doc["expected_pods"], doc["restarts"],
                                          doc["retries_left"], doc["causes"], progress, now):
         print(line)
+    for line in kueue_admission.lines(admission, now) if admission is not None else []:
+        print("  " + line)
     for c in doc["conditions"]:
         print(f"  {c['type']:<10} {c['status']:<5} {c.get('reason') or ''}: {c.get('message') or ''}")
     if doc["create_failures"] and len(pods) < doc["expected_pods"]:
         print(f"  why: the operator cannot create the pods: {doc['create_failures'][0]}")
-    for line in restart_ledger.lines(ledger) if ledger is not None else [restart_ledger.unread_line(unread)]:
+    for line in restart_ledger.lines(ledger, by_kueue) if ledger is not None else [restart_ledger.unread_line(unread)]:
         print("  " + line)
     rows = status_fmt.pod_rows(pods, {p["name"]: p["restarts"] for p in pods}, all_pods=all_pods)
     if rows:

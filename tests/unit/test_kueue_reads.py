@@ -1,0 +1,120 @@
+"""launcher/k8s/kueue.py's reads against a fake API: which calls it makes, and that failures are answers."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+from launcher.status import admission as kueue
+from tests.unit.test_kueue_admission import JOB, load
+
+pytest.importorskip("kubernetes")
+
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+
+from launcher.k8s import kueue as reads  # noqa: E402
+
+
+class Resp:
+    def __init__(self, doc: object) -> None:
+        self.data = json.dumps(doc).encode()
+
+    def release_conn(self) -> None:
+        pass
+
+
+class FakeApi:
+    """Serves the given Workloads (by job-uid label), the recorded events, one LocalQueue; no visibility API."""
+
+    def __init__(self, workloads: list[dict], *, visibility: dict | None = None, forbidden: bool = False) -> None:
+        self.calls: list[str] = []
+        self.custom = types.SimpleNamespace(list_namespaced_custom_object=self._list,
+                                            get_namespaced_custom_object=self._get,
+                                            api_client=types.SimpleNamespace(call_api=self._visibility))
+        self.core = types.SimpleNamespace(list_namespaced_event=self._events)
+        self.workloads, self.visibility, self.forbidden = workloads, visibility, forbidden
+
+    def _list(self, group, version, ns, plural, label_selector="", _preload_content=True):
+        self.calls.append(f"list {plural} {label_selector}".strip())
+        if self.forbidden:
+            raise ApiException(status=403, reason="Forbidden")
+        key, _, value = label_selector.partition("=")
+        return Resp({"items": [w for w in self.workloads
+                               if not label_selector or w["metadata"]["labels"].get(key) == value]})
+
+    def _get(self, group, version, ns, plural, name):
+        self.calls.append(f"get {plural} {name}")
+        return {"spec": {"clusterQueue": "gpu-team-a"}}
+
+    def _events(self, ns, field_selector, _preload_content=True):
+        self.calls.append("list events")
+        return Resp(load("workload-events.json"))
+
+    def _visibility(self, path, method, path_params, *args, **kwargs):
+        self.calls.append("visibility")
+        if self.visibility is None:
+            raise ApiException(status=404, reason="Not Found")
+        return Resp(self.visibility)
+
+
+def test_a_job_without_a_queue_label_costs_no_call():
+    api = FakeApi([load("workload-admitted.json")])
+    assert reads.read_admission(api, "team-a", {"metadata": {"name": "x", "uid": "u", "labels": {}}}) is None
+    assert reads.admissions(api, "team-a", [{"metadata": {"name": "x", "uid": "u"}}]) == {}
+    assert api.calls == []
+
+
+def test_a_queued_job_gets_its_cluster_queue_and_position_where_served():
+    api = FakeApi([load("workload-pending.json")])
+    a = reads.read_admission(api, "team-a", JOB)
+    assert a.state == "Queued" and a.cluster_queue == "gpu-team-a" and a.position is None  # not served: silent
+    assert api.calls == [f"list workloads {kueue.JOB_UID_LABEL}=job-uid-1", "list events",
+                         "get localqueues team-a", "visibility"]
+    api = FakeApi([load("workload-pending.json")], visibility={"items": [
+        {"metadata": {"name": "other"}, "positionInLocalQueue": 0},
+        {"metadata": {"name": "pytorchjob-train-a-3c1f9"}, "positionInLocalQueue": 1}]})
+    assert reads.read_admission(api, "team-a", JOB).position == 2
+
+
+def test_an_admitted_job_reads_no_queue_and_its_events_give_every_eviction():
+    api = FakeApi([load("workload-readmitted.json")])
+    a = reads.read_admission(api, "team-a", JOB)
+    assert a.state == "Admitted" and len(a.evictions) == 2 and "get localqueues team-a" not in api.calls
+
+
+def test_workloads_that_cannot_be_read_are_an_answer_not_an_error():
+    a = reads.read_admission(FakeApi([], forbidden=True), "team-a", JOB)
+    assert a.state == "Unknown" and "HTTP 403" in a.message and kueue.short_state(a) == "Unknown"
+
+
+def test_launch_list_reads_the_namespaces_workloads_once():
+    other = {"metadata": {"name": "train-b", "uid": "job-uid-2", "labels": {kueue.QUEUE_LABEL: "team-a"}}}
+    api = FakeApi([load("workload-admitted.json")])
+    got = reads.admissions(api, "team-a", [JOB, other, {"metadata": {"name": "plain", "uid": "u3"}}])
+    assert {k: kueue.short_state(v) for k, v in got.items()} == {"train-a": "Admitted",
+                                                                 "train-b": "Waiting (gpu-team-a)"}
+    assert api.calls == ["list workloads", "get localqueues team-a"]
+
+
+def test_launch_status_prints_the_kueue_block_and_json_has_the_record(capsys):
+    from launcher.status.report import print_status
+    from tests.unit.test_kueue_admission import NOW
+
+    a = reads.read_admission(FakeApi([load("workload-requeued.json")]), "team-a", JOB)
+
+    def doc() -> dict:
+        return {"namespace": "team-a", "name": "train-a", "state": "Suspended", "pods": [], "expected_pods": 2,
+                "restarts": 0, "retries_left": 3, "causes": [], "conditions": [], "create_failures": [], "events": [],
+                "admission": kueue.doc(a), "_progress": {}, "_now": NOW, "_ledger": (None, "no checkpoint", {}),
+                "_admission": a}
+
+    print_status(doc())
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("  kueue     Preempted → requeued 9m ago (LocalQueue team-a, ClusterQueue gpu-team-a): ")
+    assert out[3].startswith("    evicted 2026-03-01T10:05:00Z: preempted by Kueue (InClusterQueue: Preempted to")
+    assert out[4].startswith("    evicted 2026-03-01T10:20:00Z: preempted by Kueue")
+    print_status(doc(), output="json")
+    got = json.loads(capsys.readouterr().out)["admission"]
+    assert got["state"] == "Requeued" and got["summary"] == "Preempted → requeued" and len(got["evictions"]) == 2
