@@ -1,7 +1,8 @@
 """What `launch chaos JOB --kueue-preempt` submits, and whether Kueue will let it preempt (pure).
 
 The preemptor is a bare Workload (no owner: Kueue admits it and preempts for it like any job's)
-in the job's LocalQueue, one pod set asking for all the job's accelerators, at the lowest
+in the job's LocalQueue, one pod set asking for the job's share of the quota and all that is free
+(`take`), at the lowest
 WorkloadPriorityClass above the job's priority. Field names: Kueue v0.17.0, v1beta2
 (spec.priorityClassRef replaced v1beta1's priorityClassName/priorityClassSource).
 """
@@ -12,6 +13,7 @@ import re
 from typing import Sequence
 
 from launcher.errors import SpecError
+from launcher.kueue.checks import quantity
 from launcher.status import admission as kueue
 
 #: ClusterQueue preemption policies (spec.preemption.withinClusterQueue) under which a workload of
@@ -23,27 +25,52 @@ _ACCELERATOR = re.compile(r"(^|[./-])(gpu|tpu)s?($|[./-])|^(nvidia|amd)\.com/|^g
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 
 
-def _quantity(text: object) -> int:
-    try:
-        return int(str(text))
-    except ValueError:
-        raise SpecError(f"accelerator quantity {text!r} is not a whole number") from None
+def _usage(workload: dict) -> dict[tuple[str, str], float]:
+    """{(resource, flavor): quantity} the admitted job holds (status.admission.podSetAssignments)."""
+    held: dict[tuple[str, str], float] = {}
+    for a in ((workload.get("status") or {}).get("admission") or {}).get("podSetAssignments") or []:
+        flavors = a.get("flavors") or {}
+        for resource, qty in (a.get("resourceUsage") or {}).items():
+            key = (resource, flavors.get(resource, ""))
+            held[key] = held.get(key, 0.0) + quantity(qty)
+    return held
 
 
-def accelerators(workload: dict) -> tuple[str, int] | None:
-    """(resource, total) of the accelerators the job's pods ask for (the Workload's pod sets: the job's pods)."""
-    totals: dict[str, int] = {}
-    for ps in (workload.get("spec") or {}).get("podSets") or []:
-        count = int(ps.get("count") or 1)
-        for c in ((ps.get("template") or {}).get("spec") or {}).get("containers") or []:
-            res = c.get("resources") or {}
-            asked = {**(res.get("limits") or {}), **(res.get("requests") or {})}  # requests default to limits
-            for name, qty in asked.items():
-                if _ACCELERATOR.search(name):
-                    totals[name] = totals.get(name, 0) + count * _quantity(qty)
-    if not totals:
+def _quota(cluster_queue: dict, resource: str, flavor: str) -> tuple[float, float]:
+    """(nominal quota, reserved now) of `resource` in `flavor` of the ClusterQueue."""
+    nominal = reserved = 0.0
+    for group in (cluster_queue.get("spec") or {}).get("resourceGroups") or []:
+        for f in group.get("flavors") or []:
+            if f.get("name") == flavor:
+                for r in f.get("resources") or []:
+                    if r.get("name") == resource:
+                        nominal = quantity(r.get("nominalQuota") or 0)
+    for f in (cluster_queue.get("status") or {}).get("flavorsReservation") or []:
+        if f.get("name") == flavor:
+            for r in f.get("resources") or []:
+                if r.get("name") == resource:
+                    reserved = quantity(r.get("total") or 0)
+    return nominal, reserved
+
+
+def take(workload: dict, cluster_queue: dict) -> tuple[str, str] | None:
+    """(resource, quantity) the preemptor asks for: the job's share plus all that is free, within nominal quota.
+
+    The resource is the job's accelerators (else its CPU), in the flavor Kueue gave the job. Asking for
+    only the job's share would be admitted without a preemption wherever that much is free; asking for
+    more than the nominal quota would need borrowing, for which Kueue does not preempt within the
+    ClusterQueue (its default borrowWithinCohort policy). None: the job holds nothing to take.
+    """
+    held = _usage(workload)
+    accelerators = {k: v for k, v in held.items() if _ACCELERATOR.search(k[0]) and v > 0}
+    candidates = accelerators or {k: v for k, v in held.items() if k[0] == "cpu" and v > 0}
+    if not candidates:
         return None
-    return max(totals.items(), key=lambda kv: kv[1])
+    (resource, flavor), mine = max(candidates.items(), key=lambda kv: kv[1])
+    nominal, reserved = _quota(cluster_queue, resource, flavor)
+    size = min(nominal, mine + max(0.0, nominal - reserved)) if nominal else mine
+    text = str(int(size)) if size == int(size) else f"{int(size * 1000)}m"
+    return resource, text
 
 
 def check_policy(cluster_queue: dict | None, name: str) -> None:
@@ -66,9 +93,9 @@ def higher_class(classes: Sequence[dict], priority: int) -> tuple[str, int] | No
     return name, value
 
 
-def preemptor(job: str, ns: str, queue: str, resource: str, total: int, klass: str, value: int,
+def preemptor(job: str, ns: str, queue: str, resource: str, total: str, klass: str, value: int,
               suffix: str) -> dict:
-    """The bare Workload that takes the job's accelerators: one pod set, `total` of `resource`."""
+    """The bare Workload that takes the job's quota: one pod set asking for `total` of `resource`."""
     name = f"{job[:40]}-kueue-preempt-{suffix}"
     return {"apiVersion": f"{kueue.GROUP}/{kueue.VERSION}", "kind": "Workload",
             "metadata": {"name": name, "namespace": ns, "labels": {"kubetrain.dev/kueue-preempt-of": job[:63]}},
@@ -78,7 +105,7 @@ def preemptor(job: str, ns: str, queue: str, resource: str, total: int, klass: s
                      "podSets": [{"name": "main", "count": 1, "template": {"spec": {
                          "restartPolicy": "Never",
                          "containers": [{"name": "hold", "image": PAUSE_IMAGE, "resources": {
-                             "requests": {resource: str(total)}, "limits": {resource: str(total)}}}]}}}]}}
+                             "requests": {resource: total}, "limits": {resource: total}}}]}}}]}}
 
 
 def evicted_by(workload: dict, preemptor_uid: str) -> bool:

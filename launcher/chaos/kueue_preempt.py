@@ -49,15 +49,17 @@ def _prepare(api: Api, ns: str, job: dict) -> tuple[dict, dict]:
     if workload is None or a.state != "Admitted":
         raise SpecError(f"{ns}/{name} is not admitted by Kueue ({kueue.short_state(a)}): "
                         "--kueue-preempt needs an admitted job")
-    plan.check_policy(k8s_kueue.cluster_queue(api, a.cluster_queue), a.cluster_queue)
+    cluster_queue = k8s_kueue.cluster_queue(api, a.cluster_queue)
+    plan.check_policy(cluster_queue, a.cluster_queue)
     priority = int((workload.get("spec") or {}).get("priority") or 0)
     klass = plan.higher_class(k8s_kueue.priority_classes(api), priority)
     if klass is None:
         raise SpecError(f"no WorkloadPriorityClass has a value above the job's priority {priority}: create one "
                         f"(kind: WorkloadPriorityClass, apiVersion: {kueue.GROUP}/{kueue.VERSION}, value > {priority})")
-    wanted = plan.accelerators(workload)
+    wanted = plan.take(workload, cluster_queue)
     if wanted is None:
-        raise SpecError(f"{ns}/{name}'s pods ask for no GPUs: nothing for a preemptor to take")
+        raise SpecError(f"{ns}/{name} holds no GPUs or CPUs of ClusterQueue {a.cluster_queue}'s quota: "
+                        "nothing for a preemptor to take")
     return workload, plan.preemptor(name, ns, queue, wanted[0], wanted[1], klass[0], klass[1], secrets.token_hex(3))
 
 

@@ -6,16 +6,17 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import time
 
 import pytest
 
 from tests.cluster import kueue as kueue_tier
-from tests.cluster.test_kueue_preemption import preemptor
+from tests.cluster.test_kueue_preemption import timings
 from tests.cluster.test_launcher_against_apiserver import launch
 from tests.cluster.test_operator_runs_our_jobs import wait
 from tests.node.test_jobs_in_real_containers import (CLAIM, explain, final_digest, launch_job,  # noqa: F401
-                                                     local_digest, local_volume)
+                                                     local_digest, local_volume)  # local_digest: a fixture
 from trainer import contract
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(1200)]
@@ -43,27 +44,22 @@ def test_a_kueue_preemption_of_a_trainjob_commits_exits_143_and_it_resumes_bit_i
     latest = os.path.join(folder, name, contract.LATEST_NAME)
     wait(lambda: os.path.exists(latest), 300, "a committed checkpoint", explain(api, node, ns))
 
-    t1 = time.monotonic()
-    node_kueue.create("workloads", preemptor(ns, "preemptor", kueue_tier.CPU_NOMINAL), ns)
-    assert wait(lambda: state("Evicted"), 120, "Kueue to evict the TrainJob")["reason"] == "Preempted"
+    # `launch chaos --kueue-preempt`: a higher-priority Workload takes the ClusterQueue's CPUs, Kueue evicts
+    # the TrainJob (suspends it; the Jobs' pods go), chaos removes the preemptor and follows the job back.
+    code, out, err = launch(capsys, "chaos", name, "-n", ns, "--kueue-preempt", "--wait", "400s")
+    assert code == 0, out + err + explain(api, node, ns)()
+    assert "evicted after" in out and "re-admitted after" in out and "resumed from step" in out, out
 
-    # The Jobs' pods go with the suspended JobSet (and with them their statuses): the kubelet's SIGTERM
-    # reaches both nodes' ranks, which agree on a stop step, commit it and exit 143, as each node's
-    # first attempt records in the run's restart ledger on the volume.
-    def first_attempts() -> dict[int, contract.Attempt] | None:
-        objects = {os.path.basename(p): open(p, "rb").read()
-                   for p in glob.glob(os.path.join(folder, name, contract.ATTEMPTS_DIR, "*.json"))}
-        firsts = {n: contract.node_series(contract.parse_ledger(objects), n)[:1] for n in (0, 1)}
-        ended = {n: a[0] for n, a in firsts.items() if a and a[0].code is not None}
-        return ended if len(ended) == 2 and not _pods(api, ns, name) else None
-
-    ended = wait(first_attempts, 180, "both nodes' first attempts to end", explain(api, node, ns))
-    t_exited = time.monotonic() - t1
-    stop_step = int(open(latest).read().strip().rsplit("-", 1)[-1])
-    api.custom.delete_namespaced_custom_object(kueue_tier.GROUP, kueue_tier.VERSION, ns, "workloads", "preemptor")
-    t2 = time.monotonic()
-    wait(lambda: state("Admitted"), 120, "Kueue to admit the TrainJob again", explain(api, node, ns))
-    t_readmitted = time.monotonic() - t2
+    # The pods went with the suspended JobSet (and with them their statuses): the kubelet's SIGTERM reached
+    # both nodes' ranks, which agreed on a stop step, committed it and exited 143, as each node's first
+    # attempt records in the run's restart ledger on the volume.
+    objects = {os.path.basename(p): open(p, "rb").read()
+               for p in glob.glob(os.path.join(folder, name, contract.ATTEMPTS_DIR, "*.json"))}
+    attempts = contract.parse_ledger(objects)
+    firsts = {n: contract.node_series(attempts, n)[0] for n in (0, 1)}
+    assert {n: a.code for n, a in firsts.items()} == {0: contract.ExitCode.PREEMPTED, 1: contract.ExitCode.PREEMPTED}
+    stop_step = firsts[0].committed
+    assert stop_step and int(re.search(r"resumed from step (\d+)", out).group(1)) == stop_step, (stop_step, out)
 
     def finished() -> str | None:
         job = api.custom.get_namespaced_custom_object(v2.GROUP, v2.VERSION, ns, v2.PLURAL, name)
@@ -76,12 +72,14 @@ def test_a_kueue_preemption_of_a_trainjob_commits_exits_143_and_it_resumes_bit_i
     log = api.core.read_namespaced_pod_log(rank0.metadata.name, ns, container=v2.CONTAINER)
     assert final_digest(log) == local_digest(60, ranks=2), log[-4000:]
     assert contract.parse_runtime_log(log.splitlines())["resumed_from"] == stop_step, (stop_step, log[-3000:])
-    assert {n: a.code for n, a in ended.items()} == {0: contract.ExitCode.PREEMPTED, 1: contract.ExitCode.PREEMPTED}
     doc = json.loads(launch(capsys, "status", name, "-n", ns, "-o", "json")[1])
     # The JobSet did not restart and no retry was spent: Kueue's suspension is not a failure.
     assert (doc["state"], doc["restarts"], doc["retries_left"]) == ("Succeeded", 0, 3), doc
+    assert "preempted by Kueue" in json.dumps(doc), doc  # the ledger's view, from the Workload's eviction
+    t = timings(out)
     print(f"kueue (node tier, load {open('/proc/loadavg').read().split()[0]}): submit -> admitted {t_admitted:.1f}s; "
-          f"preemptor created -> pods stopped {t_exited:.1f}s; preemptor deleted -> re-admitted {t_readmitted:.1f}s")
+          f"preemptor created -> TrainJob evicted {t['evicted']:.1f}s -> re-admitted {t['readmitted']:.1f}s "
+          f"-> new pods running {t['running']:.1f}s")
 
 
 def _pods(api, ns: str, name: str):

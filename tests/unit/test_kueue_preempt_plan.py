@@ -14,13 +14,31 @@ def wpc(name: str, value: int) -> dict:
             "value": value}
 
 
-def test_the_preemptor_asks_for_all_the_jobs_gpus():
-    assert plan.accelerators(load("workload-admitted.json")) == ("nvidia.com/gpu", 16)  # master 8 + worker 8
-    w = {"spec": {"podSets": [{"name": "node", "count": 4, "template": {"spec": {"containers": [
-        {"name": "node", "resources": {"limits": {"nvidia.com/mig-1g.10gb": "2", "cpu": "4"}}}]}}}]}}
-    assert plan.accelerators(w) == ("nvidia.com/mig-1g.10gb", 8)  # limits stand for requests
-    assert plan.accelerators({"spec": {"podSets": [{"count": 2, "template": {"spec": {"containers": [
-        {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]}}}]}}) is None
+def cq(nominal: dict[str, str], reserved: dict[str, str], flavor: str = "fake-gpu") -> dict:
+    return {"spec": {"resourceGroups": [{"flavors": [{"name": flavor, "resources": [
+                {"name": r, "nominalQuota": q} for r, q in nominal.items()]}]}]},
+            "status": {"flavorsReservation": [{"name": flavor, "resources": [
+                {"name": r, "total": q} for r, q in reserved.items()]}]}}
+
+
+def test_the_preemptor_asks_for_the_jobs_gpus_and_all_that_is_free():
+    job = load("workload-admitted.json")  # master 8 + worker 8 GPUs of fake-gpu
+    # Nothing else free: the job's 16 are what it takes.
+    assert plan.take(job, cq({"nvidia.com/gpu": "16"}, {"nvidia.com/gpu": "16"})) == ("nvidia.com/gpu", "16")
+    # 8 more free: asking for the job's 16 alone would be admitted beside it; it asks for all 24.
+    assert plan.take(job, cq({"nvidia.com/gpu": "24"}, {"nvidia.com/gpu": "16"})) == ("nvidia.com/gpu", "24")
+    # Never above the nominal quota: beyond it Kueue would borrow, not preempt within the ClusterQueue.
+    assert plan.take(job, cq({"nvidia.com/gpu": "20"}, {"nvidia.com/gpu": "30"})) == ("nvidia.com/gpu", "20")
+
+
+def test_a_cpu_only_job_is_preempted_for_its_cpus():
+    job = {"status": {"admission": {"podSetAssignments": [
+        {"name": "master", "flavors": {"cpu": "fake-gpu"}, "resourceUsage": {"cpu": "500m", "memory": "1Gi"}},
+        {"name": "worker", "flavors": {"cpu": "fake-gpu"}, "resourceUsage": {"cpu": "500m"}}]}}}
+    assert plan.take(job, cq({"cpu": "16"}, {"cpu": "1"})) == ("cpu", "16")
+    assert plan.take(job, cq({"cpu": "16"}, {"cpu": "15500m"})) == ("cpu", "1500m")
+    assert plan.take({"status": {"admission": {"podSetAssignments": [
+        {"flavors": {"memory": "f"}, "resourceUsage": {"memory": "1Gi"}}]}}}, cq({}, {})) is None
 
 
 def test_the_lowest_priority_class_above_the_job_is_picked():
@@ -43,7 +61,7 @@ def test_lower_priority_policies_preempt(policy):
 
 
 def test_the_preemptor_is_a_bare_v1beta2_workload_in_the_jobs_queue():
-    w = plan.preemptor("train-a", "team-a", "team-a", "nvidia.com/gpu", 16, "high", 1000, "a1b2c3")
+    w = plan.preemptor("train-a", "team-a", "team-a", "nvidia.com/gpu", "16", "high", 1000, "a1b2c3")
     assert w["apiVersion"] == "kueue.x-k8s.io/v1beta2" and w["kind"] == "Workload"
     assert "ownerReferences" not in w["metadata"] and w["metadata"]["name"] == "train-a-kueue-preempt-a1b2c3"
     spec = w["spec"]
@@ -52,7 +70,7 @@ def test_the_preemptor_is_a_bare_v1beta2_workload_in_the_jobs_queue():
     (ps,) = spec["podSets"]
     assert ps["count"] == 1 and ps["template"]["spec"]["containers"][0]["resources"]["requests"] == {
         "nvidia.com/gpu": "16"}
-    assert len(plan.preemptor("x" * 63, "ns", "q", "r", 1, "c", 1, "abcdef")["metadata"]["name"]) <= 63
+    assert len(plan.preemptor("x" * 63, "ns", "q", "r", "1", "c", 1, "abcdef")["metadata"]["name"]) <= 63
 
 
 def test_evicted_by_names_the_preemptor():
