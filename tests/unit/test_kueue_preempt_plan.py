@@ -27,8 +27,8 @@ def test_the_preemptor_asks_for_the_jobs_gpus_and_all_that_is_free():
     assert plan.take(job, cq({"nvidia.com/gpu": "16"}, {"nvidia.com/gpu": "16"})) == ("nvidia.com/gpu", "16")
     # 8 more free: asking for the job's 16 alone would be admitted beside it; it asks for all 24.
     assert plan.take(job, cq({"nvidia.com/gpu": "24"}, {"nvidia.com/gpu": "16"})) == ("nvidia.com/gpu", "24")
-    # Never above the nominal quota: beyond it Kueue would borrow, not preempt within the ClusterQueue.
-    assert plan.take(job, cq({"nvidia.com/gpu": "20"}, {"nvidia.com/gpu": "30"})) == ("nvidia.com/gpu", "20")
+    # Never above the nominal quota (here the job borrowed 4): beyond it Kueue would borrow, not preempt.
+    assert plan.take(job, cq({"nvidia.com/gpu": "12"}, {"nvidia.com/gpu": "16"})) == ("nvidia.com/gpu", "12")
 
 
 def test_a_cpu_only_job_is_preempted_for_its_cpus():
