@@ -1,8 +1,8 @@
 """`launch status | list` and `launch chaos --kueue-preempt` against a real Kueue (v0.17.0) and kwok pods.
 
-Needs the Kueue tier (tests/cluster/kueue.py, fixture `kueue_cluster`); skipped until it is there.
-Jobs are queued by labelling the rendered PyTorchJob with the LocalQueue (`launch --queue` is
-another branch's), created with the launcher's own create_job.
+Needs the Kueue tier (tests/cluster/kueue.py, fixture `kueue_cluster`). Jobs are queued by
+labelling the rendered PyTorchJob with the LocalQueue, created with the launcher's own create_job
+(tests/cluster/test_kueue_submit.py goes through `launch --queue`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import json
 
 import pytest
 
-kueue_tier = pytest.importorskip("tests.cluster.kueue", reason="the Kueue cluster tier is not on this branch yet")
-
-from launcher.status import admission as kueue  # noqa: E402
-from tests.cluster.test_launcher_against_apiserver import launch, namespace  # noqa: E402
-from tests.cluster.test_operator_runs_our_jobs import wait  # noqa: E402
-from tests.helpers import EXAMPLE  # noqa: E402
+from launcher.status import admission as kueue
+from tests.cluster import kueue as kueue_tier
+from tests.cluster.test_launcher_against_apiserver import launch, namespace
+from tests.cluster.test_operator_runs_our_jobs import wait
+from tests.helpers import EXAMPLE
 
 pytestmark = pytest.mark.cluster
 
