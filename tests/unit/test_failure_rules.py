@@ -7,7 +7,7 @@ import pytest
 from launcher.cli import main as launch
 from tests.helpers import EXAMPLE
 from trainer import contract
-from trainer.checkpoint.loader import Corrupt, Verdict, read_failure_verdict
+from trainer.checkpoint.loader import Corrupt, StepVerdict, read_failure_verdict
 from trainer.cli import parse_run_config
 from trainer.contract import ExitCode
 from trainer.errors import StorageConfigError, StorageError, UsageError
@@ -84,11 +84,11 @@ def test_the_code_is_read_from_a_client_error_and_from_the_transfer_managers_mes
 
 
 @pytest.mark.parametrize("exc,verdict", [
-    (StorageError("read failed after 3 attempts: 500"), Verdict.TRANSIENT),
-    (ConnectionResetError(), Verdict.TRANSIENT), (TimeoutError(), Verdict.TRANSIENT),
-    (StorageConfigError("NoSuchBucket"), Verdict.PERMANENT),
-    (Corrupt("sha256"), Verdict.UNUSABLE), (FileNotFoundError("x"), Verdict.UNUSABLE),
-    (RuntimeError("PytorchStreamReader failed"), Verdict.UNUSABLE),  # a verified file torch cannot load
+    (StorageError("read failed after 3 attempts: 500"), StepVerdict.TRANSIENT),
+    (ConnectionResetError(), StepVerdict.TRANSIENT), (TimeoutError(), StepVerdict.TRANSIENT),
+    (StorageConfigError("NoSuchBucket"), StepVerdict.PERMANENT),
+    (Corrupt("sha256"), StepVerdict.UNUSABLE), (FileNotFoundError("x"), StepVerdict.UNUSABLE),
+    (RuntimeError("PytorchStreamReader failed"), StepVerdict.UNUSABLE),  # a verified file torch cannot load
 ])
 def test_only_facts_about_the_bytes_condemn_a_step(exc, verdict):
     assert read_failure_verdict(exc) is verdict
@@ -97,9 +97,9 @@ def test_only_facts_about_the_bytes_condemn_a_step(exc, verdict):
 def test_agreeing_on_the_worst_verdict_orders_them_as_documented():
     # A step verified bad on any rank is bad even while another rank could not read it; a
     # configuration error ends the restore whatever else was found.
-    assert max(Verdict.TRANSIENT, Verdict.UNUSABLE) is Verdict.UNUSABLE
-    assert max(Verdict.UNUSABLE, Verdict.PERMANENT) is Verdict.PERMANENT
-    assert max(Verdict.OK, Verdict.TRANSIENT) is Verdict.TRANSIENT
+    assert max(StepVerdict.TRANSIENT, StepVerdict.UNUSABLE) is StepVerdict.UNUSABLE
+    assert max(StepVerdict.UNUSABLE, StepVerdict.PERMANENT) is StepVerdict.PERMANENT
+    assert max(StepVerdict.OK, StepVerdict.TRANSIENT) is StepVerdict.TRANSIENT
 
 
 def _classify(**kw):
