@@ -34,7 +34,7 @@ def live(pids: list[int]) -> list[int]:
 
 
 @dataclasses.dataclass
-class Attempt:
+class RunStart:
     proc: subprocess.Popen
     control: str
     log_path: str
@@ -102,7 +102,7 @@ class Attempt:
         return contract.parse_runtime_log(self.log_lines())
 
 
-def wait_for(predicate, attempt: Attempt, timeout: float) -> bool:
+def wait_for(predicate, attempt: RunStart, timeout: float) -> bool:
     """Poll until predicate() or the attempt exits or timeout; True if the predicate held."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
