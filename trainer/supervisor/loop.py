@@ -36,7 +36,7 @@ class Supervisor:
         self._stop_reason: str | None = None
         self._interrupts = 0
         self._proc: subprocess.Popen | None = None
-        self._ledger = None  # trainer.ledger.Ledger once the start is recorded
+        self._ledger = None  # trainer.ledger_io.Ledger once the start is recorded
         self._verdict = None  # node 0's crash-loop verdict, seen by another node while its ranks start
         self._lease = None  # trainer.writer_lease.WriterLease that node 0 holds while the run lives
         self._lost: str | None = None  # another job took the run folder over: why this one stops
@@ -106,7 +106,7 @@ class Supervisor:
     def _begin_ledger(self) -> Outcome | None:
         """Record this start in the run's restart ledger; an Outcome when the run must not start."""
         from trainer.errors import StorageConfigError, UsageError
-        from trainer.ledger import Ledger
+        from trainer.ledger_io import Ledger
 
         try:
             ledger = Ledger.open(self.cfg.checkpoint_uri, self.cfg.run_id, contract.operator_node_rank(self.env),
@@ -242,7 +242,7 @@ class Supervisor:
             training.set()
         if self._ledger is None or self._ledger.record is None:
             return
-        from trainer.ledger import read_committed
+        from trainer.ledger_io import read_committed
 
         committed = read_committed(control)
         if committed is not None and committed[0] != self._ledger.record.committed:
