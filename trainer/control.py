@@ -1,7 +1,7 @@
 """The control folder a supervisor shares with its ranks (contract.CONTROL_*): the readers and
 writers every side uses, so each file's format is written down once.
 
-The ranks write their files (trainer/checkpoint/control.py, trainer/worker.py, trainer/_torchrun.py),
+The ranks write their files (trainer/checkpoint/control.py, trainer/worker.py, trainer/torchrun_main.py),
 each replaced whole; a file not (yet) there, or not whole, reads as nothing.
 
 The supervisor's watchdog and `launch chaos` read the same progress heartbeats; `launch chaos`

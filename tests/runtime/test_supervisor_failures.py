@@ -38,7 +38,7 @@ def test_a_sigkilled_torchrun_leaves_no_rank_behind_and_nothing_commits_after_it
         wait_for(lambda: len(worker_pids(marker)) == 2, 30, "both ranks")
         ranks = worker_pids(marker)
         torchrun = [p for p in descendants(proc.pid, parent_map()) if p not in ranks
-                    and "trainer._torchrun" in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")]
+                    and "trainer.torchrun_main" in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")]
         assert len(torchrun) == 1, torchrun
         # The ranks run in sessions of their own, out of reach of a killpg of torchrun's group.
         assert all(os.getsid(r) != os.getsid(torchrun[0]) for r in ranks)

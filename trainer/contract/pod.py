@@ -33,7 +33,7 @@ CONTROL_STOP = "stop"  # written by the supervisor: please stop at the next step
 CONTROL_PREEMPTED = "preempted.json"  # written by each node's local rank 0 once the stop checkpoint committed
 CONTROL_PROGRESS_PREFIX = "progress-rank-"  # heartbeat of each local rank: "<step> <time>"
 CONTROL_ERROR_PREFIX = "error-rank-"  # the first exception of each rank, JSON
-CONTROL_RESULT = "result.json"  # torchrun's outcome, written by trainer._torchrun
+CONTROL_RESULT = "result.json"  # torchrun's outcome, written by trainer.torchrun_main
 #: Written by each rank's wrapper (trainer.worker) at its start: "<pid> <start time>". A rank is
 #: one process among its DataLoader workers, which inherit RANK and the command line: this names it.
 CONTROL_PID_PREFIX = "pid-rank-"

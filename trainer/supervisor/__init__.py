@@ -1,6 +1,6 @@
 """The supervisor: torchrun under a process that owns signals, deadlines and exit codes.
 
-    python -m trainer run  ──▶  python -m trainer._torchrun  ──▶  python -m trainer.worker train.py
+    python -m trainer run  ──▶  python -m trainer.torchrun_main  ──▶  python -m trainer.worker train.py
     (loop.py: PID 1)           (torchrun, own session)           (one per rank)
 
 The kubelet signals only PID 1. On SIGTERM (or a cloud notice) the supervisor
@@ -22,13 +22,13 @@ the ranks run it also reaps every orphan re-parented to it, as PID 1 must
     loop        the Supervisor: starts torchrun, watches it, holds the grace deadline
     classify    what happened -> one exit code of the contract (pure)
     watchdog    which ranks made no progress for --hang-timeout (pure)
-    torchrun    torchrun's arguments and the workers' environment (pure)
+    torchrun_command  torchrun's command line and the workers' environment (pure)
     preemption  polling a cloud's preemption notice (AWS spot, GCP)
 
-The worker (trainer/worker.py) and torchrun's wrapper (trainer/_torchrun.py) stay
+The worker (trainer/worker.py) and torchrun's wrapper (trainer/torchrun_main.py) stay
 top-level modules, as does trainer/control.py (the control files' formats, which
 `launch chaos` reads too), as does trainer/processes.py (the /proc helpers the checkpoint
-prefetch uses too): `python -m trainer.worker` and `python -m trainer._torchrun` are
+prefetch uses too): `python -m trainer.worker` and `python -m trainer.torchrun_main` are
 the command lines that process tables show, and that tests, bench and `launch chaos`
 recognise ranks by.
 """
@@ -38,7 +38,7 @@ from __future__ import annotations
 from trainer.settings import RunConfig
 from trainer.supervisor.classify import Outcome, classify
 from trainer.supervisor.loop import Supervisor
-from trainer.supervisor.torchrun import torchrun_args, torchrun_shutdown_timeout, worker_env
+from trainer.supervisor.torchrun_command import torchrun_args, torchrun_shutdown_timeout, worker_env
 from trainer.supervisor.watchdog import stalled_ranks
 
 __all__ = ["Outcome", "RunConfig", "Supervisor", "classify", "stalled_ranks", "torchrun_args",

@@ -20,7 +20,7 @@ from trainer.processes import descendants, parent_map, reap_orphans, set_child_s
 from trainer.settings import RunConfig
 from trainer.supervisor.classify import Outcome, classify
 from trainer.control import read_errors, read_json, read_progress
-from trainer.supervisor.torchrun import torchrun_args, torchrun_shutdown_timeout, worker_env
+from trainer.supervisor.torchrun_command import torchrun_args, torchrun_shutdown_timeout, worker_env
 from trainer.supervisor.watchdog import describe_stall, stalled_ranks
 
 log = logging.getLogger("kubetrain.supervisor")
@@ -168,7 +168,7 @@ class Supervisor:
     def _supervise(self, control: str, prefetch_dir: str | None, training: threading.Event) -> Outcome:
         cfg = self.cfg
         nproc = cfg.nproc_per_node or int(self.env.get("PET_NPROC_PER_NODE") or 1)
-        cmd = [sys.executable, "-m", "trainer._torchrun", *torchrun_args(cfg, self.env)]
+        cmd = [sys.executable, "-m", "trainer.torchrun_main", *torchrun_args(cfg, self.env)]
         log.info("starting %d rank(s) of %s; checkpoints in %s/%s", nproc, cfg.script, cfg.checkpoint_uri, cfg.run_id)
         # Own session: a terminal's Ctrl-C reaches only us, and we decide what the ranks see.
         self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control, prefetch_dir),

@@ -1,4 +1,4 @@
-"""torchrun, with its outcome written to the control dir instead of a traceback.
+"""The process `python -m trainer.torchrun_main`: torchrun, with its outcome written to the control dir.
 
 torchrun reports a failed worker by raising ChildFailedError out of its own
 main, which prints a page per failure. The supervisor needs the facts (which
