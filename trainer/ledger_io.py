@@ -259,14 +259,3 @@ class _Started:
     resumed_from: int | None
     started_at: float = 0.0
 
-
-def read_committed(control: str) -> tuple[int, float] | None:
-    """The newest commit global rank 0 reported in the control folder: (step, time)."""
-    try:
-        with open(os.path.join(control, contract.CONTROL_COMMITTED)) as f:
-            step, at = f.read().split()
-        return int(step), float(at)
-    except (OSError, ValueError):
-        return None
-
-

@@ -26,7 +26,7 @@ the ranks run it also reaps every orphan re-parented to it, as PID 1 must
     preemption  polling a cloud's preemption notice (AWS spot, GCP)
 
 The worker (trainer/worker.py) and torchrun's wrapper (trainer/torchrun_main.py) stay
-top-level modules, as does trainer/control.py (the control files' formats, which
+top-level modules, as does trainer/control_folder.py (the control folder's records, which
 `launch chaos` reads too), as does trainer/processes.py (the /proc helpers the checkpoint
 prefetch uses too): `python -m trainer.worker` and `python -m trainer.torchrun_main` are
 the command lines that process tables show, and that tests, bench and `launch chaos`
