@@ -8,6 +8,7 @@ wrapper catches the error and records a TorchrunResult (trainer/control_folder.p
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -34,6 +35,19 @@ def _torch_version() -> str:
         return "not installed"
 
 
+def parse_torchrun_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """torchrun's namespace for `argv` ([torchrun flags..., -m MODULE, SCRIPT, script args...]).
+
+    argparse looks for its options, abbreviations included, among all the arguments: a script's
+    `--node 3` stopped the run as an ambiguous --node-rank. So only the part up to `-m MODULE`
+    reaches torchrun's parser, and the rest becomes its training_script_args untouched.
+    """
+    end = argv.index("-m") + 2 if "-m" in argv else len(argv)
+    args = parser.parse_args(argv[:end])
+    args.training_script_args = [*args.training_script_args, *argv[end:]]
+    return args
+
+
 def main(argv: list[str]) -> int:
     # A torch that lacks torchrun's API or rejects our arguments cannot start on any retry: the
     # supervisor exits permanent (2) for these, not infra (201), which restarted such a job forever.
@@ -50,7 +64,7 @@ def main(argv: list[str]) -> int:
 
     parser.error = refuse  # argparse would print usage and exit 2, leaving the supervisor no reason
     try:
-        args = parser.parse_args(argv)
+        args = parse_torchrun_args(parser, argv)
     except _Refused as e:
         _write_result(TorchrunResult(usage_error=f"{e} (torch {_torch_version()})"))
         return int(contract.ExitCode.USAGE)

@@ -108,3 +108,40 @@ def test_the_workers_look_for_a_prefetch_only_where_this_supervisor_made_one():
     inherited = {contract.ENV_PREFETCH_DIR: "/tmp/someone-elses"}
     assert contract.ENV_PREFETCH_DIR not in worker_env(CFG, inherited, "/tmp/control")
     assert worker_env(CFG, inherited, "/tmp/control", "/spool/p")[contract.ENV_PREFETCH_DIR] == "/spool/p"
+
+
+def _prefixes(options):
+    """Every prefix of every option string, and the separators argparse treats apart."""
+    return sorted({o[:k] for o in options for k in range(1, len(o) + 1)} | {"--", "-"})
+
+
+@pytest.mark.parametrize("env", [{}, {"MASTER_ADDR": "job-master-0", "PET_NNODES": "2", "PET_NODE_RANK": "1"}],
+                         ids=["standalone", "static-multi-node"])
+def test_every_prefix_of_every_torchrun_option_reaches_the_script_unchanged(env):
+    run = pytest.importorskip("torch.distributed.run")
+    from trainer.torchrun_main import parse_torchrun_args
+
+    options = [o for a in run.get_args_parser()._actions for o in a.option_strings]
+    for word in _prefixes(options):
+        script_args = (word, "3", f"{word}=5", word)
+        argv = torchrun_args(RunConfig(script="train.py", script_args=script_args), env)
+        args = parse_torchrun_args(run.get_args_parser(), argv)
+        assert (args.module, args.training_script) == (True, "trainer.worker"), word
+        assert args.training_script_args == ["train.py", *script_args], word
+        assert args.nproc_per_node == "1" and args.max_restarts == 0, word  # torchrun's own flags still parsed
+
+
+def test_every_prefix_of_every_runtime_flag_after_the_script_reaches_the_script():
+    from trainer.cli import build_parser, split_script_args
+
+    run = build_parser({})._subparsers._group_actions[0].choices["run"]
+    options = [o for a in run._actions for o in a.option_strings] + ["--node", "--max", "--local", "--nproc"]
+    for word in _prefixes(options):
+        for own in (["run"], ["run", "--nproc", "2", "--checkpoint=/tmp/x", "--warm-start-optimizer"]):
+            argv = [*own, "train.py", word, "3", word]
+            head, script_args = split_script_args(argv)
+            args = build_parser({}).parse_args(head)
+            assert (args.script, script_args) == ("train.py", [word, "3", word]), (own, word)
+    # Flags the parser must judge (unknown, ambiguous, `--`) go to it whole, as before.
+    for argv in (["run", "--bogus", "train.py", "--x"], ["run", "--check", "x", "train.py"], ["run", "--", "t.py"]):
+        assert split_script_args(argv) == (argv, None)
