@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import signal
 from typing import Sequence
 
 from trainer.contract import ExitCode
 from trainer.control_folder import Preempted, RankError, TorchrunResult
+
+_BY_TIME = operator.attrgetter("time")  # the earliest failure is the root cause
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +38,11 @@ def classify(*, torchrun_rc: int, result: TorchrunResult | None, errors: Sequenc
     if torchrun_rc == 0:
         return Outcome(ExitCode.OK, "finished")
     failures = result.failures if result else ()
-    by_time = lambda e: e.time  # noqa: E731
-    config = sorted((e for e in errors if e.config_error), key=by_time)
+    config = sorted((e for e in errors if e.config_error), key=_BY_TIME)
     if config:  # the object store refused the bucket or credentials: permanent, whoever died after it
         return Outcome(ExitCode.USAGE, config[0].message)
-    user = sorted((e for e in errors if not e.comm_error and not e.infra_error), key=by_time)
-    infra = sorted((e for e in errors if e.infra_error), key=by_time)
+    user = sorted((e for e in errors if not e.comm_error and not e.infra_error), key=_BY_TIME)
+    infra = sorted((e for e in errors if e.infra_error), key=_BY_TIME)
     killed = [f for f in failures if f.exitcode < 0 and -f.exitcode not in (signal.SIGTERM, signal.SIGINT)]
     if killed and not user:
         f = killed[0]
@@ -60,7 +62,7 @@ def classify(*, torchrun_rc: int, result: TorchrunResult | None, errors: Sequenc
         return Outcome(ExitCode.for_signal(-f.exitcode), f"rank {f.rank} was killed by {f.signal}")
     # A rank that exited on its own (sys.exit(N)) rather than because a peer vanished.
     comm_ranks = {e.rank for e in errors if e.comm_error}
-    direct = sorted((f for f in failures if f.exitcode > 0 and f.rank not in comm_ranks), key=lambda f: f.time)
+    direct = sorted((f for f in failures if f.exitcode > 0 and f.rank not in comm_ranks), key=_BY_TIME)
     if direct:
         f = direct[0]
         if f.exitcode == ExitCode.CRASH_LOOP:
@@ -74,7 +76,7 @@ def classify(*, torchrun_rc: int, result: TorchrunResult | None, errors: Sequenc
         f = next(f for f in failures if f.exitcode < 0)
         return Outcome(ExitCode.for_signal(-f.exitcode), f"rank {f.rank} was killed by {f.signal}")
     if errors:
-        e = sorted(errors, key=by_time)[0]
+        e = sorted(errors, key=_BY_TIME)[0]
         return Outcome(ExitCode.INFRA, f"rank {e.rank} lost its peers: {e.type}: {e.message}")
     if result and result.agent_error:
         return Outcome(ExitCode.INFRA, f"torchrun failed: {result.agent_error}")
