@@ -62,7 +62,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-def split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
+def split_at_script(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """`run`'s own arguments up to and including SCRIPT, and the script's arguments (None: not found).
 
     argparse looks for its options, abbreviations included, among all the arguments, the script's
@@ -88,7 +88,7 @@ def split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
 
 def parse_run_config(argv: list[str], env: Mapping[str, str]):
     """Flags and env → a validated RunConfig; UsageError names the bad value."""
-    own, script_args = split_script_args(argv)
+    own, script_args = split_at_script(argv)
     args = build_parser(env).parse_args(own)
     if script_args is not None:
         args.script_args = script_args

@@ -132,16 +132,16 @@ def test_every_prefix_of_every_torchrun_option_reaches_the_script_unchanged(env)
 
 
 def test_every_prefix_of_every_runtime_flag_after_the_script_reaches_the_script():
-    from trainer.cli import build_parser, split_script_args
+    from trainer.cli import build_parser, split_at_script
 
     run = build_parser({})._subparsers._group_actions[0].choices["run"]
     options = [o for a in run._actions for o in a.option_strings] + ["--node", "--max", "--local", "--nproc"]
     for word in _prefixes(options):
         for own in (["run"], ["run", "--nproc", "2", "--checkpoint=/tmp/x", "--warm-start-optimizer"]):
             argv = [*own, "train.py", word, "3", word]
-            head, script_args = split_script_args(argv)
+            head, script_args = split_at_script(argv)
             args = build_parser({}).parse_args(head)
             assert (args.script, script_args) == ("train.py", [word, "3", word]), (own, word)
     # Flags the parser must judge (unknown, ambiguous, `--`) go to it whole, as before.
     for argv in (["run", "--bogus", "train.py", "--x"], ["run", "--check", "x", "train.py"], ["run", "--", "t.py"]):
-        assert split_script_args(argv) == (argv, None)
+        assert split_at_script(argv) == (argv, None)
