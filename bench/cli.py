@@ -154,7 +154,7 @@ def _s3(plan: list[metrics.Metric]):
         return
     import boto3
 
-    from local_s3 import CREDENTIALS, moto_server
+    from testsupport.local_s3 import CREDENTIALS, moto_server
 
     os.environ.update(CREDENTIALS)
     with moto_server() as endpoint:

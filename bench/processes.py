@@ -39,7 +39,8 @@ def workers_below(proc: subprocess.Popen) -> list[int]:
     table = proc_table()
     below = descendants(proc.pid, {pid: ppid for pid, (ppid, _) in table.items()})
     commands = {pid: cmdline(pid) for pid in below if table[pid][1] != "Z"}
-    return sorted(pid for pid, cmd in commands.items() if "trainer.worker" in cmd and "trainer._torchrun" not in cmd)
+    return sorted(pid for pid, cmd in commands.items()
+                  if "trainer.worker" in cmd and "trainer.torchrun_main" not in cmd)
 
 
 def end_descendants(timeout_s: float = 30.0) -> list[str]:

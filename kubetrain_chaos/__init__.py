@@ -4,7 +4,7 @@ Test tooling, not part of the runtime image: the runtime (`trainer/`) never impo
 
     plan.py         the plan and the faults its seed draws
     driver.py       runs both runs and the faults; records (record.py), never judges
-    attempt.py      one start of the runtime and its processes (found through trainer.processes
+    run_start.py    one start of the runtime and its processes (found through trainer.processes
                     and the PIDs the ranks record)
     checkpoints.py  a run folder on disk: what verifies, what `latest` names, how far a commit got
     compare.py      two runs' checkpoints, leaf by leaf, sorted by what to fix first

@@ -18,7 +18,7 @@ import time
 from typing import Callable
 
 from kubetrain_chaos import checkpoints, compare, oracle, report
-from kubetrain_chaos.attempt import Attempt, send, wait_for
+from kubetrain_chaos.run_start import RunStart, send, wait_for
 from kubetrain_chaos.plan import ChaosPlan, plan_faults
 from kubetrain_chaos.record import FaultRecord, RunRecord
 from trainer import contract
@@ -38,12 +38,12 @@ class _Runner:
         self.faults_dir = os.path.join(workdir, "faults")
         os.makedirs(self.faults_dir, exist_ok=True)
         self.n = 0
-        self.current: Attempt | None = None
+        self.current: RunStart | None = None
 
     def run_dir(self, run_id: str) -> str:
         return os.path.join(self.ckpt, run_id)
 
-    def start(self, run_id: str) -> Attempt:
+    def start(self, run_id: str) -> RunStart:
         self.n += 1
         control = os.path.join(self.workdir, f"control-{self.n}")
         log_path = os.path.join(self.workdir, f"{run_id}-{self.n}.log")
@@ -55,7 +55,7 @@ class _Runner:
                contract.ENV_CHECKPOINT_KEEP: _KEEP_EVERYTHING}
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.current = Attempt(proc, control, log_path)
+        self.current = RunStart(proc, control, log_path)
         return self.current
 
     def fault_file(self, name: str, content: str | None) -> None:
@@ -170,7 +170,7 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
                      workdir=workdir)
 
 
-def _inject(runner: _Runner, attempt: Attempt, rec: FaultRecord, run_dir: str, rng: random.Random) -> bool:
+def _inject(runner: _Runner, attempt: RunStart, rec: FaultRecord, run_dir: str, rng: random.Random) -> bool:
     """Do the fault to a running attempt; True when the attempt must end (and be restarted)."""
     p, kind = runner.plan, rec.kind
     rec.injected_at = attempt.progress()
@@ -230,7 +230,7 @@ def _inject(runner: _Runner, attempt: Attempt, rec: FaultRecord, run_dir: str, r
     raise AssertionError(kind)
 
 
-def _after_exit(rec: FaultRecord, attempt: Attempt, run_dir: str) -> None:
+def _after_exit(rec: FaultRecord, attempt: RunStart, run_dir: str) -> None:
     """Record the run folder as the ended attempt left it (every process gone), before the restart."""
     rec.stop_step = attempt.logged()["preempted_at"] if rec.kind in ("sigterm", "corrupt-checkpoint") else None
     if rec.kind == "corrupt-checkpoint":
@@ -246,7 +246,7 @@ def _after_exit(rec: FaultRecord, attempt: Attempt, run_dir: str) -> None:
     rec.intact_after = checkpoints.intact_steps(run_dir)
 
 
-def _resumed_after_start(attempt: Attempt) -> tuple[int | None, bool]:
+def _resumed_after_start(attempt: RunStart) -> tuple[int | None, bool]:
     """(step, logged) once the new attempt resumed: its LOG_RESUMED line, or (0, False) once its ranks
     trained past step 0 without one (a fresh start, or a script that never restores). (None, False):
     it ended before either."""

@@ -41,7 +41,7 @@ def worker_pids(marker: str) -> list[int]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "trainer.worker" in cmd and "trainer._torchrun" not in cmd and marker in cmd:
+        if "trainer.worker" in cmd and "trainer.torchrun_main" not in cmd and marker in cmd:
             pids.append(int(pid))
     return sorted(pids)
 

@@ -1,5 +1,5 @@
-"""S3 for the tests: moto's server on 127.0.0.1 (local_s3, shared with the bench), one that checks
-credentials, MinIO (a second, real S3 server), and a proxy that breaks requests."""
+"""S3 for the tests: moto's server on 127.0.0.1 (testsupport/local_s3.py, shared with the bench), one that
+checks credentials, MinIO (a second, real S3 server), and a proxy that breaks requests."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Iterator
 from urllib.request import Request, urlopen
 
 # One way to start moto, shared with the bench; the tests import these names from here.
-from local_s3 import CREDENTIALS, SECRET, free_port, moto_server, serving  # noqa: F401
+from testsupport.local_s3 import CREDENTIALS, SECRET, free_port, moto_server, serving  # noqa: F401
 from tests.helpers import REPO
 
 #: MinIO's root user, the one key it knows; a distinctive secret, as for moto (SECRET).

@@ -62,9 +62,36 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def split_at_script(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """`run`'s own arguments up to and including SCRIPT, and the script's arguments (None: not found).
+
+    argparse looks for its options, abbreviations included, among all the arguments, the script's
+    too: `train.py --check 3` stopped the run as an ambiguous --checkpoint. So the script's arguments
+    never reach the parser: SCRIPT is the first argument that is neither a flag nor a flag's value.
+    Where a flag before it is not one of ours (or `--`), everything goes to the parser, which says so.
+    """
+    takes_value = {s.flag: s.type is not bool for s in SETTINGS} | {"--help": False, "-h": False}
+    i = 1
+    while argv[:1] == ["run"] and i < len(argv):
+        arg = argv[i]
+        if arg == "-" or not arg.startswith("-"):
+            return argv[:i + 1], argv[i + 1:]
+        name, eq, _ = arg.partition("=")
+        if name not in takes_value:  # an abbreviation, as argparse takes one: a unique prefix of a long flag
+            flags = [f for f in takes_value if f.startswith(name)] if name.startswith("--") and name != "--" else []
+            if len(flags) != 1:
+                break
+            name = flags[0]
+        i += 2 if takes_value[name] and not eq else 1
+    return argv, None
+
+
 def parse_run_config(argv: list[str], env: Mapping[str, str]):
     """Flags and env → a validated RunConfig; UsageError names the bad value."""
-    args = build_parser(env).parse_args(argv)
+    own, script_args = split_at_script(argv)
+    args = build_parser(env).parse_args(own)
+    if script_args is not None:
+        args.script_args = script_args
     for s in SETTINGS:
         problem = s.problem(getattr(args, s.field))
         if problem:

@@ -1,51 +1,22 @@
 """A sampler whose position is part of the checkpoint, and stays true when the number of ranks changes.
 
-torch's DistributedSampler restarts every epoch from its first batch, so a
-resumed run would see the first samples of the epoch twice. This one keeps a
-position that does not depend on the number of ranks: the epoch, its seed, and
-how many samples of the epoch all ranks together have consumed. Every epoch has
-one order (a permutation drawn from seed and epoch); the samples not consumed
-yet are dealt round-robin to the ranks of *this* run. So a resume with the same
-ranks continues each rank's stream exactly, and a resume with more or fewer
-ranks re-partitions the rest of the epoch: every sample of the epoch is seen
-exactly once (as far as the loop consumes it: a DataLoader with drop_last=True
-drops the last partial batch of each rank's share, as it always does).
+The position is the epoch, its seed, and how many samples of the epoch all ranks together have
+consumed. Every epoch has one order (a permutation drawn from seed and epoch); the samples not
+consumed yet are dealt round-robin to the ranks of *this* run, so a resume with the same ranks
+continues each rank's stream exactly, and one with more or fewer ranks re-partitions the rest of
+the epoch: every sample of it is seen once (a DataLoader's drop_last still drops its last partial
+batch of each rank's share).
 
-The position is the same on every rank, so it is replicated state: pass the
-sampler as `Checkpointer(extra={"sampler": sampler})`. Rank 0 saves it and
-every rank, including one that did not exist when it was saved, restores it.
-(In `per_rank=` it also resumes exactly while the number of ranks stays the
-same; after a change, ranks that did not exist then have no state to restore.)
-
-Who counts a sample as consumed:
-- iterating the sampler yourself, or a DataLoader with num_workers=0: a sample
-  counts when the sampler hands it out, which is when the loop gets it;
-- a DataLoader with workers prefetches batches ahead of the loop, so iterate
-  through the sampler instead: `for batch in sampler.batches(loader)` counts a
-  batch when the loop takes it, epoch after epoch (the recipe below). Per-sample
-  randomness (augmentation) in workers must then come from the sample, not from
-  the worker's stream, which depends on how batches were dealt to workers: seed
-  it from (seed, epoch, index), see `sample_seed`; `batches()` calls
-  `loader.dataset.set_epoch(epoch)` when the dataset has one, before each epoch
-  starts its workers (so use persistent_workers=False);
-- give the DataLoader its own `generator`: every pass over a loader draws its
-  workers' base seed from it, else from the global stream the checkpoint
-  restores, which a resume (a pass that starts mid-epoch) would then shift.
-
-    sampler = ResumableSampler(len(data), seed=seed)
-    loader = DataLoader(data, batch_size=b, sampler=sampler, num_workers=2, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
-    ckpt = Checkpointer(model, opt, sched, extra={"sampler": sampler})
-    start = ckpt.restore()
-    batches = sampler.batches(loader)
-    for step in range(start, steps):
-        x, y = next(batches)
-        ...
-        ckpt.step_end(step + 1)
-
-The global position is this rank's start plus world_size x what this rank
-consumed since: exact when every rank consumes the same number of samples per
-step (data parallel with one batch size: what DDP and FSDP need anyway).
+Rules: the position is the same on every rank, so pass the sampler as replicated state,
+`Checkpointer(extra={"sampler": sampler})` (in `per_rank=` it resumes only while the number of
+ranks stays the same). A sample counts as consumed when the loop gets it:
+from the sampler itself, or, behind a DataLoader with workers (which prefetch ahead of the loop),
+from `sampler.batches(loader)`. Per-sample randomness in workers comes from the sample
+(`sample_seed(seed, epoch, index)`; `batches()` calls the dataset's `set_epoch` before each epoch,
+so persistent_workers=False), and the DataLoader gets its own `generator`. The global position is
+this rank's start plus world_size x what it consumed since: exact when every rank consumes the same
+number per step (data parallel). The recipe is in README.md; why not DistributedSampler:
+docs/architecture.md, "Decisions".
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What torchrun starts on each rank: the user's script, with its failure recorded.
 
 `python -m trainer.worker train.py [args]` runs train.py as `__main__`. If it
-raises, the traceback goes to `<control dir>/error-rank-<R>.json` and this rank
+raises, the traceback goes to the control folder (a RankError) and this rank
 prints one line; the supervisor then prints the root cause once, instead of
 one traceback per rank.
 """
@@ -9,7 +9,6 @@ one traceback per rank.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import re
@@ -21,7 +20,7 @@ import traceback
 from typing import Any
 
 from trainer import contract
-from trainer.control import write_rank_pid
+from trainer.control_folder import RankError, RankPid
 
 #: Exception types that mean "a peer went away", not "this rank's code is wrong".
 COMM_ERROR_TYPES = ("DistBackendError", "DistNetworkError", "DistStoreError")
@@ -98,7 +97,7 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     control = os.environ.get(contract.ENV_CONTROL_DIR)
     if control:
-        write_rank_pid(control, int(rank))
+        RankPid.of_this_process(int(rank)).write(control)
     try:
         runpy.run_path(script, run_name="__main__")
     except SystemExit as e:
@@ -115,14 +114,11 @@ def main(argv: list[str]) -> int:
             print(f"[kubetrain rank {rank}] {type(e).__name__}: {e} (an infrastructure fault: exit {code}, "
                   "retried)", file=sys.stderr)
             return code
-        record = {"rank": int(rank), "type": type(e).__name__, "message": str(e), "time": time.time(),
-                  "traceback": traceback.format_exc(), "comm_error": is_comm_error(e),
-                  "infra_error": type(e).__name__ in INFRA_ERROR_TYPES,
-                  "config_error": type(e).__name__ in CONFIG_ERROR_TYPES}
         if control:
-            path = os.path.join(control, f"{contract.CONTROL_ERROR_PREFIX}{rank}.json")
-            with open(path, "w") as f:
-                json.dump(record, f)
+            RankError(rank=int(rank), type=type(e).__name__, message=str(e), time=time.time(),
+                      traceback=traceback.format_exc(), comm_error=is_comm_error(e),
+                      infra_error=type(e).__name__ in INFRA_ERROR_TYPES,
+                      config_error=type(e).__name__ in CONFIG_ERROR_TYPES).write(control)
             print(f"[kubetrain rank {rank}] {type(e).__name__}: {e}", file=sys.stderr)
         else:
             traceback.print_exc()

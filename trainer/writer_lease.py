@@ -1,53 +1,22 @@
 """The run folder's writer lease: a second live writer of a run folder refuses to start.
 
-Two live runs writing one run folder (`launch --local` twice with the same --run-id, two jobs
-given the same --checkpoint and --run-id) would commit over each other's steps and `latest`. So
-node 0's supervisor holds `<run>/writer.json` (contract.WRITER_LEASE_NAME) while its run lives:
+Node 0's supervisor holds `<run>/writer.json` (contract.WRITER_LEASE_NAME) while its run lives: the
+job's identity (`holder`), the supervisor's host, PID, PID start time and PID namespace, this
+start's `token`, and a heartbeat that moves every LEASE_PERIOD_S / 4. At start, before anything is
+written into the folder, every node reads the lease and `decide`s:
 
-    holder        the job's identity: the same for every node and every restart of one job
-    host, pid     the supervisor's hostname, PID, the PID's start time and PID namespace
-    token         this start's own: tells its write apart from any other's
-    started_at, heartbeat_at    Unix times; the heartbeat moves every LEASE_PERIOD_S / 4
+    take over at once   no lease (or an unreadable one); the same holder (a restart or another node
+                        of this job); a heartbeat older than LEASE_PERIOD_S; a holder on this machine
+                        (same host and PID namespace) whose PID is gone or names another process
+    refuse (exit 2)     another holder with a fresh heartbeat: one line naming it, nothing written
 
-At start, before anything is written into the folder, every node reads the lease and `decide`s:
-
-    take over at once   no lease (or an unreadable one); the same holder (a restart of this job,
-                        whose earlier generation is dead or being killed; another node of it);
-                        a heartbeat older than LEASE_PERIOD_S; a holder on this machine (same
-                        hostname and PID namespace) whose PID is gone or names another process
-    refuse (exit 2)     another holder, with a fresh heartbeat, alive on this machine or on a
-                        machine we cannot look into: one line naming it, permanent, nothing written
-
-Why not only a lease that expires: a preempted pod's restart would wait out the lease period
-every time. Its earlier generation is dead, but from another node nothing can prove that except
-the job's identity, which the restart shares; on one machine the PID proves it. So no start of
-the same job ever waits, and a second job is refused without waiting either. A lease that
-expired is taken over with one warning: its holder stopped heartbeating (killed, or cut off).
-
-Identity (`identity`): KUBETRAIN_WRITER_ID, which `launch` sets in every pod to NAMESPACE/JOB (the
-run id is the job's name, so a namesake job in another namespace would share it); else, in a job
-the operator started (MASTER_ADDR or PET_MASTER_ADDR set, the same for all its pods and restarts),
-the run id and that address; else (a local run) this host, the supervisor's PID and its start
-time, unique to the run: the liveness check on this machine does the rest. Two clusters whose jobs
-share a namespace, a name and a bucket are one writer to it: not told apart.
-
-Races. Object stores have no compare-and-swap we can count on everywhere, and a folder has no
-lock that holds on every file system; each write of the lease replaces it whole (atomically, as
-`latest` is written). A taker writes its record, waits SETTLE_S, and reads it back: when another
-holder's record is there, that write won and this start refuses (its own record was overwritten,
-so it left nothing behind). What is guaranteed: two starts of different jobs both get in only when
-one of them took longer than SETTLE_S between reading the lease and its write landing; then the
-next heartbeat of the one whose record was overwritten (within LEASE_PERIOD_S / 4) finds the
-other's and SIGKILLs its ranks (no stop checkpoint: it would land in the other run's folder) and
-exits 2, so both write for at most one heartbeat interval. The same check stops a holder that was
-cut off longer than the lease period (a paused or partitioned process) once another job took
-over. Starts of the same job never refuse each other; only node 0 writes the lease, the others
-read it, so a job's nodes cannot race each other for it either.
-
-At a clean end the holder removes the lease when it is still its own. A SIGKILLed holder leaves
-it behind: the next start of the same job takes it over at once, as does any start on the same
-machine once the holder's PID is gone; another job's start waits out LEASE_PERIOD_S after the
-last heartbeat.
+Rules: only node 0 writes the lease; every write replaces it whole; a taker writes, waits
+SETTLE_S and reads it back, and refuses when another holder's record is there; a holder whose
+heartbeat finds another's record SIGKILLs its ranks (no stop checkpoint) and exits 2; a clean end
+removes the lease when it is still its own. The identity (`identity`): KUBETRAIN_WRITER_ID (`launch`
+sets NAMESPACE/JOB), else the run id and the operator's master address, else this host, PID and
+start time. Why identity rather than expiry alone, and what the races allow: docs/architecture.md,
+"Decisions".
 
 Standard library and trainer.storage only: it runs in the supervisor, PID 1 of a pod.
 """

@@ -84,7 +84,7 @@ def restricted_namespace(api):
 @pytest.fixture(scope="package")
 def node_s3(node, tmp_path_factory):
     """moto's S3 server on the node's IP, where the pods (and this process) reach it; yields its URL."""
-    from local_s3 import moto_server
+    from testsupport.local_s3 import moto_server
 
     with moto_server(host=machine.NODE_IP, log_path=str(tmp_path_factory.mktemp("node-s3") / "moto.log")) as url:
         yield url

@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import FIXTURES, assert_no_workers, run, start, wait_for
 from trainer import contract
 from trainer.contract import ExitCode
-from trainer.ledger import Ledger
+from trainer.ledger_io import Ledger
 
 pytestmark = pytest.mark.runtime
 SCRIPT = os.path.join(FIXTURES, "crashloop.py")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -38,7 +39,7 @@ def test_a_sigkilled_torchrun_leaves_no_rank_behind_and_nothing_commits_after_it
         wait_for(lambda: len(worker_pids(marker)) == 2, 30, "both ranks")
         ranks = worker_pids(marker)
         torchrun = [p for p in descendants(proc.pid, parent_map()) if p not in ranks
-                    and "trainer._torchrun" in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")]
+                    and "trainer.torchrun_main" in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")]
         assert len(torchrun) == 1, torchrun
         # The ranks run in sessions of their own, out of reach of a killpg of torchrun's group.
         assert all(os.getsid(r) != os.getsid(torchrun[0]) for r in ranks)
@@ -66,6 +67,19 @@ def test_torchrun_refusing_its_arguments_is_permanent_not_an_infra_fault(tmp_pat
     assert r.returncode == 2, out
     assert "torchrun refused its arguments" in out and "--node-rank" in out, out
     assert "exit 2 (usage; permanent)" in out and "infra" not in out
+
+
+def test_script_arguments_that_abbreviate_torchrun_or_runtime_flags_reach_the_script(tmp_path):
+    # torchrun's argparse took `--node` for an abbreviation of --node-rank and stopped the run (exit 2).
+    script = tmp_path / "record_argv.py"
+    script.write_text("import json, os, sys\n"
+                      "with open(sys.argv[0] + f'.{os.environ[\"RANK\"]}.json', 'w') as f:\n"
+                      "    json.dump(sys.argv[1:], f)\n")
+    words = ["--node", "3", "--max", "5", "--local", "--nproc", "4", "--check", "--", "-m", "x"]
+    r = run(["--nproc-per-node", "2", "--checkpoint", str(tmp_path / "ck"), str(script), *words], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"record_argv.py.{rank}.json").read_text()) == words
 
 
 def test_a_missing_script_is_permanent(tmp_path):

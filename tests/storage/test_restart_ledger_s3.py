@@ -10,7 +10,7 @@ import pytest
 
 from trainer import contract
 from trainer.contract import ExitCode
-from trainer.ledger import Ledger
+from trainer.ledger_io import Ledger
 
 pytestmark = pytest.mark.storage
 

@@ -7,9 +7,10 @@ import pytest
 from launcher.cli import main as launch
 from tests.helpers import EXAMPLE
 from trainer import contract
-from trainer.checkpoint.loader import Corrupt, Verdict, read_failure_verdict
+from trainer.checkpoint.loader import Corrupt, StepVerdict, read_failure_verdict
 from trainer.cli import parse_run_config
 from trainer.contract import ExitCode
+from trainer.control_folder import Preempted, RankError, RankFailure, TorchrunResult
 from trainer.errors import StorageConfigError, StorageError, UsageError
 from trainer.storage import s3_error_code, s3_error_kind
 from trainer.processes import descendants
@@ -84,11 +85,11 @@ def test_the_code_is_read_from_a_client_error_and_from_the_transfer_managers_mes
 
 
 @pytest.mark.parametrize("exc,verdict", [
-    (StorageError("read failed after 3 attempts: 500"), Verdict.TRANSIENT),
-    (ConnectionResetError(), Verdict.TRANSIENT), (TimeoutError(), Verdict.TRANSIENT),
-    (StorageConfigError("NoSuchBucket"), Verdict.PERMANENT),
-    (Corrupt("sha256"), Verdict.UNUSABLE), (FileNotFoundError("x"), Verdict.UNUSABLE),
-    (RuntimeError("PytorchStreamReader failed"), Verdict.UNUSABLE),  # a verified file torch cannot load
+    (StorageError("read failed after 3 attempts: 500"), StepVerdict.TRANSIENT),
+    (ConnectionResetError(), StepVerdict.TRANSIENT), (TimeoutError(), StepVerdict.TRANSIENT),
+    (StorageConfigError("NoSuchBucket"), StepVerdict.PERMANENT),
+    (Corrupt("sha256"), StepVerdict.UNUSABLE), (FileNotFoundError("x"), StepVerdict.UNUSABLE),
+    (RuntimeError("PytorchStreamReader failed"), StepVerdict.UNUSABLE),  # a verified file torch cannot load
 ])
 def test_only_facts_about_the_bytes_condemn_a_step(exc, verdict):
     assert read_failure_verdict(exc) is verdict
@@ -97,9 +98,9 @@ def test_only_facts_about_the_bytes_condemn_a_step(exc, verdict):
 def test_agreeing_on_the_worst_verdict_orders_them_as_documented():
     # A step verified bad on any rank is bad even while another rank could not read it; a
     # configuration error ends the restore whatever else was found.
-    assert max(Verdict.TRANSIENT, Verdict.UNUSABLE) is Verdict.UNUSABLE
-    assert max(Verdict.UNUSABLE, Verdict.PERMANENT) is Verdict.PERMANENT
-    assert max(Verdict.OK, Verdict.TRANSIENT) is Verdict.TRANSIENT
+    assert max(StepVerdict.TRANSIENT, StepVerdict.UNUSABLE) is StepVerdict.UNUSABLE
+    assert max(StepVerdict.UNUSABLE, StepVerdict.PERMANENT) is StepVerdict.PERMANENT
+    assert max(StepVerdict.OK, StepVerdict.TRANSIENT) is StepVerdict.TRANSIENT
 
 
 def _classify(**kw):
@@ -108,31 +109,31 @@ def _classify(**kw):
 
 
 def test_torchrun_refusing_its_arguments_or_an_incompatible_torch_is_permanent():
-    o = _classify(torchrun_rc=2, result={"failures": [], "usage_error": "argument --node-rank: invalid int"})
+    o = _classify(torchrun_rc=2, result=TorchrunResult(usage_error="argument --node-rank: invalid int"))
     assert o.code == ExitCode.USAGE and "torchrun refused its arguments" in o.summary
-    o = _classify(torchrun_rc=2, result={"failures": [], "incompatible_torch": "torch 2.1: ImportError"})
+    o = _classify(torchrun_rc=2, result=TorchrunResult(incompatible_torch="torch 2.1: ImportError"))
     assert o.code == ExitCode.USAGE
 
 
 def test_a_scripts_own_exit_99_never_reads_as_a_crash_loop():
-    o = _classify(result={"failures": [{"rank": 1, "exitcode": 99}]})
+    o = _classify(result=TorchrunResult((RankFailure(1, 99),)))
     assert o.code == ExitCode.USER_ERROR and "reserves for a crash loop" in o.summary
-    assert _classify(result={"failures": [{"rank": 1, "exitcode": 98}]}).code == 98  # other codes pass through
+    assert _classify(result=TorchrunResult((RankFailure(1, 98),))).code == 98  # other codes pass through
 
 
 def test_a_storage_configuration_error_is_permanent_even_after_peers_lost_the_rank():
-    errors = [{"rank": 1, "type": "DistBackendError", "message": "peer closed", "comm_error": True, "time": 2},
-              {"rank": 0, "type": "StorageConfigError", "message": "checkpoint bucket s3://x: NoSuchBucket: ...",
-               "config_error": True, "time": 1}]
-    o = _classify(errors=errors, result={"failures": [{"rank": 0, "exitcode": 1}, {"rank": 1, "exitcode": 1}]})
+    errors = [RankError(rank=1, type="DistBackendError", message="peer closed", comm_error=True, time=2),
+              RankError(rank=0, type="StorageConfigError", message="checkpoint bucket s3://x: NoSuchBucket: ...",
+                        config_error=True, time=1)]
+    o = _classify(errors=errors, result=TorchrunResult((RankFailure(0, 1), RankFailure(1, 1))))
     assert o.code == ExitCode.USAGE and "NoSuchBucket" in o.summary
 
 
 def test_a_stop_before_any_commit_does_not_claim_a_checkpoint():
-    o = _classify(stop_reason="SIGTERM", result={"failures": [{"rank": 0, "exitcode": -15}]})
+    o = _classify(stop_reason="SIGTERM", result=TorchrunResult((RankFailure(0, -15),)))
     assert o.code == ExitCode.PREEMPTED
     assert "checkpoint committed" not in (o.meaning or "").replace("no checkpoint committed", "")
-    committed = _classify(torchrun_rc=0, preempted={"step": 40}, stop_reason="SIGTERM")
+    committed = _classify(torchrun_rc=0, preempted=Preempted(step=40, time=0.0), stop_reason="SIGTERM")
     assert committed.meaning is None and "step 40 committed" in committed.summary
 
 

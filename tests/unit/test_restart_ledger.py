@@ -1,5 +1,5 @@
 """The restart ledger: the pure budget and summary rules on recorded ledgers (trainer.contract), and its
-I/O on a local folder (trainer.ledger). Real torchrun runs in tests/runtime/test_crash_loop.py."""
+I/O on a local folder (trainer.ledger_io). Real torchrun runs in tests/runtime/test_crash_loop.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from trainer import contract
 from trainer.contract import Attempt, ExitCode
-from trainer.ledger import Ledger
+from trainer.ledger_io import Ledger
 
 T0 = 1_800_000_000.0
 
@@ -158,7 +158,7 @@ def test_a_preemption_does_not_spend_the_budget_and_node_0_judges_a_killed_prede
 
 
 def test_other_nodes_see_node_0s_verdict_while_they_wait(tmp_path, monkeypatch):
-    monkeypatch.setattr("trainer.ledger.VERDICT_POLL_S", 0.05)
+    monkeypatch.setattr("trainer.ledger_io.VERDICT_POLL_S", 0.05)
     worker = ledger(tmp_path, node=1)
     assert worker.begin(now=T0) is None
     seen = threading.Event()

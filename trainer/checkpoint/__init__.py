@@ -5,12 +5,12 @@
     agreement   the ranks' stop agreement and SIGTERM
     saver       snapshot, write, commit (`latest` is the commit point), prune
     restore     the one restore policy (own checkpoints and warm starts), over loader
-    loader      fetch and verify one rank's files of a step: a verdict
+    loader      fetch and verify one rank's files of a step: a StepVerdict
     objects     the live model/optimizer/... and applying loaded state to them
     layout      the folder protocol as pure functions; state: snapshots and RNG
     handoff     one download per node; prefetch: the supervisor's early download
-    control     the control files a rank writes for its supervisor
-    sweep       leftovers of killed writers; faults: fault hooks for `launch chaos` and tests
+    notices     what a rank tells its supervisor (progress, commits, preempted)
+    sweep       leftovers of killed writers; fault_hooks: for `launch chaos` and tests
 
 Loads torch only when the Checkpointer is asked for: the supervisor imports
 `layout` and `prefetch` from here and must stay light (it is PID 1 of a pod).

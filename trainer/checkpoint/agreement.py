@@ -1,6 +1,6 @@
 """The ranks' stop agreement: when a stop was requested on any rank, every rank stops at the same step.
 
-A stop request is SIGTERM to a rank or the supervisor's stop file (contract.CONTROL_STOP). The ranks
+A stop request is SIGTERM to a rank or the supervisor's StopRequest (trainer/control_folder.py). The ranks
 learn of one in a max all-reduce that step_end starts at one agreeing step and reads at the next, so
 its latency hides behind training steps; it also carries the time cadence and each rank's proposed
 stride, and since every rank reads the same max at the same call, they keep agreeing at the same calls.
@@ -8,12 +8,12 @@ stride, and since every rank reads the same max at the same call, they keep agre
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from typing import Any
 
-from trainer import contract, dist
+from trainer import dist
+from trainer.control_folder import StopRequest
 
 #: The ranks' stop/save agreement (one all-reduce) runs every few steps when steps are short:
 #: at most every AGREE_MAX_STEPS steps, and no more steps than fit in AGREE_WITHIN_S. Every
@@ -52,7 +52,7 @@ class StopAgreement:
     def stop_requested(self) -> bool:
         """Whether this rank has seen a stop request (SIGTERM or the supervisor's notice)."""
         return self._signalled.is_set() or (
-            self._control_dir is not None and os.path.exists(os.path.join(self._control_dir, contract.CONTROL_STOP)))
+            self._control_dir is not None and StopRequest.exists(self._control_dir))
 
     def tick(self, now: float, time_due: bool) -> tuple[int, int]:
         """(stop, save due) as agreed by every rank; both 0 between agreements.

@@ -12,8 +12,8 @@ order: saves, restores and the per-step stop check are collectives.
 
 This class only wires the parts together: the stop agreement (agreement.py),
 saving (saver.py), the one restore policy (restore.py, over loader.py), the
-live objects (objects.py) and the control files for the supervisor
-(control.py). A save blocks training only while the state is copied; the
+live objects (objects.py) and the notices for the supervisor
+(notices.py). A save blocks training only while the state is copied; the
 final save and the preemption save are synchronous. A failed upload leaves
 `latest` untouched and raises `CheckpointError` after `max_failures` in a
 row; under the supervisor that exits 201: retryable.
@@ -32,7 +32,7 @@ import torch
 from trainer import contract, dist
 from trainer.checkpoint.agreement import StopAgreement
 from trainer.checkpoint.config import COORD_TIMEOUT_S, CheckpointConfig, CheckpointRun
-from trainer.checkpoint.control import ControlFiles
+from trainer.checkpoint.notices import SupervisorNotices
 from trainer.checkpoint.objects import Stateful, Trainables
 from trainer.checkpoint.restore import Restorer
 from trainer.checkpoint.saver import Saver
@@ -75,9 +75,9 @@ class Checkpointer:
                                  world_size=self.world_size, control_group=dist.new_gloo_group(COORD_TIMEOUT_S),
                                  commit_group=dist.new_gloo_group(COORD_TIMEOUT_S))
         control_dir = os.environ.get(contract.ENV_CONTROL_DIR) or None
-        self._control = ControlFiles(control_dir, self.rank)
+        self._notices = SupervisorNotices(control_dir, self.rank)
         self._agreement = StopAgreement(self.run.control_group, control_dir)
-        self._saver = Saver(self.run, self.objects, on_commit=self._control.committed)
+        self._saver = Saver(self.run, self.objects, on_commit=self._notices.committed)
         self._created_at = time.time()
         #: The step restore() resumed from, or None.
         self.restored_step: int | None = None
@@ -105,7 +105,7 @@ class Checkpointer:
         run's newest committed model weights (and optimizer only if asked) and returns 0:
         a new run on new data, not a resume, so its scheduler, RNG and data position start fresh.
         """
-        self._control.heartbeat(0, force=True)
+        self._notices.heartbeat(0, force=True)
         if self.rank == 0:
             abort_stale_uploads(self.storage, self.run_uri, self._created_at, self.world_size)
             remove_leftover_temps(self.storage, self.run_uri)
@@ -119,7 +119,7 @@ class Checkpointer:
             if dist.local_rank() == 0:  # in every pod's log: `launch status`/`chaos` read it per pod
                 log.info("restored %s from %s; %s", contract.step_dir_name(found.step), self.run_uri,
                          contract.LOG_RESUMED.format(step=found.step))
-            self._control.heartbeat(found.step, force=True)
+            self._notices.heartbeat(found.step, force=True)
             return found.step
         if self.config.warm_start_from:
             warm = restorer.warm_start(token)
@@ -150,7 +150,7 @@ class Checkpointer:
         supervisor, which then exits 143; 143 otherwise).
         """
         now = time.monotonic()
-        self._control.heartbeat(step)
+        self._notices.heartbeat(step)
         if self._saver.allocator is None:
             self._saver.preallocate(step)
         c = self.config
@@ -201,9 +201,9 @@ class Checkpointer:
         # too (the stop is agreed by all ranks) and must exit 143 to be restarted, not 0,
         # which the operator would count as that replica having finished.
         if dist.local_rank() == 0:
-            self._control.preempted(step)
+            self._notices.preempted(step)
         if self.rank == 0:
             log.warning("%s; exiting", contract.LOG_PREEMPTED.format(step=step))
         # Under the supervisor every rank exits 0 so torchrun does not tear down
         # ranks still finishing; the supervisor turns that into 143.
-        raise SystemExit(0 if self._control.dir is not None else int(contract.ExitCode.PREEMPTED))
+        raise SystemExit(0 if self._notices.dir is not None else int(contract.ExitCode.PREEMPTED))

@@ -46,7 +46,7 @@ class Corrupt(Exception):
     """A file's bytes differ from its manifest: verified, not a read error."""
 
 
-class Verdict(enum.IntEnum):
+class StepVerdict(enum.IntEnum):
     """One rank's judgement of a checkpoint step. The ranks agree on the largest: a step verified
     bad anywhere is bad, and a configuration error ends the restore whatever else was found."""
 
@@ -59,11 +59,11 @@ class Verdict(enum.IntEnum):
     PERMANENT = 3
 
     def describe(self) -> str:
-        return {Verdict.OK: "usable", Verdict.TRANSIENT: "a storage error, the step is not known to be bad",
-                Verdict.UNUSABLE: "verified unusable", Verdict.PERMANENT: "a configuration error"}[self]
+        return {StepVerdict.OK: "usable", StepVerdict.TRANSIENT: "a storage error, the step is not known to be bad",
+                StepVerdict.UNUSABLE: "verified unusable", StepVerdict.PERMANENT: "a configuration error"}[self]
 
 
-def read_failure_verdict(exc: BaseException) -> Verdict:
+def read_failure_verdict(exc: BaseException) -> StepVerdict:
     """What an exception raised while reading a step says about the step.
 
     Only a fact about the bytes (a missing file, a checksum mismatch) condemns a step; a
@@ -71,12 +71,12 @@ def read_failure_verdict(exc: BaseException) -> Verdict:
     through every retained step. A verified file that torch cannot load stays unusable.
     """
     if isinstance(exc, StorageConfigError):
-        return Verdict.PERMANENT
+        return StepVerdict.PERMANENT
     if isinstance(exc, (Corrupt, FileNotFoundError)):
-        return Verdict.UNUSABLE
+        return StepVerdict.UNUSABLE
     if isinstance(exc, (StorageError, OSError, TimeoutError, ConnectionError)):
-        return Verdict.TRANSIENT
-    return Verdict.UNUSABLE
+        return StepVerdict.TRANSIENT
+    return StepVerdict.UNUSABLE
 
 
 def handoff_prefix(token: str, storage: Storage) -> str | None:
@@ -85,7 +85,7 @@ def handoff_prefix(token: str, storage: Storage) -> str | None:
 
 
 def try_load(run: CheckpointRun, step: int, *, run_uri: str | None = None, storage: Storage | None = None,
-             per_rank: bool = True, shared: str | None = None) -> tuple[Loaded, "tuple[Verdict, str] | None"]:
+             per_rank: bool = True, shared: str | None = None) -> tuple[Loaded, "tuple[StepVerdict, str] | None"]:
     """Fetch and verify this rank's files of `step`; (loaded, None) or (partial, (verdict, reason)).
 
     Another run's folder for a warm start: `run_uri` and its `storage`, without per-rank state.
@@ -102,10 +102,10 @@ def try_load(run: CheckpointRun, step: int, *, run_uri: str | None = None, stora
 
 
 def _load_into(run: CheckpointRun, loaded: Loaded, step_uri: str, storage: Storage, per_rank: bool
-               ) -> "tuple[Verdict, str] | None":
+               ) -> "tuple[StepVerdict, str] | None":
     """try_load's work: fill `loaded`; None, or what this rank found wrong and why."""
     step = loaded.step
-    unusable = Verdict.UNUSABLE
+    unusable = StepVerdict.UNUSABLE
     try:
         raw = storage.read_small(join(step_uri, contract.MANIFEST_NAME))
         if raw is None:
@@ -139,9 +139,9 @@ def _load_into(run: CheckpointRun, loaded: Loaded, step_uri: str, storage: Stora
         return unusable, str(e)
     except handoff.HandoffFailed as e:
         verdict, _, reason = str(e).partition("\n")
-        if verdict not in Verdict.__members__:  # the wait itself timed out: nothing is known of the step
-            verdict, reason = Verdict.TRANSIENT.name, str(e)
-        return Verdict[verdict], f"local rank 0 could not fetch {layout.REPLICATED_FILE}: {reason}"
+        if verdict not in StepVerdict.__members__:  # the wait itself timed out: nothing is known of the step
+            verdict, reason = StepVerdict.TRANSIENT.name, str(e)
+        return StepVerdict[verdict], f"local rank 0 could not fetch {layout.REPLICATED_FILE}: {reason}"
     except FileNotFoundError as e:
         return unusable, f"{e} is missing"
     except Exception as e:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from trainer import contract, dist
 from trainer.checkpoint import layout
 from trainer.checkpoint.config import CheckpointRun
-from trainer.checkpoint.loader import Loaded, Verdict, discard, handoff_prefix, try_load
+from trainer.checkpoint.loader import Loaded, StepVerdict, discard, handoff_prefix, try_load
 from trainer.errors import CheckpointError, StorageConfigError, StorageError, one_line
 from trainer.storage import Storage, join, open_storage
 
@@ -129,7 +129,7 @@ class Restorer:
         """The one restore policy (own checkpoints and warm starts): the first of `steps` that every
         rank loads and verifies, loaded; None when every one is verified unusable.
 
-        Per step the ranks agree on the worst verdict (Verdict): a verified-unusable step is
+        Per step the ranks agree on the worst verdict (StepVerdict): a verified-unusable step is
         skipped for the next; a storage error on any rank reads the same step again after a
         backoff, until the wait expires (StorageError, exit INFRA); a configuration error stops
         at once (StorageConfigError, exit 2).
@@ -141,11 +141,11 @@ class Restorer:
             # A fresh handoff name per attempt: the failure marker of the last one stays until discard.
             loaded, failure = try_load(run, step, run_uri=run_uri, storage=storage, per_rank=per_rank,
                                        shared=f"{shared}a{attempt}-" if shared else None)
-            mine = failure[0] if failure is not None else Verdict.OK
+            mine = failure[0] if failure is not None else StepVerdict.OK
             agreed, expired, stop = dist.all_reduce_max([int(mine), int(wait.expired()), int(self._stop_requested())],
                                                         run.control_group)
-            agreed = Verdict(agreed)
-            if agreed is Verdict.OK:
+            agreed = StepVerdict(agreed)
+            if agreed is StepVerdict.OK:
                 wait.reset()
                 return loaded
             discard(loaded)
@@ -153,9 +153,9 @@ class Restorer:
                 log.warning("rank %d: checkpoint %s/%s: %s (%s)", run.rank, run_uri, contract.step_dir_name(step),
                             failure[1], failure[0].describe())
             reason = self._reason_of(agreed, mine, failure[1] if failure is not None else "")
-            if agreed is Verdict.PERMANENT:
+            if agreed is StepVerdict.PERMANENT:
                 raise StorageConfigError(reason)
-            if agreed is Verdict.UNUSABLE:
+            if agreed is StepVerdict.UNUSABLE:
                 wait.reset()
                 i, attempt = i + 1, 0
                 if run.rank == 0:
@@ -186,7 +186,7 @@ class Restorer:
                         "(`latest` untouched)", what)
         raise SystemExit(int(contract.ExitCode.PREEMPTED))
 
-    def _reason_of(self, agreed: Verdict, mine: Verdict, reason: str) -> str:
+    def _reason_of(self, agreed: StepVerdict, mine: StepVerdict, reason: str) -> str:
         """The reason of the lowest rank whose verdict is `agreed`, on every rank (two collectives,
         only on a failure): each rank logs its own, but a StorageError or the exit names one."""
         run = self.run

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from trainer import contract, dist
-from trainer.checkpoint import faults, layout, state as st
+from trainer.checkpoint import fault_hooks, layout, state as st
 from trainer.checkpoint.config import CheckpointRun
 from trainer.checkpoint.objects import Trainables
 from trainer.checkpoint.sweep import remove_leftover_temps
@@ -147,7 +147,7 @@ class Saver:
         run = self.run
         step_uri = join(run.run_uri, contract.step_dir_name(job.step))
         try:
-            faults.injected_outage()
+            fault_hooks.injected_outage()
             files: dict[str, FileInfo] = {}
             # The small rank file first: once it landed, a listing shows the step folder, so a kill
             # in the big upload after it leaves an open upload the next start can find on a server
@@ -200,20 +200,20 @@ class Saver:
             files.update(f)
         step_uri = join(run.run_uri, contract.step_dir_name(step))
         try:
-            faults.kill_point("files", step)
-            faults.injected_slow_commit()
+            fault_hooks.kill_point("files", step)
+            fault_hooks.injected_slow_commit()
             # Every rank's writes to the step ended (gathered): a temp file left in its folder is a kill's.
             remove_leftover_temps(run.storage, step_uri, recursive=True)
             manifest = layout.Manifest(step=step, world_size=run.world_size,
                                        kind="sharded" if any(k.startswith(layout.SHARDED_DIR + "/") for k in files)
                                        else "replicated", files=files, created=time.time())
             run.storage.write_small(join(step_uri, contract.MANIFEST_NAME), layout.manifest_to_bytes(manifest))
-            faults.kill_point("manifest", step)
+            fault_hooks.kill_point("manifest", step)
             remove_leftover_temps(run.storage, run.run_uri)  # a `latest.tmp-*` of an earlier commit cut short
             # The commit point (trainer.contract, "checkpoint layout"): the step is committed once this replace lands.
             run.storage.write_small(join(run.run_uri, contract.LATEST_NAME), f"{step}\n".encode(),
-                                    before_replace=lambda: faults.kill_point("latest-tmp", step))
-            faults.kill_point("latest", step)
+                                    before_replace=lambda: fault_hooks.kill_point("latest-tmp", step))
+            fault_hooks.kill_point("latest", step)
         except StorageConfigError as e:
             return ("permanent", str(e))
         except Exception as e:
@@ -239,7 +239,7 @@ class Saver:
             step_uri = join(run_uri, contract.step_dir_name(s))
             # Manifest first: a prune cut short must leave an uncommitted folder, not a committed hole.
             storage.remove(join(step_uri, contract.MANIFEST_NAME))
-            faults.kill_point("prune", newest)
+            fault_hooks.kill_point("prune", newest)
             storage.remove_tree(step_uri)
 
     def _write_sharded(self, step_uri: str, state: Any) -> dict[str, FileInfo]:

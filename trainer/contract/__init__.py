@@ -9,7 +9,7 @@ reads every name from `trainer.contract` itself, never from a submodule:
     names        the container, KUBETRAIN_* variables, labels, defaults
     exit_codes   ExitCode and what each means
     checkpoints  checkpoint URIs, the run folder's layout ("committed" is defined here), scheduled runs
-    pod          log lines `launch` reads back, control files, fault-injection files
+    pod          log lines `launch` reads back, fault-injection files
     ledger       the restart ledger's records and rules
     errors       the error base class both sides derive from, and one_line
 """

@@ -1,4 +1,8 @@
-"""What crosses inside a pod: the log lines `launch` reads back, control files, fault-injection files."""
+"""What crosses inside a pod: the log lines `launch` reads back, fault-injection files.
+
+The control folder between a supervisor and its ranks has a module of its own,
+trainer/control_folder.py: the launcher never reads it.
+"""
 
 from __future__ import annotations
 
@@ -27,17 +31,6 @@ def parse_runtime_log(lines: list[str]) -> dict[str, int | None]:
     return out
 
 
-# --- control files between the supervisor and its workers (one pod, local disk) ---
-
-CONTROL_STOP = "stop"  # written by the supervisor: please stop at the next step boundary
-CONTROL_PREEMPTED = "preempted.json"  # written by each node's local rank 0 once the stop checkpoint committed
-CONTROL_PROGRESS_PREFIX = "progress-rank-"  # heartbeat of each local rank: "<step> <time>"
-CONTROL_ERROR_PREFIX = "error-rank-"  # the first exception of each rank, JSON
-CONTROL_RESULT = "result.json"  # torchrun's outcome, written by trainer._torchrun
-#: Written by each rank's wrapper (trainer.worker) at its start: "<pid> <start time>". A rank is
-#: one process among its DataLoader workers, which inherit RANK and the command line: this names it.
-CONTROL_PID_PREFIX = "pid-rank-"
-
 # --- fault-injection files in ENV_FAULTS_DIR (launch chaos) ---
 
 #: What `launch chaos --local` can do to a run (kubetrain_chaos/plan.py says what each one is).
@@ -56,4 +49,3 @@ FAULT_KILL_AT = "kill-at"
 #: over `latest` (local folders; elsewhere the put is atomic and this is "manifest"); `latest` replaced
 #: (committed); the prune of older steps under way (one step's manifest removed, its folder not yet).
 COMMIT_PHASES = ("files", "manifest", "latest-tmp", "latest", "prune")
-CONTROL_COMMITTED = "committed"  # written by global rank 0 after each commit: "<step> <time>"

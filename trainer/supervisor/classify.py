@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import signal
-from typing import Any, Mapping
+from typing import Sequence
 
 from trainer.contract import ExitCode
+from trainer.control_folder import Preempted, RankError, TorchrunResult
+
+_BY_TIME = operator.attrgetter("time")  # the earliest failure is the root cause
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,66 +23,63 @@ class Outcome:
     meaning: str | None = None
 
 
-def classify(*, torchrun_rc: int, result: Mapping[str, Any] | None, errors: list[Mapping[str, Any]],
-             preempted: Mapping[str, Any] | None, stop_reason: str | None, hang: str | None) -> Outcome:
+def classify(*, torchrun_rc: int, result: TorchrunResult | None, errors: Sequence[RankError],
+             preempted: Preempted | None, stop_reason: str | None, hang: str | None) -> Outcome:
     """Map the facts of a finished run onto the exit-code contract."""
     if hang:
         return Outcome(ExitCode.HANG, f"hang: {hang}; workers killed")
     if preempted is not None:
         return Outcome(ExitCode.PREEMPTED, f"preempted ({stop_reason or 'ranks on another node were stopping'}); "
-                       f"checkpoint step {preempted.get('step')} committed")
-    if result and result.get("usage_error"):  # before any worker started: a retry fails the same way
-        return Outcome(ExitCode.USAGE, f"torchrun refused its arguments: {result['usage_error']}")
-    if result and result.get("incompatible_torch"):
-        return Outcome(ExitCode.USAGE, f"this torch cannot run torchrun: {result['incompatible_torch']}")
+                       f"checkpoint step {preempted.step} committed")
+    if result and result.usage_error:  # before any worker started: a retry fails the same way
+        return Outcome(ExitCode.USAGE, f"torchrun refused its arguments: {result.usage_error}")
+    if result and result.incompatible_torch:
+        return Outcome(ExitCode.USAGE, f"this torch cannot run torchrun: {result.incompatible_torch}")
     if torchrun_rc == 0:
         return Outcome(ExitCode.OK, "finished")
-    failures = list((result or {}).get("failures", []))
-    config = sorted((e for e in errors if e.get("config_error")), key=lambda e: e.get("time", 0))
+    failures = result.failures if result else ()
+    config = sorted((e for e in errors if e.config_error), key=_BY_TIME)
     if config:  # the object store refused the bucket or credentials: permanent, whoever died after it
-        return Outcome(ExitCode.USAGE, config[0]["message"])
-    user = sorted((e for e in errors if not e.get("comm_error") and not e.get("infra_error")),
-                  key=lambda e: e.get("time", 0))
-    infra = sorted((e for e in errors if e.get("infra_error")), key=lambda e: e.get("time", 0))
-    killed = [f for f in failures if (f.get("exitcode") or 0) < 0
-              and -f["exitcode"] not in (signal.SIGTERM, signal.SIGINT)]
+        return Outcome(ExitCode.USAGE, config[0].message)
+    user = sorted((e for e in errors if not e.comm_error and not e.infra_error), key=_BY_TIME)
+    infra = sorted((e for e in errors if e.infra_error), key=_BY_TIME)
+    killed = [f for f in failures if f.exitcode < 0 and -f.exitcode not in (signal.SIGTERM, signal.SIGINT)]
     if killed and not user:
         f = killed[0]
-        return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
+        return Outcome(ExitCode.for_signal(-f.exitcode), f"rank {f.rank} was killed by {f.signal}")
     if stop_reason is not None:
         return Outcome(ExitCode.PREEMPTED, f"stopped ({stop_reason}) before a checkpoint committed; the next run "
                        "resumes from the last committed one",
                        meaning=f"stopped ({stop_reason}), no checkpoint committed by this run")
     if user:
         e = user[0]
-        return Outcome(ExitCode.USER_ERROR, f"rank {e['rank']} raised {e['type']}: {e['message']}", e.get("traceback"))
+        return Outcome(ExitCode.USER_ERROR, f"rank {e.rank} raised {e.type}: {e.message}", e.traceback)
     if infra:  # checkpoint storage kept failing: retry later rather than fail the job for good
         e = infra[0]
-        return Outcome(ExitCode.INFRA, f"rank {e['rank']}: {e['type']}: {e['message']}")
+        return Outcome(ExitCode.INFRA, f"rank {e.rank}: {e.type}: {e.message}")
     if killed:
         f = killed[0]
-        return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
+        return Outcome(ExitCode.for_signal(-f.exitcode), f"rank {f.rank} was killed by {f.signal}")
     # A rank that exited on its own (sys.exit(N)) rather than because a peer vanished.
-    comm_ranks = {e.get("rank") for e in errors if e.get("comm_error")}
-    direct = sorted((f for f in failures if (f.get("exitcode") or 0) > 0 and f["rank"] not in comm_ranks),
-                    key=lambda f: f.get("time", 0))
+    comm_ranks = {e.rank for e in errors if e.comm_error}
+    direct = sorted((f for f in failures if f.exitcode > 0 and f.rank not in comm_ranks), key=_BY_TIME)
     if direct:
         f = direct[0]
-        if f["exitcode"] == ExitCode.CRASH_LOOP:
+        if f.exitcode == ExitCode.CRASH_LOOP:
             # 99 says "the restart ledger stopped this run" to `launch status` and the ledger; a script's
             # own 99 must not read as that. Both are permanent, so only the message changes.
-            return Outcome(ExitCode.USER_ERROR, f"rank {f['rank']} exited with {f['exitcode']}, which kubetrain "
+            return Outcome(ExitCode.USER_ERROR, f"rank {f.rank} exited with {f.exitcode}, which kubetrain "
                            f"reserves for a crash loop: exit {int(ExitCode.USER_ERROR)} instead")
-        return Outcome(f["exitcode"] if f["exitcode"] < 256 else ExitCode.USER_ERROR,
-                       f"rank {f['rank']} exited with {f['exitcode']}")
-    if any((f.get("exitcode") or 0) < 0 for f in failures):
-        f = next(f for f in failures if f["exitcode"] < 0)
-        return Outcome(ExitCode.for_signal(-f["exitcode"]), f"rank {f['rank']} was killed by {f.get('signal')}")
+        return Outcome(f.exitcode if f.exitcode < 256 else ExitCode.USER_ERROR,
+                       f"rank {f.rank} exited with {f.exitcode}")
+    if any(f.exitcode < 0 for f in failures):
+        f = next(f for f in failures if f.exitcode < 0)
+        return Outcome(ExitCode.for_signal(-f.exitcode), f"rank {f.rank} was killed by {f.signal}")
     if errors:
-        e = sorted(errors, key=lambda e: e.get("time", 0))[0]
-        return Outcome(ExitCode.INFRA, f"rank {e['rank']} lost its peers: {e['type']}: {e['message']}")
-    if result and result.get("agent_error"):
-        return Outcome(ExitCode.INFRA, f"torchrun failed: {result['agent_error']}")
+        e = sorted(errors, key=_BY_TIME)[0]
+        return Outcome(ExitCode.INFRA, f"rank {e.rank} lost its peers: {e.type}: {e.message}")
+    if result and result.agent_error:
+        return Outcome(ExitCode.INFRA, f"torchrun failed: {result.agent_error}")
     if torchrun_rc < 0:
         return Outcome(ExitCode.for_signal(-torchrun_rc), f"torchrun was killed by signal {-torchrun_rc}")
     return Outcome(torchrun_rc if torchrun_rc >= 128 else ExitCode.INFRA, f"torchrun exited with {torchrun_rc}")

@@ -19,8 +19,8 @@ from trainer.contract import ExitCode
 from trainer.processes import descendants, parent_map, reap_orphans, set_child_subreaper
 from trainer.settings import RunConfig
 from trainer.supervisor.classify import Outcome, classify
-from trainer.control import read_errors, read_json, read_progress
-from trainer.supervisor.torchrun import torchrun_args, torchrun_shutdown_timeout, worker_env
+from trainer.control_folder import Committed, Preempted, Progress, RankError, StopRequest, TorchrunResult
+from trainer.supervisor.torchrun_command import torchrun_args, torchrun_shutdown_timeout, worker_env
 from trainer.supervisor.watchdog import describe_stall, stalled_ranks
 
 log = logging.getLogger("kubetrain.supervisor")
@@ -36,7 +36,7 @@ class Supervisor:
         self._stop_reason: str | None = None
         self._interrupts = 0
         self._proc: subprocess.Popen | None = None
-        self._ledger = None  # trainer.ledger.Ledger once the start is recorded
+        self._ledger = None  # trainer.ledger_io.Ledger once the start is recorded
         self._verdict = None  # node 0's crash-loop verdict, seen by another node while its ranks start
         self._lease = None  # trainer.writer_lease.WriterLease that node 0 holds while the run lives
         self._lost: str | None = None  # another job took the run folder over: why this one stops
@@ -84,7 +84,7 @@ class Supervisor:
         last_step = None
         try:
             outcome = self._supervise(control, prefetch.start(), training)
-            steps = [s for s, _ in read_progress(control).values()]
+            steps = [p.step for p in Progress.read_all(control).values()]
             last_step = max(steps) if steps else None
         finally:
             training.set()
@@ -106,7 +106,7 @@ class Supervisor:
     def _begin_ledger(self) -> Outcome | None:
         """Record this start in the run's restart ledger; an Outcome when the run must not start."""
         from trainer.errors import StorageConfigError, UsageError
-        from trainer.ledger import Ledger
+        from trainer.ledger_io import Ledger
 
         try:
             ledger = Ledger.open(self.cfg.checkpoint_uri, self.cfg.run_id, contract.operator_node_rank(self.env),
@@ -168,7 +168,7 @@ class Supervisor:
     def _supervise(self, control: str, prefetch_dir: str | None, training: threading.Event) -> Outcome:
         cfg = self.cfg
         nproc = cfg.nproc_per_node or int(self.env.get("PET_NPROC_PER_NODE") or 1)
-        cmd = [sys.executable, "-m", "trainer._torchrun", *torchrun_args(cfg, self.env)]
+        cmd = [sys.executable, "-m", "trainer.torchrun_main", *torchrun_args(cfg, self.env)]
         log.info("starting %d rank(s) of %s; checkpoints in %s/%s", nproc, cfg.script, cfg.checkpoint_uri, cfg.run_id)
         # Own session: a terminal's Ctrl-C reaches only us, and we decide what the ranks see.
         self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control, prefetch_dir),
@@ -198,8 +198,7 @@ class Supervisor:
                 self._kill_group(signal.SIGKILL)
             if self._stop_reason and stop_sent_at is None:
                 stop_sent_at = now
-                with open(os.path.join(control, contract.CONTROL_STOP), "w") as f:
-                    f.write(self._stop_reason)
+                StopRequest(self._stop_reason).write(control)
                 budget = max(cfg.grace_seconds - contract.SUPERVISOR_GRACE_RESERVE, 0.5)
                 workers_deadline = now + budget
                 hard_deadline = workers_deadline + torchrun_shutdown_timeout(cfg.grace_seconds) + 0.5
@@ -217,7 +216,7 @@ class Supervisor:
                 self._kill_group(signal.SIGKILL)
                 hard_deadline = None
             if cfg.hang_timeout > 0 and stop_sent_at is None and hang is None:
-                stalled = stalled_ranks(read_progress(control), local_ranks, now=time.time(),
+                stalled = stalled_ranks(Progress.read_all(control), local_ranks, now=time.time(),
                                         timeout=cfg.hang_timeout)
                 if stalled:
                     hang = describe_stall(stalled, cfg.hang_timeout)
@@ -231,22 +230,19 @@ class Supervisor:
             return Outcome(ExitCode.CRASH_LOOP, f"node 0 stopped the run: {self._verdict.message}")
         if self._lost is not None:
             return Outcome(ExitCode.USAGE, self._lost)
-        return classify(torchrun_rc=rc, result=read_json(os.path.join(control, contract.CONTROL_RESULT)),
-                        errors=read_errors(control),
-                        preempted=read_json(os.path.join(control, contract.CONTROL_PREEMPTED)),
+        return classify(torchrun_rc=rc, result=TorchrunResult.read(control), errors=RankError.read_all(control),
+                        preempted=Preempted.read(control),
                         stop_reason=self._stop_reason, hang=hang)
 
     def _note_progress(self, control: str, training: threading.Event) -> None:
         """Move the ledger's progress mark to global rank 0's newest commit; note when training began."""
-        if not training.is_set() and read_progress(control):
+        if not training.is_set() and Progress.read_all(control):
             training.set()
         if self._ledger is None or self._ledger.record is None:
             return
-        from trainer.ledger import read_committed
-
-        committed = read_committed(control)
-        if committed is not None and committed[0] != self._ledger.record.committed:
-            self._ledger.update(committed=committed[0], committed_at=committed[1])
+        committed = Committed.read(control)
+        if committed is not None and committed.step != self._ledger.record.committed:
+            self._ledger.update(committed=committed.step, committed_at=committed.time)
 
     def _signal_torchrun(self, sig: int) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from trainer.control_folder import Progress
 
-def stalled_ranks(progress: Mapping[int, tuple[int, float]], expected_ranks: list[int], *, now: float,
+
+def stalled_ranks(progress: Mapping[int, Progress], expected_ranks: list[int], *, now: float,
                   timeout: float) -> dict[int, tuple[int | None, float]]:
     """Ranks whose last step ended more than `timeout` ago: {rank: (last step or None, seconds)}.
 
@@ -17,10 +19,11 @@ def stalled_ranks(progress: Mapping[int, tuple[int, float]], expected_ranks: lis
     """
     if timeout <= 0 or not progress:
         return {}
-    first = min(at for _, at in progress.values())
-    out = {}
+    first = min(p.time for p in progress.values())
+    out: dict[int, tuple[int | None, float]] = {}
     for r in expected_ranks:
-        step, at = progress.get(r, (None, first))
+        p = progress.get(r)
+        step, at = (p.step, p.time) if p is not None else (None, first)
         if now - at > timeout:
             out[r] = (step, now - at)
     return out

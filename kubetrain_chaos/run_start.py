@@ -16,7 +16,7 @@ import subprocess
 import time
 
 from trainer import contract
-from trainer.control import read_progress, read_rank_pids
+from trainer.control_folder import Progress, RankPid
 from trainer.processes import descendants, proc_table
 
 
@@ -34,14 +34,14 @@ def live(pids: list[int]) -> list[int]:
 
 
 @dataclasses.dataclass
-class Attempt:
+class RunStart:
     proc: subprocess.Popen
     control: str
     log_path: str
 
     def progress(self) -> int:
         """The step every rank has reached (their heartbeats), 0 before the first."""
-        steps = [step for step, _ in read_progress(self.control).values()]
+        steps = [p.step for p in Progress.read_all(self.control).values()]
         return min(steps) if steps else 0
 
     def tree(self) -> list[int]:
@@ -53,7 +53,7 @@ class Attempt:
     def ranks(self) -> dict[int, int]:
         """rank -> pid of this attempt's live ranks, as their wrappers recorded them."""
         below = set(self.tree())
-        return {rank: pid for rank, pid in read_rank_pids(self.control).items() if pid in below}
+        return {rank: pid for rank, pid in RankPid.live(self.control).items() if pid in below}
 
     @staticmethod
     def loader_workers(rank_pid: int) -> list[int]:
@@ -85,7 +85,7 @@ class Attempt:
         except subprocess.TimeoutExpired:
             self.kill_all()
             rc = self.proc.wait()
-        ranks = list(read_rank_pids(self.control).values())
+        ranks = list(RankPid.live(self.control).values())
         deadline = time.monotonic() + 10  # the supervisor leaves no rank behind; a restart must not race one
         while live(ranks) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -102,7 +102,7 @@ class Attempt:
         return contract.parse_runtime_log(self.log_lines())
 
 
-def wait_for(predicate, attempt: Attempt, timeout: float) -> bool:
+def wait_for(predicate, attempt: RunStart, timeout: float) -> bool:
     """Poll until predicate() or the attempt exits or timeout; True if the predicate held."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,10 +1,5 @@
 """A local S3 endpoint for the tests and the benchmarks: moto's server on 127.0.0.1 (or the node
-tier's bridge address), and `serving`, the one way the tests run a server process (MinIO too).
-
-Both `tests/` and `bench/` start one, and neither should import the other (the bench is
-not part of the test suite, and the tests do not need the bench), so the one way to start
-it lives here, beside them. Not part of the installed package or the runtime image.
-"""
+tier's bridge address), and `serving`, the one way the tests run a server process (MinIO too)."""
 
 from __future__ import annotations
 

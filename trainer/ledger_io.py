@@ -37,7 +37,7 @@ VERDICT_POLL_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
-class Verdict:
+class CrashLoopVerdict:
     """The run is stopped for good: the message lists the attempts and their causes."""
 
     message: str
@@ -65,8 +65,8 @@ class Ledger:
 
     # --- start ---------------------------------------------------------------------------
 
-    def begin(self, now: float | None = None) -> Verdict | None:
-        """Record this start; a Verdict when the run must not start (the budget is spent).
+    def begin(self, now: float | None = None) -> CrashLoopVerdict | None:
+        """Record this start; a CrashLoopVerdict when the run must not start (the budget is spent).
 
         StorageConfigError propagates (exit 2); any other error leaves the ledger off for this attempt.
         """
@@ -80,7 +80,7 @@ class Ledger:
                         "not checked", one_line(str(e)))
             return None
 
-    def _begin(self, now: float) -> Verdict | None:
+    def _begin(self, now: float) -> CrashLoopVerdict | None:
         from trainer.checkpoint.layout import parse_latest  # no torch
 
         verdict = self.read_verdict()
@@ -144,7 +144,7 @@ class Ledger:
 
     # --- the verdict ------------------------------------------------------------------------
 
-    def read_verdict(self) -> Verdict | None:
+    def read_verdict(self) -> CrashLoopVerdict | None:
         raw = self.storage.read_small(join(self.dir, contract.CRASH_LOOP_NAME))
         if raw is None:
             return None
@@ -152,15 +152,15 @@ class Ledger:
             message = json.loads(raw.decode())["message"]
         except (UnicodeDecodeError, ValueError, KeyError, TypeError):
             message = "crash loop (the verdict is unreadable)"
-        return Verdict(f"{message}; to run it again, remove {self.dir}/ or use another --run-id")
+        return CrashLoopVerdict(f"{message}; to run it again, remove {self.dir}/ or use another --run-id")
 
-    def _stop(self, failed: list[Attempt], now: float) -> Verdict:
+    def _stop(self, failed: list[Attempt], now: float) -> CrashLoopVerdict:
         series = self.previous + ([self.record] if self.record is not None else [])
         message = contract.crash_loop_message(failed, series, int(self.max_restarts or 0))
         doc = {"format": contract.LEDGER_FORMAT, "decided_at": now, "node_rank": self.node_rank,
                "max_restarts": self.max_restarts, "attempts": [a.name for a in failed], "message": message}
         self.storage.write_small(join(self.dir, contract.CRASH_LOOP_NAME), (json.dumps(doc, indent=1) + "\n").encode())
-        return Verdict(message)
+        return CrashLoopVerdict(message)
 
     # --- while the ranks run ----------------------------------------------------------------
 
@@ -198,10 +198,10 @@ class Ledger:
 
     # --- the end ----------------------------------------------------------------------------
 
-    def finish(self, code: int, cause: str, *, last_step: int | None, timeout: float) -> Verdict | None:
+    def finish(self, code: int, cause: str, *, last_step: int | None, timeout: float) -> CrashLoopVerdict | None:
         """Record how this attempt ended (within `timeout` seconds); node 0 judges the budget first.
 
-        A Verdict when this failure spent the budget: the supervisor then exits CRASH_LOOP, and
+        A CrashLoopVerdict when this failure spent the budget: the supervisor then exits CRASH_LOOP, and
         this record says so (with the failure in its cause)."""
         if self.record is None or self._broken:
             return None
@@ -258,15 +258,4 @@ class _Started:
 
     resumed_from: int | None
     started_at: float = 0.0
-
-
-def read_committed(control: str) -> tuple[int, float] | None:
-    """The newest commit global rank 0 reported in the control folder: (step, time)."""
-    try:
-        with open(os.path.join(control, contract.CONTROL_COMMITTED)) as f:
-            step, at = f.read().split()
-        return int(step), float(at)
-    except (OSError, ValueError):
-        return None
-
 

@@ -21,6 +21,8 @@ def torchrun_args(cfg: RunConfig, env: Mapping[str, str]) -> list[str]:
     from the training operator v1, PET_MASTER_ADDR/PORT from Kubeflow Trainer v2's Torch plugin
     (a TrainJob's pods have no MASTER_ADDR).
     Anything else is one node: --standalone picks a free port on loopback.
+    The script and its arguments come last, after `-m trainer.worker`: torchrun_main passes them on
+    without letting torchrun's parser see them.
     """
     nproc = cfg.nproc_per_node or int(env.get("PET_NPROC_PER_NODE") or 1)
     args = [f"--nproc-per-node={nproc}", "--max-restarts=0", "--monitor-interval=0.1",
