@@ -419,7 +419,7 @@ def kueue(trainjob_cluster, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("kueue")
     api_client = config.new_client_from_config(config_file=trainjob_cluster)
-    running = kueue_tier.start(_cluster_bin(), trainjob_cluster, d, webhook_certs(d / "webhook"), api_client)
+    running = kueue_tier.start(_cluster_bin(), trainjob_cluster, d, api_client)
     try:
         yield running
     finally:

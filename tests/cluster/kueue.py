@@ -8,13 +8,19 @@ queueing objects a shared GPU cluster has: a ResourceFlavor for the fake GPU nod
 ClusterQueue with an `nvidia.com/gpu` quota (in a cohort, with a borrowing limit),
 WorkloadPriorityClasses, and `local_queue(...)` makes a namespace's LocalQueue.
 
-Out of cluster, as tests/cluster/trainer_v2.py runs Trainer v2: internal certificate
-management is off, the webhook listens on 127.0.0.1 with the cluster tier's CA and is
-called by URL. The vendored CRDs keep upstream's `conversion: None` (upstream patches in a
-conversion webhook for v1beta1 ↔ v1beta2): everything here, launch included, speaks
-v1beta2, the storage version. Kueue's visibility API server is not aggregated into the API
-server (an APIService needs a Service the out-of-cluster API server cannot route to), so
-queue positions are not served here.
+Out of cluster, its webhooks listen on 127.0.0.1 and are called by URL. Kueue v0.17 cannot
+run with its internal certificate management off outside a pod: it then insists on a metrics
+certificate at the fixed path /etc/kueue/metrics/certs. So it stays on, and is handed a pair
+that also carries 127.0.0.1: its cert rotator (open-policy-agent/cert-controller) keeps a
+valid CA and serving pair it finds in its Secret instead of making its own, checks only that
+tls.crt is in its certDir (a Secret volume in a pod; written here), and injects the CA into
+the webhook configurations and CRD conversion webhooks it knows by name — upstream's names,
+so ours are those. The five CRDs upstream patches to webhook conversion (v1beta1 ↔ v1beta2)
+get it here too, by URL; everything here, launch included, speaks v1beta2, the storage
+version, so the API server never calls it. Kueue's visibility API server is off (its
+VisibilityOnDemand gate): out of cluster it needs in-cluster credentials, and an APIService
+needs a Service the out-of-cluster API server cannot route to; so queue positions are not
+served here, and launch says nothing of them.
 """
 
 from __future__ import annotations
@@ -75,13 +81,46 @@ _WEBHOOKS = {
          ["trainjobs"], ["CREATE", "UPDATE"]),
     ],
 }
-WEBHOOK_CONFIG = "kubetrain-test-kueue"
+#: Upstream's names, which Kueue's cert rotator injects its CA into (pkg/util/cert: "<base>-<type>-webhook-configuration").
+WEBHOOK_CONFIGS = {"mutating": "kueue-mutating-webhook-configuration",
+                   "validating": "kueue-validating-webhook-configuration"}
+#: Kueue's defaults (apis/config/v1beta2/defaults.go): its Secret, and the Service name its serving cert is for.
+WEBHOOK_SECRET = "kueue-webhook-server-cert"
+WEBHOOK_DNS_NAME = f"kueue-webhook-service.{KUEUE_NAMESPACE}.svc"
+CA_NAME = "kueue-ca"
+#: The CRDs upstream serves through a conversion webhook (config/components/crd/patches/webhook_in_*).
+CONVERTED_CRDS = tuple(f"{p}.{GROUP}" for p in ("localqueues", "clusterqueues", "workloads", "cohorts",
+                                                 "multikueueclusters"))
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def certs(d) -> dict[str, bytes]:
+    """A CA named as Kueue's rotator names its own, and a serving pair for its Service name and 127.0.0.1 (PEM).
+
+    The rotator keeps a pair only while it is valid for those names past its 90-day lookahead,
+    and parses ca.key as PKCS#1.
+    """
+    os.makedirs(d, exist_ok=True)
+    j = lambda name: os.path.join(d, name)  # noqa: E731
+    _openssl("genrsa", "-traditional", "-out", j("ca.key"), "2048")
+    _openssl("req", "-x509", "-new", "-key", j("ca.key"), "-days", "3650", "-subj", f"/O=kueue/CN={CA_NAME}",
+             "-addext", f"subjectAltName=DNS:{CA_NAME}", "-out", j("ca.crt"))
+    _openssl("genrsa", "-traditional", "-out", j("tls.key"), "2048")
+    _openssl("req", "-new", "-key", j("tls.key"), "-subj", f"/CN={WEBHOOK_DNS_NAME}", "-out", j("tls.csr"))
+    with open(j("ext.cnf"), "w") as f:
+        f.write(f"subjectAltName=DNS:{WEBHOOK_DNS_NAME},IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    _openssl("x509", "-req", "-in", j("tls.csr"), "-CA", j("ca.crt"), "-CAkey", j("ca.key"), "-CAcreateserial",
+             "-days", "365", "-extfile", j("ext.cnf"), "-out", j("tls.crt"))
+    return {name: open(j(name), "rb").read() for name in ("ca.crt", "ca.key", "tls.crt", "tls.key")}
 
 
 def install_crds(ext) -> None:
@@ -113,20 +152,27 @@ def _webhooks(specs, port: int, ca: bytes) -> list[dict]:
             for name, path, group, version, resources, ops in specs]
 
 
-def install_webhooks(admission, ca: bytes, port: int) -> None:
+def install_webhooks(admission, ext, ca: bytes, port: int) -> None:
+    """The webhook configurations, and the CRDs' conversion webhooks, at this start's port."""
     admission.create_mutating_webhook_configuration(
-        {"metadata": {"name": WEBHOOK_CONFIG}, "webhooks": _webhooks(_WEBHOOKS["mutating"], port, ca)})
+        {"metadata": {"name": WEBHOOK_CONFIGS["mutating"]}, "webhooks": _webhooks(_WEBHOOKS["mutating"], port, ca)})
     admission.create_validating_webhook_configuration(
-        {"metadata": {"name": WEBHOOK_CONFIG}, "webhooks": _webhooks(_WEBHOOKS["validating"], port, ca)})
+        {"metadata": {"name": WEBHOOK_CONFIGS["validating"]},
+         "webhooks": _webhooks(_WEBHOOKS["validating"], port, ca)})
+    for name in CONVERTED_CRDS:
+        ext.patch_custom_resource_definition(name, {"spec": {"conversion": {
+            "strategy": "Webhook", "webhook": {"conversionReviewVersions": ["v1", "v1beta1"], "clientConfig": {
+                "url": f"https://127.0.0.1:{port}/convert", "caBundle": base64.b64encode(ca).decode()}}}}})
 
 
 def remove_webhooks(admission) -> None:
     """Before Kueue stops: a webhook with failurePolicy Fail and no server refuses every PyTorchJob and TrainJob."""
     from kubernetes.client.exceptions import ApiException
 
-    for delete in (admission.delete_mutating_webhook_configuration, admission.delete_validating_webhook_configuration):
+    for delete, name in ((admission.delete_mutating_webhook_configuration, WEBHOOK_CONFIGS["mutating"]),
+                         (admission.delete_validating_webhook_configuration, WEBHOOK_CONFIGS["validating"])):
         try:
-            delete(WEBHOOK_CONFIG)
+            delete(name)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -142,7 +188,7 @@ def config(d, *, webhook_port: int, probe_port: int, cert_dir: str, frameworks=F
                         "health": {"healthProbeBindAddress": f"127.0.0.1:{probe_port}"},
                         "metrics": {"bindAddress": "0"},  # "0": no metrics server
                         "leaderElection": {"leaderElect": False},
-                        "internalCertManagement": {"enable": False},
+                        "internalCertManagement": {"enable": True},
                         "integrations": {"frameworks": list(frameworks)}}, f)
     return path
 
@@ -167,29 +213,35 @@ def _wait_ready(port: int, proc: subprocess.Popen, what: str, timeout: float = 1
 class Kueue:
     """The running controller manager; `restart(frameworks)` runs it again with other integrations."""
 
-    def __init__(self, bin_dir: str, kubeconfig: str, d, certs: dict[str, bytes], api_client) -> None:
+    def __init__(self, bin_dir: str, kubeconfig: str, d, api_client) -> None:
         from kubernetes import client
 
         self.bin_dir, self.kubeconfig, self.d = bin_dir, kubeconfig, str(d)
         self.admission = client.AdmissionregistrationV1Api(api_client)
+        self.ext = client.ApiextensionsV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         os.makedirs(self.d, exist_ok=True)
+        pair = certs(os.path.join(self.d, "pki"))
         self.cert_dir = os.path.join(self.d, "certs")
         os.makedirs(self.cert_dir, exist_ok=True)
         for name in ("tls.crt", "tls.key"):
             with open(os.path.join(self.cert_dir, name), "wb") as f:
-                f.write(certs[name])
-        self.ca = certs["ca.crt"]
+                f.write(pair[name])
+        self.ca = pair["ca.crt"]
         self.proc: subprocess.Popen | None = None
         self.frameworks: tuple[str, ...] = ()
         self.starts = 0
-        install_crds(client.ApiextensionsV1Api(api_client))
-        try:
-            self.core.create_namespace({"metadata": {"name": KUEUE_NAMESPACE}})
-        except client.exceptions.ApiException as e:
-            if e.status != 409:
-                raise
+        install_crds(self.ext)
+        for create, args in ((self.core.create_namespace, ({"metadata": {"name": KUEUE_NAMESPACE}},)),
+                             (self.core.create_namespaced_secret, (KUEUE_NAMESPACE, {
+                                 "metadata": {"name": WEBHOOK_SECRET},
+                                 "data": {k: base64.b64encode(v).decode() for k, v in pair.items()}}))):
+            try:
+                create(*args)
+            except client.exceptions.ApiException as e:
+                if e.status != 409:
+                    raise
 
     @property
     def log(self) -> str:
@@ -199,14 +251,15 @@ class Kueue:
         webhook_port, probe_port = _free_port(), _free_port()
         self.starts += 1
         self.frameworks = tuple(frameworks)
-        install_webhooks(self.admission, self.ca, webhook_port)
+        install_webhooks(self.admission, self.ext, self.ca, webhook_port)
         cfg = config(self.d, webhook_port=webhook_port, probe_port=probe_port, cert_dir=self.cert_dir,
                      frameworks=frameworks)
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
                 [os.path.join(self.bin_dir, "kueue"), f"--config={cfg}",
-                 # Its own port, free: two tiers' Kueues never share a machine at once, but a stray one may.
-                 f"--visibility-server-port={_free_port()}"],
+                 # Its visibility API server wants in-cluster credentials for delegated authentication (and
+                 # writes its own certificate to /visibility): out of cluster it would end the process.
+                 "--feature-gates=VisibilityOnDemand=false"],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": self.kubeconfig})
         _wait_ready(probe_port, self.proc, f"kueue (log: {self.log})")
 
@@ -283,10 +336,9 @@ def cluster_queue(name: str = CLUSTER_QUEUE) -> dict[str, Any]:
 KWOK_NODES = {"type": "kwok"}
 
 
-def start(bin_dir: str, kubeconfig: str, d, certs: dict[str, bytes], api_client,
-          flavor_labels: dict[str, str] = KWOK_NODES) -> Kueue:
+def start(bin_dir: str, kubeconfig: str, d, api_client, flavor_labels: dict[str, str] = KWOK_NODES) -> Kueue:
     """CRDs, webhooks, Kueue (ready), the flavor, ClusterQueue and priority classes."""
-    kueue = Kueue(bin_dir, kubeconfig, d, certs, api_client)
+    kueue = Kueue(bin_dir, kubeconfig, d, api_client)
     try:
         kueue.start()
         kueue.install_queues(flavor_labels)

@@ -101,12 +101,10 @@ def node_kueue(node, tmp_path_factory):
     from kubernetes import config as kconfig
 
     from tests.cluster import kueue as kueue_tier
-    from tests.cluster.conftest import webhook_certs
 
     d = tmp_path_factory.mktemp("node-kueue")
     api_client = kconfig.new_client_from_config(config_file=node.kubeconfig)
-    running = kueue_tier.start(node.bin_dir, node.kubeconfig, d, webhook_certs(d / "webhook"), api_client,
-                               flavor_labels={})
+    running = kueue_tier.start(node.bin_dir, node.kubeconfig, d, api_client, flavor_labels={})
     with open(machine.PIDS, "a") as f:
         f.write(f"{running.proc.pid} {running.proc.args[0]}\n")
     try:
