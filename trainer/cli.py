@@ -69,13 +69,16 @@ def split_at_script(argv: list[str]) -> tuple[list[str], list[str] | None]:
     too: `train.py --check 3` stopped the run as an ambiguous --checkpoint. So the script's arguments
     never reach the parser: SCRIPT is the first argument that is neither a flag nor a flag's value.
     Where a flag before it is not one of ours (or `--`), everything goes to the parser, which says so.
+    One `--` right after SCRIPT is a separator and is dropped (`train.py -- --steps 5`), as argparse's
+    REMAINDER dropped it before; any later `--` reaches the script.
     """
     takes_value = {s.flag: s.type is not bool for s in SETTINGS} | {"--help": False, "-h": False}
     i = 1
     while argv[:1] == ["run"] and i < len(argv):
         arg = argv[i]
         if arg == "-" or not arg.startswith("-"):
-            return argv[:i + 1], argv[i + 1:]
+            rest = argv[i + 1:]
+            return argv[:i + 1], rest[1:] if rest[:1] == ["--"] else rest
         name, eq, _ = arg.partition("=")
         if name not in takes_value:  # an abbreviation, as argparse takes one: a unique prefix of a long flag
             flags = [f for f in takes_value if f.startswith(name)] if name.startswith("--") and name != "--" else []

@@ -28,6 +28,16 @@ def api(kueue_cluster, monkeypatch):
     return client.connect()
 
 
+@pytest.fixture
+def ns(api, kueue):
+    """A fresh namespace with the tier's LocalQueue in it; deleted after the test, with its jobs, whose
+    Workloads go with them, so that no test holds the ClusterQueue's quota for the next."""
+    name = namespace(api)
+    kueue.local_queue(name)
+    yield name
+    api.core.delete_namespace(name)
+
+
 def queued(api, capsys, ns: str, name: str, gpus: int, priority: str | None = None) -> None:
     """A PyTorchJob of `gpus` GPUs (8 a node) in the tier's LocalQueue, at `priority` (a WorkloadPriorityClass)."""
     from launcher.k8s.jobs import create_job
@@ -53,8 +63,7 @@ def admission(capsys, name: str, ns: str) -> dict:
     return status(capsys, name, ns).get("admission") or {}
 
 
-def test_a_job_waiting_for_quota_shows_the_queue_message(api, capsys):
-    ns = namespace(api)
+def test_a_job_waiting_for_quota_shows_the_queue_message(api, ns, capsys):
     queued(api, capsys, ns, "toobig", 1024)  # more GPUs than the ClusterQueue's quota: never admitted
     got = wait(lambda: (a := admission(capsys, "toobig", ns)).get("state") == "Queued" and "insufficient quota"
                in a.get("message", "") and a, 60, "the Workload's QuotaReserved=False message")
@@ -65,15 +74,14 @@ def test_a_job_waiting_for_quota_shows_the_queue_message(api, capsys):
     assert "kueue     Queued" in out and "insufficient quota" in out, out
 
 
-def test_a_bare_high_priority_workload_preempts_and_status_shows_it(api, capsys):
+def test_a_bare_high_priority_workload_preempts_and_status_shows_it(api, ns, capsys):
     from launcher.chaos import kueue_plan as plan
     from launcher.k8s import kueue as reads
 
-    ns = namespace(api)
     queued(api, capsys, ns, "victim", 8, priority="low")
     wait(lambda: admission(capsys, "victim", ns).get("state") == "Admitted", 90, "Kueue to admit the job")
     # Take every GPU of the ClusterQueue at priority "high": the victim has to go.
-    body = plan.preemptor("victim", ns, kueue_tier.LOCAL_QUEUE, "nvidia.com/gpu", 8, "high",
+    body = plan.preemptor("victim", ns, kueue_tier.LOCAL_QUEUE, "nvidia.com/gpu", "8", "high",
                           int(next(c["value"] for c in reads.priority_classes(api)
                                    if c["metadata"]["name"] == "high")), "t1")
     reads.create_workload(api, ns, body)
@@ -91,8 +99,7 @@ def test_a_bare_high_priority_workload_preempts_and_status_shows_it(api, capsys)
     wait(lambda: admission(capsys, "victim", ns).get("state") == "Admitted", 120, "Kueue to re-admit the job")
 
 
-def test_chaos_kueue_preempt_reports_eviction_and_readmission(api, capsys):
-    ns = namespace(api)
+def test_chaos_kueue_preempt_reports_eviction_and_readmission(api, ns, capsys):
     queued(api, capsys, ns, "chaosed", 8, priority="low")
     wait(lambda: admission(capsys, "chaosed", ns).get("state") == "Admitted", 90, "Kueue to admit the job")
     code, out, err = launch(capsys, "chaos", "chaosed", "-n", ns, "--kueue-preempt", "--wait", "180s")
@@ -104,8 +111,7 @@ def test_chaos_kueue_preempt_reports_eviction_and_readmission(api, capsys):
     assert not [w for w in reads.workloads(api, ns) if w["metadata"]["name"].startswith("chaosed-kueue-preempt-")]
 
 
-def test_chaos_kueue_preempt_refuses_a_job_without_a_queue_label(api, capsys):
-    ns = namespace(api)
+def test_chaos_kueue_preempt_refuses_a_job_without_a_queue_label(api, ns, capsys):
     code, _, err = launch(capsys, EXAMPLE, "--gpus", "8", "--checkpoint", "s3://b/c", "-n", ns, "--name", "plain")
     assert code == 0, err
     code, out, err = launch(capsys, "chaos", "plain", "-n", ns, "--kueue-preempt")

@@ -34,9 +34,12 @@ def api(kueue_cluster, monkeypatch):
 
 @pytest.fixture
 def ns(api, kueue):
+    """A fresh namespace with the tier's LocalQueue; deleted after the test, with its jobs and their Workloads,
+    so that no test holds the ClusterQueue's quota for the next."""
     name = namespace(api)
     kueue.local_queue(name)
-    return name
+    yield name
+    api.core.delete_namespace(name)
 
 
 def args(ns: str, name: str, *flags: str) -> list[str]:

@@ -138,10 +138,13 @@ def test_every_prefix_of_every_runtime_flag_after_the_script_reaches_the_script(
     options = [o for a in run._actions for o in a.option_strings] + ["--node", "--max", "--local", "--nproc"]
     for word in _prefixes(options):
         for own in (["run"], ["run", "--nproc", "2", "--checkpoint=/tmp/x", "--warm-start-optimizer"]):
-            argv = [*own, "train.py", word, "3", word]
+            argv = [*own, "train.py", "x", word, "3", word]
             head, script_args = split_at_script(argv)
             args = build_parser({}).parse_args(head)
-            assert (args.script, script_args) == ("train.py", [word, "3", word]), (own, word)
+            assert (args.script, script_args) == ("train.py", ["x", word, "3", word]), (own, word)
+    # One `--` right after the script is the separator (`train.py -- --steps 5`); a second one is the script's.
+    assert split_at_script(["run", "train.py", "--", "--steps", "5"])[1] == ["--steps", "5"]
+    assert split_at_script(["run", "train.py", "--", "--", "a"])[1] == ["--", "a"]
     # Flags the parser must judge (unknown, ambiguous, `--`) go to it whole, as before.
     for argv in (["run", "--bogus", "train.py", "--x"], ["run", "--check", "x", "train.py"], ["run", "--", "t.py"]):
         assert split_at_script(argv) == (argv, None)
