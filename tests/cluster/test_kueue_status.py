@@ -79,7 +79,8 @@ def test_a_bare_high_priority_workload_preempts_and_status_shows_it(api, ns, cap
     from launcher.k8s import kueue as reads
 
     queued(api, capsys, ns, "victim", 8, priority="low")
-    wait(lambda: admission(capsys, "victim", ns).get("state") == "Admitted", 90, "Kueue to admit the job")
+    wait(lambda: admission(capsys, "victim", ns).get("state") == "Admitted", 90, "Kueue to admit the job",
+         explain=lambda: json.dumps(admission(capsys, "victim", ns)))
     # Take every GPU of the ClusterQueue at priority "high": the victim has to go.
     body = plan.preemptor("victim", ns, kueue_tier.LOCAL_QUEUE, "nvidia.com/gpu", "8", "high",
                           int(next(c["value"] for c in reads.priority_classes(api)
