@@ -47,6 +47,8 @@ FIRST_REPLICA = "master-0"
 KUEUE_FRAMEWORK = "kubeflow.org/pytorchjob"
 #: Flags a PyTorchJob cannot honour: none.
 IGNORED_FLAGS: dict[str, str] = {}
+#: No other object counts its restarts: they are counted from its pods (launcher/status/counting.py).
+RESTART_RECORD: tuple[str, str, str] | None = None
 
 
 def render(spec: Any, *, metadata: dict[str, Any], pod_template: dict[str, Any]) -> dict[str, Any]:
@@ -162,3 +164,8 @@ def exit_event(event: dict) -> tuple[str, int] | None:
     """(pod name, exit code) when the event is the operator's record of a container's exit."""
     m = event.get("reason") == "ExitedWithCode" and _EXITED.search(event.get("message") or "")
     return (m.group(1), int(m.group(2))) if m else None
+
+
+def restarts(record: dict | None) -> tuple[int, int] | None:
+    """None: the operator keeps no restart count of its own (RESTART_RECORD is None)."""
+    return None

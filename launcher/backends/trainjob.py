@@ -62,6 +62,8 @@ CLUSTER_RUNTIME_MAX_RESTARTS = 3
 RUNTIME_KIND, RUNTIME_PLURAL = "TrainingRuntime", "trainingruntimes"
 #: The JobSet a TrainJob runs as (same name): its status counts the restarts spent.
 JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL = "jobset.x-k8s.io", "v1alpha2", "jobsets"
+#: The object whose status counts the job's restarts (`restarts`): its JobSet, (group, version, plural).
+RESTART_RECORD: tuple[str, str, str] | None = (JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL)
 #: Every custom kind this backend creates: kind -> (group, version, plural).
 CUSTOM_KINDS = {KIND: (GROUP, VERSION, PLURAL), RUNTIME_KIND: (GROUP, VERSION, RUNTIME_PLURAL)}
 #: The PodGroup plugin of the runtime per --gang (the Trainer makes the PodGroup and sets the scheduler).

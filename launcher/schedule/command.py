@@ -181,7 +181,9 @@ def run_verb(verb: str, argv: list[str], env: Mapping[str, str], now: float) -> 
         return 0
     name = args.schedule
     if verb == "delete":
-        schedules.delete_schedule(api, ns, name)
+        from launcher.schedule.render import stored_configmap_name
+
+        schedules.delete_schedule(api, ns, name, stored=stored_configmap_name(name))
         print(f"deleted schedule {ns}/{name} (runs already started keep running; `launch list -n {ns}`)")
         return 0
     from launcher.schedule.render import cronjob_to_job
