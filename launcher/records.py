@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import datetime
 import re
-from types import ModuleType
 from typing import Any, Sequence
 
 from launcher import backends
+from launcher.backends.protocol import Backend
 from trainer import contract
 
 
@@ -60,7 +60,7 @@ def _labels(pod: Any) -> dict[str, str]:
     return (pod.get("metadata", {}).get("labels") if isinstance(pod, dict) else pod.metadata.labels) or {}
 
 
-def pod_backend(labels: dict[str, str]) -> ModuleType:
+def pod_backend(labels: dict[str, str]) -> Backend:
     """The backend of a pod's job: a pod does not name its job's kind, but its controller left a job-name label."""
     return next((b for b in backends.BACKENDS.values() if b.POD_JOB_LABEL in labels), backends.DEFAULT)
 

@@ -36,7 +36,7 @@ def _cause(c: Mapping) -> Cause:
 def _pod(p: dict, restarts: int, progress: tuple[int | None, int | None] | None) -> PodStatus:
     return PodStatus(pod=p["pod"], uid=p["uid"], replica=p["replica"], phase=p["phase"], node=p["node"],
                      restarts=restarts, deleting=p["deleting"], unschedulable=p.get("unschedulable"),
-                     waiting=p.get("waiting"), exited="exit_code" in p, exit_code=p.get("exit_code"),
+                     waiting=p.get("waiting"), exit_code=p.get("exit_code"),
                      progress=progress)
 
 

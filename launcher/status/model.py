@@ -31,8 +31,7 @@ class PodStatus:
     deleting: bool
     unschedulable: str | None = None  # the scheduler's message
     waiting: str | None = None  # reason: message
-    exited: bool = False  # a terminated state (now or last) was seen
-    exit_code: int | None = None
+    exit_code: int | None = None  # of its container's terminated state, now or last
     #: The runtime's own words from this pod's log (the first replica's only): None and None when not read.
     progress: tuple[int | None, int | None] | None = None  # (resumed_from, preempted_at)
 
@@ -50,7 +49,7 @@ class PodStatus:
             return f"unschedulable: {self.unschedulable}"
         if self.waiting:
             return self.waiting
-        if self.exit_code not in (None, 0):
+        if self.exit_code is not None and self.exit_code != 0:
             return f"last exit {self.exit_code}: {contract.describe_exit_code(self.exit_code)}"
         return ""
 
@@ -140,7 +139,7 @@ def _pod_doc(p: PodStatus) -> dict[str, Any]:
         out["unschedulable"] = p.unschedulable
     if p.waiting is not None:
         out["waiting"] = p.waiting
-    if p.exited:
+    if p.exit_code is not None:
         out.update(exit_code=p.exit_code, exit_meaning=contract.describe_exit_code(p.exit_code),
                    retryable=contract.is_retryable(p.exit_code))
     if p.progress is not None:
