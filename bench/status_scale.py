@@ -1,7 +1,7 @@
-"""`launch status` and `launch list` at 128 and 512 pods, against the cluster tier's control plane.
+"""`launch status` and `launch list` at 128, 512 and 4,096 pods, against the cluster tier's control plane.
 
     KUBETRAIN_CLUSTER_BIN=... python -m bench status-scale
-    (KUBETRAIN_BENCH_PODS=128,512 and KUBETRAIN_BENCH_TRIALS=3 by default)
+    (KUBETRAIN_BENCH_PODS=128,512,4096 and KUBETRAIN_BENCH_TRIALS=3 by default)
 
 Starts the cluster tier (tests/cluster/conftest.py: etcd, kube-apiserver, controller-manager,
 scheduler, kwok, the training operator), adds kwok nodes of 8 GPUs for each size, submits a
@@ -26,7 +26,7 @@ import time
 
 from bench.context import REPO, Context
 
-SIZES = [int(s) for s in os.environ.get("KUBETRAIN_BENCH_PODS", "128,512").split(",")]
+SIZES = [int(s) for s in os.environ.get("KUBETRAIN_BENCH_PODS", "128,512,4096").split(",")]
 TRIALS = int(os.environ.get("KUBETRAIN_BENCH_TRIALS", "3"))
 
 
