@@ -8,7 +8,8 @@ scheduler, kwok, the training operator), adds kwok nodes of 8 GPUs for each size
 job of that many one-GPU pods named "held" (kwok keeps them Running), waits until all run,
 and times `launch status JOB`, `launch status JOB -o json` and `launch list` as the user
 runs them: a fresh `python -m launcher.cli` process each, median of the trials, and
-`launch --help` beside them. It measures; it asserts nothing about times.
+`launch --help` beside them; with KUBETRAIN_BENCH_BASELINE=<an older checkout> its `status`
+too, against the same pods. It measures; it asserts nothing about times.
 
 The control plane is the cluster tier's pytest fixture, so `run` starts pytest on this file
 in a child process, which collects `bench_status_at_scale`: the bench itself imports nothing
@@ -26,13 +27,15 @@ import time
 
 from bench.context import REPO, Context
 
+#: A checkout of an earlier launcher (a `git worktree` of main, say): its `status` is timed beside ours, same cluster.
+BASELINE = os.environ.get("KUBETRAIN_BENCH_BASELINE")
 SIZES = [int(s) for s in os.environ.get("KUBETRAIN_BENCH_PODS", "128,512,4096").split(",")]
 TRIALS = int(os.environ.get("KUBETRAIN_BENCH_TRIALS", "3"))
 
 
-def _time(argv: list[str], kubeconfig: str) -> tuple[float, str]:
+def _time(argv: list[str], kubeconfig: str, cwd: str = REPO) -> tuple[float, str]:
     started = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "launcher.cli", *argv], cwd=REPO, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "launcher.cli", *argv], cwd=cwd, capture_output=True, text=True,
                        env={**os.environ, "KUBECONFIG": kubeconfig}, timeout=600)
     took = time.monotonic() - started
     if r.returncode != 0:
@@ -57,18 +60,22 @@ def bench_status_at_scale(operator_cluster, capsys, monkeypatch):
                 raise RuntimeError(err)
             wait_running(api.core, ns, "held", pods, timeout=900)
             row: dict = {"pods": pods}
-            for key, argv in (("status", ["status", "held", "-n", ns]),
-                              ("status_json", ["status", "held", "-n", ns, "-o", "json"]),
-                              ("list", ["list", "-n", ns])):
+            runs = [("status", ["status", "held", "-n", ns], REPO),
+                    ("status_json", ["status", "held", "-n", ns, "-o", "json"], REPO),
+                    ("list", ["list", "-n", ns], REPO)]
+            if BASELINE:
+                runs += [("baseline_status", ["status", "held", "-n", ns], BASELINE),
+                         ("baseline_status_json", ["status", "held", "-n", ns, "-o", "json"], BASELINE)]
+            for key, argv, cwd in runs:
                 times, out = [], ""
                 for _ in range(TRIALS):
-                    took, out = _time(argv, operator_cluster)
+                    took, out = _time(argv, operator_cluster, cwd)
                     times.append(took)
                 row[key + "_s"] = round(statistics.median(times), 2)
                 row[key + "_all_s"] = [round(t, 2) for t in times]
-                if key == "status":
-                    row["status_lines"] = len(out.splitlines())
-                    row["status_head"] = out.splitlines()[:3]
+                if key in ("status", "baseline_status"):
+                    row[key + "_lines"] = len(out.splitlines())
+                    row[key + "_head"] = out.splitlines()[:3]
             baseline, _ = _time(["--help"], operator_cluster)
             row["launch_help_s"] = round(baseline, 2)
             with open(os.environ["KUBETRAIN_BENCH_OUT"], "a") as f:  # pytest imports this file anew: no shared list
