@@ -13,13 +13,8 @@ from typing import Sequence
 from launcher.errors import ClusterError
 from launcher.k8s.api import Api, call, raw
 from launcher.kueue.names import (CLUSTER_QUEUE as CLUSTER_QUEUES, GROUP, JOB_UID_LABEL,
-                                  LOCAL_QUEUE as LOCAL_QUEUES, PRIORITY_CLASS as PRIORITY_CLASSES, QUEUE_LABEL,
+                                  LOCAL_QUEUE as LOCAL_QUEUES, PRIORITY_CLASS as PRIORITY_CLASSES, queue_name,
                                   VERSION, VISIBILITY_GROUP, WORKLOAD as WORKLOADS)
-
-
-def queue_name(job: dict) -> str | None:
-    """The LocalQueue a job's label names (Kueue's queue-name label); None: the job is not behind Kueue."""
-    return ((job.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL) or None
 
 
 def _list(api: Api, ns: str, plural: str, selector: str | None = None) -> list[dict]:

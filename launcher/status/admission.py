@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 # Kueue's API facts live in launcher/kueue/names.py; re-exported for this module's readers.
 from launcher.kueue.names import (GROUP, JOB_UID_LABEL, QUEUE_LABEL, VERSION, VISIBILITY_GROUP,  # noqa: F401
-                                  WORKLOAD_PRIORITY_CLASS_KIND)
+                                  WORKLOAD_PRIORITY_CLASS_KIND, queue_name)
 from launcher.kueue.names import PRIORITY_LABEL as PRIORITY_CLASS_LABEL  # noqa: F401
 from launcher.records import age, parse_time
 
@@ -74,10 +74,6 @@ class Admission:
     position: int | None = None  # in its LocalQueue, where the visibility API is served
     priority: int | None = None
     evictions: tuple[Eviction, ...] = ()  # oldest first; see `evictions`
-
-
-def queue_name(job: dict) -> str | None:
-    return ((job.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL) or None
 
 
 def of_reads(job: dict, reads: KueueReads) -> Admission:
