@@ -18,7 +18,7 @@ from launcher.chaos import kueue_plan as plan
 from launcher.errors import ClusterError, SpecError
 from launcher.k8s import kueue as k8s_kueue
 from launcher.k8s.api import Api
-from launcher.k8s.jobs import get_job, job_pods, pod_container
+from launcher.k8s.jobs import get_job, job_pods
 from launcher.k8s.jobs import state as job_state
 from launcher.chaos.cluster import resumed_from
 from launcher.status import admission as kueue

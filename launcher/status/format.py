@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 from typing import Sequence
 
-from launcher.records import age, natural_key, parse_time  # noqa: F401 (parse_time: for this module's readers)
+from launcher.records import age, natural_key
 from launcher.status.model import JobStatus, PodStatus
 
 def head_line(s: JobStatus) -> str:
