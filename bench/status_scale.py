@@ -92,7 +92,9 @@ def run(ctx: Context) -> dict:
     rows_path = os.path.join(ctx.tmp, "status-rows.jsonl")
     env = {**os.environ, "KUBETRAIN_BENCH_OUT": rows_path}
     r = subprocess.run([sys.executable, "-m", "pytest", os.path.abspath(__file__), "-p", "tests.cluster.conftest",
-                        "-o", "python_functions=bench_*", "-q", "-W", "ignore", "-p", "no:cacheprovider"],
+                        "-o", "python_functions=bench_*", "-q", "-W", "ignore", "-p", "no:cacheprovider",
+                        # the tier's 600 s per test is too short here: 4,096 pods take minutes to start
+                        "-o", "timeout=3600"],
                        cwd=REPO, env=env)
     rows = []
     if os.path.exists(rows_path):
