@@ -1,14 +1,15 @@
-"""`launch status` and `launch list` at 128 and 512 pods, against the cluster tier's control plane.
+"""`launch status` and `launch list` at 128, 512 and 4,096 pods, against the cluster tier's control plane.
 
     KUBETRAIN_CLUSTER_BIN=... python -m bench status-scale
-    (KUBETRAIN_BENCH_PODS=128,512 and KUBETRAIN_BENCH_TRIALS=3 by default)
+    (KUBETRAIN_BENCH_PODS=128,512,4096 and KUBETRAIN_BENCH_TRIALS=3 by default)
 
 Starts the cluster tier (tests/cluster/conftest.py: etcd, kube-apiserver, controller-manager,
 scheduler, kwok, the training operator), adds kwok nodes of 8 GPUs for each size, submits a
 job of that many one-GPU pods named "held" (kwok keeps them Running), waits until all run,
 and times `launch status JOB`, `launch status JOB -o json` and `launch list` as the user
 runs them: a fresh `python -m launcher.cli` process each, median of the trials, and
-`launch --help` beside them. It measures; it asserts nothing about times.
+`launch --help` beside them; with KUBETRAIN_BENCH_BASELINE=<an older checkout> its `status`
+too, against the same pods. It measures; it asserts nothing about times.
 
 The control plane is the cluster tier's pytest fixture, so `run` starts pytest on this file
 in a child process, which collects `bench_status_at_scale`: the bench itself imports nothing
@@ -26,13 +27,15 @@ import time
 
 from bench.context import REPO, Context
 
-SIZES = [int(s) for s in os.environ.get("KUBETRAIN_BENCH_PODS", "128,512").split(",")]
+#: A checkout of an earlier launcher (a `git worktree` of main, say): its `status` is timed beside ours, same cluster.
+BASELINE = os.environ.get("KUBETRAIN_BENCH_BASELINE")
+SIZES = [int(s) for s in os.environ.get("KUBETRAIN_BENCH_PODS", "128,512,4096").split(",")]
 TRIALS = int(os.environ.get("KUBETRAIN_BENCH_TRIALS", "3"))
 
 
-def _time(argv: list[str], kubeconfig: str) -> tuple[float, str]:
+def _time(argv: list[str], kubeconfig: str, cwd: str = REPO) -> tuple[float, str]:
     started = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "launcher.cli", *argv], cwd=REPO, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "launcher.cli", *argv], cwd=cwd, capture_output=True, text=True,
                        env={**os.environ, "KUBECONFIG": kubeconfig}, timeout=600)
     took = time.monotonic() - started
     if r.returncode != 0:
@@ -57,18 +60,22 @@ def bench_status_at_scale(operator_cluster, capsys, monkeypatch):
                 raise RuntimeError(err)
             wait_running(api.core, ns, "held", pods, timeout=900)
             row: dict = {"pods": pods}
-            for key, argv in (("status", ["status", "held", "-n", ns]),
-                              ("status_json", ["status", "held", "-n", ns, "-o", "json"]),
-                              ("list", ["list", "-n", ns])):
+            runs = [("status", ["status", "held", "-n", ns], REPO),
+                    ("status_json", ["status", "held", "-n", ns, "-o", "json"], REPO),
+                    ("list", ["list", "-n", ns], REPO)]
+            if BASELINE:
+                runs += [("baseline_status", ["status", "held", "-n", ns], BASELINE),
+                         ("baseline_status_json", ["status", "held", "-n", ns, "-o", "json"], BASELINE)]
+            for key, argv, cwd in runs:
                 times, out = [], ""
                 for _ in range(TRIALS):
-                    took, out = _time(argv, operator_cluster)
+                    took, out = _time(argv, operator_cluster, cwd)
                     times.append(took)
                 row[key + "_s"] = round(statistics.median(times), 2)
                 row[key + "_all_s"] = [round(t, 2) for t in times]
-                if key == "status":
-                    row["status_lines"] = len(out.splitlines())
-                    row["status_head"] = out.splitlines()[:3]
+                if key in ("status", "baseline_status"):
+                    row[key + "_lines"] = len(out.splitlines())
+                    row[key + "_head"] = out.splitlines()[:3]
             baseline, _ = _time(["--help"], operator_cluster)
             row["launch_help_s"] = round(baseline, 2)
             with open(os.environ["KUBETRAIN_BENCH_OUT"], "a") as f:  # pytest imports this file anew: no shared list
@@ -85,7 +92,9 @@ def run(ctx: Context) -> dict:
     rows_path = os.path.join(ctx.tmp, "status-rows.jsonl")
     env = {**os.environ, "KUBETRAIN_BENCH_OUT": rows_path}
     r = subprocess.run([sys.executable, "-m", "pytest", os.path.abspath(__file__), "-p", "tests.cluster.conftest",
-                        "-o", "python_functions=bench_*", "-q", "-W", "ignore", "-p", "no:cacheprovider"],
+                        "-o", "python_functions=bench_*", "-q", "-W", "ignore", "-p", "no:cacheprovider",
+                        # the tier's 600 s per test is too short here: 4,096 pods take minutes to start
+                        "-o", "timeout=3600"],
                        cwd=REPO, env=env)
     rows = []
     if os.path.exists(rows_path):

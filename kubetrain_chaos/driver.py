@@ -81,7 +81,7 @@ def run_chaos(plan: ChaosPlan, echo: Echo = print) -> report.ChaosReport:
             runner.current.exit_code(timeout=30)
     with open(os.path.join(workdir, EVENTS_NAME), "w") as f:
         f.write(rec.to_json())
-    return report.ChaosReport(plan, rec, oracle.verdict(rec), report.ledger_lines(runner.run_dir("chaos")))
+    return report.ChaosReport(plan, rec, oracle.verdict(rec), report.ledger_summary(runner.run_dir("chaos")))
 
 
 def run_repeated(plan: ChaosPlan, times: int, echo: Echo = print) -> list[report.ChaosReport]:

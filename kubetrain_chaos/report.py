@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Callable
 
 from kubetrain_chaos import oracle, record
 from kubetrain_chaos.oracle import Check
@@ -20,8 +21,8 @@ class ChaosReport:
     plan: ChaosPlan
     record: RunRecord
     checks: list[Check]
-    #: `launch status`'s ledger block for the faulted run (None: no ledger to show).
-    ledger: list[str] | None = None
+    #: The faulted run's restart ledger, summarized (None: no ledger); the launcher renders its table.
+    ledger: contract.LedgerSummary | None = None
 
     @property
     def ok(self) -> bool:
@@ -59,7 +60,19 @@ def what(rec: FaultRecord) -> str:
     return f"{rec.detail} {where}"
 
 
-def format_report(r: ChaosReport) -> str:
+#: Renders a ledger summary as `launch status` does (launcher/status/ledger.lines): the launcher passes it in.
+LedgerLines = Callable[[contract.LedgerSummary], list[str]]
+
+
+def _ledger_block(summary: contract.LedgerSummary, ledger_lines: LedgerLines | None) -> list[str]:
+    if ledger_lines is not None:
+        return ["", "restart ledger of the faulted run (as `launch status` shows it):"] + ledger_lines(summary)
+    goodput = f"{summary.goodput:.0%}" if summary.goodput is not None else "-"
+    return ["", f"restart ledger of the faulted run: {summary.attempts} start(s), goodput {goodput} "
+                "(`launch chaos --local` shows its table)"]
+
+
+def format_report(r: ChaosReport, ledger_lines: LedgerLines | None = None) -> str:
     dash = "-"
 
     def cell(v: object) -> object:
@@ -73,8 +86,8 @@ def format_report(r: ChaosReport) -> str:
     rows.append("")
     for c in r.checks:
         rows.append(f"  {'PASS' if c.ok else 'FAIL'}  {c.name:<16} {c.detail}")
-    if r.ledger:
-        rows += ["", "restart ledger of the faulted run (as `launch status` shows it):"] + r.ledger
+    if r.ledger is not None:
+        rows += _ledger_block(r.ledger, ledger_lines)
     rows.append("")
     rows.append(f"{'every invariant held' if r.ok else 'FAILED'}; reproduce: {reproduce_command(r.plan)}")
     rows.append(f"checkpoints, logs and the recorded events: {r.workdir}")
@@ -95,8 +108,8 @@ def _doc(r: ChaosReport) -> dict:
             "checks": [dataclasses.asdict(c) for c in r.checks]}
 
 
-def ledger_lines(run_dir: str) -> list[str] | None:
-    """`launch status`'s ledger block for a local run folder; None when it has no ledger."""
+def ledger_summary(run_dir: str) -> contract.LedgerSummary | None:
+    """The restart ledger of a local run folder, summarized; None when it has no ledger."""
     folder = os.path.join(run_dir, contract.ATTEMPTS_DIR)
     try:
         names = sorted(os.listdir(folder))
@@ -112,9 +125,7 @@ def ledger_lines(run_dir: str) -> list[str] | None:
     attempts = contract.parse_ledger(objects)
     if not attempts:
         return None
-    from launcher.status import ledger as restart_ledger
-
-    return restart_ledger.lines(contract.summarize_ledger(attempts, time.time()))
+    return contract.summarize_ledger(attempts, time.time())
 
 
 def verdict_key(r: ChaosReport) -> tuple:
@@ -142,9 +153,10 @@ def disagreements(reports: list[ChaosReport]) -> list[str]:
     return out
 
 
-def format_repeats(reports: list[ChaosReport]) -> str:
+def format_repeats(reports: list[ChaosReport], ledger_lines: LedgerLines | None = None) -> str:
     """Each repeat's report, then one line: the verdicts agree, or where they do not."""
-    parts = [f"=== repeat {i} of {len(reports)} ===\n{format_report(r)}" for i, r in enumerate(reports, 1)]
+    parts = [f"=== repeat {i} of {len(reports)} ===\n{format_report(r, ledger_lines)}"
+             for i, r in enumerate(reports, 1)]
     bad = disagreements(reports)
     verdicts = ", ".join("PASS" if r.ok else "FAIL" for r in reports)
     parts.append(f"{len(reports)} repeats of seed {reports[0].plan.seed}: {verdicts}; " +
@@ -158,10 +170,11 @@ def repeats_json(reports: list[ChaosReport]) -> str:
                        "repeats": [_doc(r) for r in reports]}, indent=2)
 
 
-def render(reports: list[ChaosReport], output: str) -> tuple[str, int]:
+def render(reports: list[ChaosReport], output: str, ledger_lines: LedgerLines | None = None) -> tuple[str, int]:
     """(what `launch chaos --local` prints, its exit code): 0 when every repeat held and they agree."""
     if len(reports) == 1:
         r = reports[0]
-        return (report_json(r) if output == "json" else "\n" + format_report(r)), (0 if r.ok else 1)
+        return (report_json(r) if output == "json" else "\n" + format_report(r, ledger_lines)), (0 if r.ok else 1)
     ok = all(r.ok for r in reports) and not disagreements(reports)
-    return (repeats_json(reports) if output == "json" else "\n" + format_repeats(reports)), (0 if ok else 1)
+    return (repeats_json(reports) if output == "json" else "\n" + format_repeats(reports, ledger_lines)), (
+        0 if ok else 1)

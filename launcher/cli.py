@@ -1,4 +1,4 @@
-"""`launch`: submit a training script as a PyTorchJob, or run it here with --local.
+"""`launch`: submit a training script as a PyTorchJob or TrainJob (--backend), or run it here with --local.
 
     launch train.py --gpus 8                       # 1 node x 8 GPUs
     launch train.py --gpus 16 --gpus-per-node 8    # 2 nodes x 8

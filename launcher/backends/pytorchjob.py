@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+from typing import Any, Mapping
 
+from launcher.backends.protocol import JobShape, Pod
 from trainer import contract
 
 KIND = "PyTorchJob"
@@ -47,15 +48,17 @@ FIRST_REPLICA = "master-0"
 KUEUE_FRAMEWORK = "kubeflow.org/pytorchjob"
 #: Flags a PyTorchJob cannot honour: none.
 IGNORED_FLAGS: dict[str, str] = {}
+#: No other object counts its restarts: they are counted from its pods (launcher/status/counting.py).
+RESTART_RECORD: tuple[str, str, str] | None = None
 
 
-def render(spec: Any, *, metadata: dict[str, Any], pod_template: dict[str, Any]) -> dict[str, Any]:
+def render(spec: JobShape, *, metadata: dict[str, Any], pod: Pod) -> dict[str, Any]:
     """The PyTorchJob of a JobSpec (launcher/job/spec.py): restartPolicy ExitCode on every replica."""
 
     def replica(count: int) -> dict[str, Any]:
         # ExitCode: the operator retries 128-255 (preemption, signals, our hang/infra codes), not 1-127.
         # A copy per replica type, so that YAML output has no anchors and edits stay local.
-        return {"replicas": count, "restartPolicy": "ExitCode", "template": copy.deepcopy(pod_template)}
+        return {"replicas": count, "restartPolicy": "ExitCode", "template": copy.deepcopy(pod.template)}
 
     run_policy: dict[str, Any] = {"backoffLimit": spec.max_restarts, "cleanPodPolicy": spec.clean_pod_policy}
     if spec.active_deadline_seconds:
@@ -80,7 +83,7 @@ def render(spec: Any, *, metadata: dict[str, Any], pod_template: dict[str, Any])
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": job_spec}
 
 
-def companions(spec: Any, *, metadata: dict[str, Any], pod_template: dict[str, Any]) -> list[dict[str, Any]]:
+def companions(spec: JobShape, *, metadata: dict[str, Any], pod: Pod) -> list[dict[str, Any]]:
     """Nothing: a PyTorchJob carries its whole pod template."""
     return []
 
@@ -117,7 +120,7 @@ def replica_names(job: dict) -> set[str]:
             for i in range(s.get("replicas") or 1)}
 
 
-def replica_id(labels: dict[str, str]) -> str:
+def replica_id(labels: Mapping[str, str]) -> str:
     """`worker-3`: a pod's replica type and index, from the labels the operator sets."""
     rtype = labels.get(contract.OPERATOR_REPLICA_TYPE_LABEL, "pod")
     return f"{rtype.lower()}-{labels.get(contract.OPERATOR_REPLICA_INDEX_LABEL, '?')}"
@@ -162,3 +165,8 @@ def exit_event(event: dict) -> tuple[str, int] | None:
     """(pod name, exit code) when the event is the operator's record of a container's exit."""
     m = event.get("reason") == "ExitedWithCode" and _EXITED.search(event.get("message") or "")
     return (m.group(1), int(m.group(2))) if m else None
+
+
+def restarts(record: dict | None) -> tuple[int, int] | None:
+    """None: the operator keeps no restart count of its own (RESTART_RECORD is None)."""
+    return None

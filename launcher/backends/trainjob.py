@@ -21,8 +21,9 @@ node until maxRestarts restarts are spent. Pure: dicts in, dicts out.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Mapping
 
+from launcher.backends.protocol import RUNTIME_COMMAND, JobShape, Pod
 from trainer import contract
 
 KIND = "TrainJob"
@@ -62,10 +63,12 @@ CLUSTER_RUNTIME_MAX_RESTARTS = 3
 RUNTIME_KIND, RUNTIME_PLURAL = "TrainingRuntime", "trainingruntimes"
 #: The JobSet a TrainJob runs as (same name): its status counts the restarts spent.
 JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL = "jobset.x-k8s.io", "v1alpha2", "jobsets"
+#: The object whose status counts the job's restarts (`restarts`): its JobSet, (group, version, plural).
+RESTART_RECORD: tuple[str, str, str] | None = (JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL)
 #: Every custom kind this backend creates: kind -> (group, version, plural).
 CUSTOM_KINDS = {KIND: (GROUP, VERSION, PLURAL), RUNTIME_KIND: (GROUP, VERSION, RUNTIME_PLURAL)}
 #: The PodGroup plugin of the runtime per --gang (the Trainer makes the PodGroup and sets the scheduler).
-GANG_POLICIES = {"volcano": {"volcano": {}}, "scheduler-plugins": {"coscheduling": {}}}
+GANG_POLICIES: dict[str, dict[str, Any]] = {"volcano": {"volcano": {}}, "scheduler-plugins": {"coscheduling": {}}}
 SUBMITTER_RULES: tuple[dict[str, Any], ...] = (
     {"apiGroups": [GROUP], "resources": [PLURAL, RUNTIME_PLURAL], "verbs": ["create", "get", "list", "delete", "patch"]},
     # As for PyTorchJob: what the run creates names the TrainJob as owner with blockOwnerDeletion.
@@ -78,16 +81,10 @@ _PATCHABLE_POD = ("terminationGracePeriodSeconds", "securityContext", "serviceAc
 _RUNTIME_ONLY_POD = ("priorityClassName", "schedulerName")
 
 
-def _trainer_container(pod_template: dict[str, Any]) -> dict[str, Any]:
-    (c,) = pod_template["spec"]["containers"]
-    return c
-
-
-def needs_own_runtime(spec: Any, pod_template: dict[str, Any]) -> bool:
+def needs_own_runtime(spec: JobShape, pod: Pod) -> bool:
     """Whether the job needs what a TrainJob cannot patch: another budget, priority, scheduler, Secret env."""
     return (spec.max_restarts != CLUSTER_RUNTIME_MAX_RESTARTS or bool(spec.gang)
-            or any(k in pod_template["spec"] for k in _RUNTIME_ONLY_POD)
-            or bool(_trainer_container(pod_template).get("envFrom")))
+            or any(k in pod.template["spec"] for k in _RUNTIME_ONLY_POD) or bool(pod.container.get("envFrom")))
 
 
 def failure_policy(max_restarts: int) -> dict[str, Any]:
@@ -107,19 +104,19 @@ def pod_failure_policy() -> dict[str, Any]:
                                               "values": list(range(1, 128))}}]}
 
 
-def render_runtime(spec: Any, *, metadata: dict[str, Any], pod_template: dict[str, Any]) -> dict[str, Any]:
+def render_runtime(spec: JobShape, *, metadata: dict[str, Any], pod: Pod) -> dict[str, Any]:
     """The job's own TrainingRuntime: the cluster runtime's policy, with this job's budget and whole pod."""
-    pod = copy.deepcopy(pod_template)
-    (c,) = pod["spec"]["containers"]
+    template = copy.deepcopy(pod.template)
+    (c,) = template["spec"]["containers"]
     c["name"] = CONTAINER
-    c["command"] = c["command"][:4]  # python -m trainer run; the TrainJob's trainer.args add the script
-    pod["spec"]["restartPolicy"] = "Never"  # podFailurePolicy needs it: the Job decides on each exit
+    c["command"] = list(RUNTIME_COMMAND)  # the TrainJob's trainer.args add the script
+    template["spec"]["restartPolicy"] = "Never"  # podFailurePolicy needs it: the Job decides on each exit
     runtime_spec: dict[str, Any] = {
         "mlPolicy": {"numNodes": spec.nodes, "torch": {}},
         "template": {"spec": {"failurePolicy": failure_policy(spec.max_restarts), "replicatedJobs": [{
             "name": TRAINER_JOB,
             "template": {"metadata": {"labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},
-                         "spec": {"backoffLimit": 0, "podFailurePolicy": pod_failure_policy(), "template": pod}}}]}}}
+                         "spec": {"backoffLimit": 0, "podFailurePolicy": pod_failure_policy(), "template": template}}}]}}}
     if spec.gang:
         runtime_spec["podGroupPolicy"] = copy.deepcopy(GANG_POLICIES[spec.gang])
     meta = copy.deepcopy(metadata)
@@ -127,35 +124,34 @@ def render_runtime(spec: Any, *, metadata: dict[str, Any], pod_template: dict[st
     return {"apiVersion": API_VERSION, "kind": RUNTIME_KIND, "metadata": meta, "spec": runtime_spec}
 
 
-def companions(spec: Any, *, metadata: dict[str, Any], pod_template: dict[str, Any]) -> list[dict[str, Any]]:
+def companions(spec: JobShape, *, metadata: dict[str, Any], pod: Pod) -> list[dict[str, Any]]:
     """Objects the TrainJob needs before it is created: its own TrainingRuntime, when it needs one."""
-    return [render_runtime(spec, metadata=metadata, pod_template=pod_template)] \
-        if needs_own_runtime(spec, pod_template) else []
+    return [render_runtime(spec, metadata=metadata, pod=pod)] if needs_own_runtime(spec, pod) else []
 
 
-def render(spec: Any, *, metadata: dict[str, Any], pod_template: dict[str, Any]) -> dict[str, Any]:
+def render(spec: JobShape, *, metadata: dict[str, Any], pod: Pod) -> dict[str, Any]:
     """The TrainJob of a JobSpec: trainer fields, and the rest of the pod as our runtimePatches entry."""
     if spec.elastic:
         from launcher.errors import SpecError
 
         raise SpecError("--nodes MIN:MAX: a TrainJob on the kubetrain runtime has a fixed size; "
                         "use --backend pytorchjob for an elastic job")
-    c = _trainer_container(pod_template)
+    c = pod.container
     trainer: dict[str, Any] = {"numNodes": spec.nodes, "numProcPerNode": spec.nproc_per_node, "image": c["image"],
-                               "args": list(c["command"][4:]), "env": copy.deepcopy(c["env"])}
+                               "args": list(pod.script), "env": copy.deepcopy(c["env"])}
     if c.get("resources"):
         trainer["resourcesPerNode"] = copy.deepcopy(c["resources"])
-    pod_spec = {k: copy.deepcopy(v) for k, v in pod_template["spec"].items() if k in _PATCHABLE_POD}
+    pod_spec = {k: copy.deepcopy(v) for k, v in pod.template["spec"].items() if k in _PATCHABLE_POD}
     pod_spec["containers"] = [{"name": CONTAINER, **{k: copy.deepcopy(c[k]) for k in ("volumeMounts", "securityContext")
                                                      if k in c}}]
-    own = needs_own_runtime(spec, pod_template)
+    own = needs_own_runtime(spec, pod)
     job_spec: dict[str, Any] = {
         "runtimeRef": {"apiGroup": GROUP, "kind": RUNTIME_KIND if own else CLUSTER_RUNTIME_KIND,
                        "name": metadata["name"] if own else CLUSTER_RUNTIME},
         "trainer": trainer,
         "runtimePatches": [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
             {"name": TRAINER_JOB, "template": {"spec": {"template": {
-                "metadata": copy.deepcopy(pod_template.get("metadata") or {}), "spec": pod_spec}}}}]}}}}],
+                "metadata": copy.deepcopy(pod.template.get("metadata") or {}), "spec": pod_spec}}}}]}}}}],
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
@@ -201,7 +197,7 @@ def pod_templates(job: dict) -> list[dict]:
     containers = pod_spec.get("containers") or [{"name": CONTAINER}]
     for c in containers:
         if c.get("name") == CONTAINER:
-            c.update({"image": t.get("image"), "command": ["python", "-m", "trainer", "run", *(t.get("args") or [])],
+            c.update({"image": t.get("image"), "command": [*RUNTIME_COMMAND, *(t.get("args") or [])],
                       "env": t.get("env") or [], "resources": t.get("resourcesPerNode") or {}})
     pod_spec["containers"] = containers
     return [patch]
@@ -219,7 +215,7 @@ def replica_names(job: dict) -> set[str]:
     return {f"{name}-{TRAINER_JOB}-0-{i}" for i in range(expected_pods(job))}
 
 
-def replica_id(labels: dict[str, str]) -> str:
+def replica_id(labels: Mapping[str, str]) -> str:
     """`node-3`: the replicated Job and the pod's completion index (its node rank)."""
     return f"{labels.get(REPLICATED_JOB_LABEL, TRAINER_JOB)}-{labels.get(COMPLETION_INDEX_LABEL, '?')}"
 

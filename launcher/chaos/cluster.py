@@ -25,7 +25,9 @@ from launcher.k8s import faults
 from launcher.k8s.api import Api
 from launcher.k8s.jobs import get_job, job_pods, pod_backend, pod_container, replica_id
 from launcher.k8s.jobs import state as job_state
-from launcher.k8s.status import pod_recreations, runtime_progress
+from launcher.k8s.status import log_tail, read_pods_and_events
+from launcher.status.build import pod_recreations
+from launcher.status.counting import newest_commit
 
 FINISHED = backends.FINISHED
 
@@ -149,7 +151,7 @@ def _watch(api: Api, ns: str, name: str, r: FaultResult, timeout: float) -> None
     # (minutes on a busy node), so this waits as long as --wait allows, not a fixed minute.
     while time.monotonic() < deadline:
         try:
-            steps = [runtime_progress(api, ns, p, pod_container(p))["resumed_from"] for p in replaced.values()]
+            steps = [resumed_from(api, ns, p) for p in replaced.values()]
         except ClusterError as e:
             r.note = f"resume step unknown: its log cannot be read ({e})"
             return
@@ -158,6 +160,17 @@ def _watch(api: Api, ns: str, name: str, r: FaultResult, timeout: float) -> None
             return
         time.sleep(2)
     r.note = "its log names no resume step yet"
+
+
+def resumed_from(api: Api, ns: str, pod: Any) -> int | None:
+    """The step a (typed) pod's runtime resumed from, by its log; None when it logged none yet."""
+    return newest_commit(log_tail(api, ns, pod.metadata.name, pod_container(pod)))["resumed_from"]
+
+
+def recreations(api: Api, ns: str, name: str) -> int:
+    """How often the job's pods were created again, so far (launcher/status/counting.py)."""
+    job = get_job(api, ns, name)
+    return pod_recreations(job, *read_pods_and_events(api, ns, job))
 
 
 def fault_line(r: FaultResult, count: int) -> str:
@@ -183,7 +196,7 @@ def run_cluster_chaos(api: Api, ns: str, name: str, action: ChaosAction, *, seed
     state = job_state(job)
     if state in FINISHED:
         raise SpecError(f"{backends.of(job).KIND} {ns}/{name} has {state.lower()}: chaos needs a running job")
-    restarts_before = pod_recreations(api, ns, name)
+    restarts_before = recreations(api, ns, name)
     print(f"launch chaos: {ns}/{name} ({state}, {backends.of(job).min_pods(job)} pod(s)); {action.count} fault(s), "
           f"{action.every_s:g}s apart; seed {seed}", flush=True)
     cordoned: list[str] = []
@@ -208,7 +221,7 @@ def run_cluster_chaos(api: Api, ns: str, name: str, action: ChaosAction, *, seed
             print(f"uncordoned node {node}")
     job = get_job(api, ns, name)
     state = job_state(job)
-    restarts = pod_recreations(api, ns, name)
+    restarts = recreations(api, ns, name)
     print(f"{ns}/{name}: {state}; pods recreated {restarts - restarts_before} time(s) during chaos "
           f"(`launch status {name} -n {ns}` has the causes and the retry budget)")
     recovered = bool(results) and state != "Failed" and all(

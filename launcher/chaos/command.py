@@ -106,7 +106,9 @@ def _local(args: argparse.Namespace, script_args: list[str]) -> int:
         reports = chaos.run_repeated(plan, args.repeat, echo=echo)
     except chaos_plan.UsageError as e:
         raise SpecError(str(e)) from e
-    text, code = chaos_report.render(reports, args.output)
+    from launcher.status import ledger as restart_ledger
+
+    text, code = chaos_report.render(reports, args.output, restart_ledger.lines)  # the launcher renders the ledger
     print(text)
     return code
 

@@ -18,9 +18,9 @@ from launcher.chaos import kueue_plan as plan
 from launcher.errors import ClusterError, SpecError
 from launcher.k8s import kueue as k8s_kueue
 from launcher.k8s.api import Api
-from launcher.k8s.jobs import get_job, job_pods, pod_container
+from launcher.k8s.jobs import get_job, job_pods
 from launcher.k8s.jobs import state as job_state
-from launcher.k8s.status import runtime_progress
+from launcher.chaos.cluster import resumed_from
 from launcher.status import admission as kueue
 
 
@@ -134,7 +134,7 @@ def _recovery(api: Api, ns: str, job: dict, before: set[str], start: float, dead
     print(f"running again after {time.monotonic() - start:.1f}s", flush=True)
 
     def resumed() -> int | None:
-        steps = [runtime_progress(api, ns, p, pod_container(p))["resumed_from"] for p in pods]
+        steps = [resumed_from(api, ns, p) for p in pods]
         return min(steps) if steps and all(s is not None for s in steps) else None
 
     try:

@@ -13,6 +13,8 @@ import shlex
 import sys
 from typing import Any, Mapping
 
+from launcher import objectstore
+
 RULE_ID = "kubetrain-abort-incomplete-uploads"
 DAYS = 1
 
@@ -72,19 +74,7 @@ def warning(uri: str, rules: list[Mapping[str, Any]]) -> str | None:
 
 def bucket_rules(bucket: str, client: Any = None) -> list[dict] | None:
     """The bucket's lifecycle rules ([] for none); None when they cannot be read (no permission, no network)."""
-    try:
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            client = boto3.client("s3", config=Config(connect_timeout=3, read_timeout=5,
-                                                      retries={"max_attempts": 2, "mode": "standard"}))
-        return list(client.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", []))
-    except Exception as e:
-        code = (getattr(e, "response", None) or {}).get("Error", {}).get("Code")
-        if code == "NoSuchLifecycleConfiguration":
-            return []
-        return None
+    return objectstore.lifecycle_rules(bucket, client)
 
 
 def warn_without_abort_rule(uri: str | None, client: Any = None) -> str | None:

@@ -1,5 +1,5 @@
 """Ship the user's code without an image rebuild: a tar.gz of the script or its folder, in the
-job's ConfigMap or, when too big for one, in the object store (uploaded through fsspec).
+job's ConfigMap or, when too big for one, in the object store (uploaded through launcher/objectstore.py).
 
 A directory is packed with .gitignore honoured (through `git ls-files` when
 it is a git work tree, else a small subset of gitignore rules: names and
@@ -20,6 +20,7 @@ import sys
 import tarfile
 from typing import Callable
 
+from launcher import objectstore
 from launcher.errors import ClusterError, SpecError
 from launcher.job.render import CodeRef
 
@@ -128,12 +129,7 @@ def pack(script: str, *, name: str, code_dir: str | None, code_uri: str | None) 
 
 def upload(uri: str, data: bytes) -> None:
     try:
-        import fsspec
-
-        # A new filesystem, not fsspec's cached one: that was made with the endpoint and credentials of
-        # the environment at its first use in this process, which may not be this call's (seen in tests).
-        with fsspec.open(uri, "wb", skip_instance_cache=True) as f:
-            f.write(data)
+        objectstore.write(uri, data)
     except Exception as e:
         raise ClusterError(f"uploading the code bundle to {uri}: {e}") from e
 
@@ -141,10 +137,7 @@ def upload(uri: str, data: bytes) -> None:
 def remove(uri: str) -> None:
     """Delete an uploaded bundle again; a failure is a warning (the failure that brought us here matters more)."""
     try:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(uri, skip_instance_cache=True)  # as upload: this environment's
-        fs.rm_file(path)
+        objectstore.remove(uri)
     except Exception as e:
         print(f"launch: warning: could not remove the code bundle {uri}: {e}", file=sys.stderr)
 

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from launcher import backends
+from launcher.backends.protocol import RUNTIME_COMMAND, Backend, Pod
 from launcher.job.spec import GPU_RESOURCE, JobSpec
 from launcher.kueue import names as kueue
 from trainer import contract
@@ -155,7 +156,7 @@ def _container(spec: JobSpec, *, name: str, code: CodeRef | None, image: str) ->
         "name": contract.CONTAINER_NAME,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-m", "trainer", "run", script, *spec.script_args],
+        "command": [*RUNTIME_COMMAND, script, *spec.script_args],
         "env": runtime_env(spec, name=name, code=code),
         "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
         "volumeMounts": mounts,
@@ -201,15 +202,16 @@ def _pod_template(spec: JobSpec, *, name: str, code: CodeRef | None, image: str)
 
 
 def spec_to_objects(spec: JobSpec, *, name: str, code: CodeRef | None, image: str,
-                    backend: ModuleType = backends.DEFAULT) -> list[dict[str, Any]]:
+                    backend: Backend = backends.DEFAULT) -> list[dict[str, Any]]:
     """Everything one `launch` creates, job first (the others are owned by it once it exists; its
     companions, such as a TrainJob's own runtime, are created before it: launcher/k8s/jobs.py)."""
-    pod_template = _pod_template(spec, name=name, code=code, image=image)
+    script = code.entrypoint if code is not None else spec.script
+    pod = Pod(_pod_template(spec, name=name, code=code, image=image), script=(script, *spec.script_args))
     # Kueue's labels on the job object only: it is the one Kueue makes a workload of.
     job_metadata = _metadata(name, spec)
     job_metadata["labels"].update(kueue.job_labels(spec.queue, spec.workload_priority))
-    objects = [backend.render(spec, metadata=job_metadata, pod_template=pod_template),
-               *backend.companions(spec, metadata=_metadata(name, spec), pod_template=pod_template)]
+    objects = [backend.render(spec, metadata=job_metadata, pod=pod),
+               *backend.companions(spec, metadata=_metadata(name, spec), pod=pod)]
     if code is not None and code.configmap_data is not None:
         objects.append(code_to_configmap(name, spec, code))
     objects.append(spec_to_pdb(spec, name=name, backend=backend))

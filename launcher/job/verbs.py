@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Mapping
+import datetime
+import time
+from typing import TYPE_CHECKING, Any, Mapping
 
 from launcher.commandline import Parser, add_target_flags, context, namespace
+
+if TYPE_CHECKING:
+    from launcher.status.model import JobStatus
 
 VERBS = ("status", "logs", "cancel", "list")
 
@@ -37,24 +42,56 @@ def main(verb: str, argv: list[str], env: Mapping[str, str]) -> int:
     ns = namespace(args, defaults)
     api = k8s.connect(context=context(args, defaults))
     if verb == "status":
-        from launcher.k8s.status import read_status
         from launcher.status.report import print_status
 
-        print_status(read_status(api, ns, args.job), output=args.output, all_pods=args.pods)
+        print_status(status(api, ns, args.job), output=args.output, all_pods=args.pods)
         return 0
     if verb == "logs":
         from launcher.k8s.logs import stream_logs
 
-        return stream_logs(api, ns, args.job, follow=args.follow)
+        return stream_logs(api, ns, args.job, follow=args.follow, kueue_waiting=kueue_waiting)
     if verb == "cancel":
-        jobs.cancel(api, ns, args.job)
+        from launcher.job.render import code_configmap_name
+
+        jobs.cancel(api, ns, args.job, configmaps=(code_configmap_name(args.job),))
         print(f"cancelled {ns}/{args.job}")
         return 0
+    from launcher.k8s.kueue import read_kueue_all
+    from launcher.status.listing import job_records
     from launcher.status.report import print_list
 
-    from launcher.k8s.kueue import admissions
-
     found = jobs.list_all_jobs(api, ns)
-    print_list(jobs.job_rows(found, admissions(api, ns, found)), ns,
+    print_list(job_records(found, read_kueue_all(api, ns, found)), ns,
                kind=" or ".join(f"{b.KIND}s" for b in backends.BACKENDS.values()), output=args.output)
     return 0
+
+
+def status(api: Any, ns: str, name: str) -> JobStatus:
+    """`launch status`: read the cluster and, beside it, the restart ledger; then build the JobStatus.
+
+    Layers: launcher/k8s/status.py reads (raw), launcher/objectstore.py reads the ledger's objects,
+    launcher/status/build.py makes the JobStatus (pure), launcher/status/report.py prints it.
+    """
+    from launcher import objectstore
+    from launcher.k8s import status as k8s_status
+    from launcher.k8s.jobs import get_job
+    from launcher.status import build, ledger
+    from launcher.status.model import Ledger
+
+    job = get_job(api, ns, name)
+    where = ledger.location(job)
+    # Started first: the ledger read overlaps the cluster reads, and waits at most READ_TIMEOUT.
+    reading = objectstore.BoundedRead(ledger.folder(where[0], where[1]), timeout=ledger.READ_TIMEOUT) if where else None
+    reads = k8s_status.read(api, ns, job)
+    objects, error = reading.result() if reading is not None else (None, None)
+    summary, unread = ledger.summarize(where, objects, error, time.time())
+    return build.build(reads, Ledger(summary, unread), datetime.datetime.now(datetime.timezone.utc))
+
+
+def kueue_waiting(api: Any, ns: str, job: dict) -> str | None:
+    """What a job behind Kueue waits for while it is not admitted (None: admitted, or not behind Kueue)."""
+    from launcher.k8s.kueue import read_kueue
+    from launcher.status import admission
+
+    reads = read_kueue(api, ns, job)
+    return admission.waiting_line(admission.of_reads(job, reads)) if reads is not None else None

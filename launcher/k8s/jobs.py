@@ -9,7 +9,7 @@ from typing import Any, Callable
 from launcher import backends
 from launcher.errors import ClusterError, SpecError
 from launcher.k8s.api import Api, call, create_all, delete, raw, read
-from launcher.status.format import natural_key
+from launcher.records import natural_key, owner_uid, pod_backend, pod_container, replica_id  # noqa: F401
 from trainer import contract
 
 
@@ -102,30 +102,6 @@ def state(job: dict, kind: str | None = None) -> str:
     return backends.BY_KIND.get(kind, backends.DEFAULT).state(job)
 
 
-def replica_id(pod: Any) -> str:
-    """`worker-3`: the replica a pod runs, of a typed pod or a pod's JSON."""
-    labels = (pod.get("metadata", {}).get("labels") if isinstance(pod, dict) else pod.metadata.labels) or {}
-    return pod_backend(labels).replica_id(labels)
-
-
-def pod_backend(labels: dict[str, str]) -> ModuleType:
-    """The backend of a pod's job: a pod does not name its job's kind, but its controller left a job-name label."""
-    return next((b for b in backends.BACKENDS.values() if b.POD_JOB_LABEL in labels), backends.DEFAULT)
-
-
-def pod_container(pod: Any) -> str:
-    """The name of our container in a pod (typed or JSON), by its backend."""
-    labels = (pod.get("metadata", {}).get("labels") if isinstance(pod, dict) else pod.metadata.labels) or {}
-    return pod_backend(labels).CONTAINER
-
-
-def owner_uid(pod: Any) -> str | None:
-    if isinstance(pod, dict):
-        refs = pod.get("metadata", {}).get("ownerReferences") or []
-        return next((o.get("uid") for o in refs if o.get("controller")), None)
-    return next((o.uid for o in pod.metadata.owner_references or [] if o.controller), None)
-
-
 def _owned_sorted(pods: list[Any], job_uid: str | None) -> list[Any]:
     if job_uid:
         pods = [p for p in pods if owner_uid(p) in (None, job_uid)]
@@ -163,10 +139,11 @@ def touch_job(api: Api, ns: str, name: str, backend: ModuleType = backends.DEFAU
         {"metadata": {"annotations": {TOUCHED_ANNOTATION: stamp}}}), missing_ok=True)
 
 
-def cancel(api: Api, ns: str, name: str, backend: ModuleType | None = None) -> None:
-    """Delete the job and everything labelled as its own (ConfigMaps, PDBs), not only what GC reaches."""
-    from launcher.job.render import code_configmap_name
+def cancel(api: Api, ns: str, name: str, backend: ModuleType | None = None, *, configmaps: tuple[str, ...] = ()) -> None:
+    """Delete the job and everything labelled as its own (ConfigMaps, PDBs), not only what GC reaches.
 
+    configmaps: ConfigMaps of the job's to delete by name too (its code ConfigMap: launcher/job/render.py names it).
+    """
     job = get_job(api, ns, name, backend=backend)
     backend = backends.of(job)
     delete(api, ns, backend.KIND, name)
@@ -177,7 +154,7 @@ def cancel(api: Api, ns: str, name: str, backend: ModuleType | None = None) -> N
     # By name too: a submit of the same name right after must not meet the old code ConfigMap
     # waiting for the garbage collector.
     cms = {cm.metadata.name for cm in call("listing ConfigMaps", lambda: api.core.list_namespaced_config_map(
-        ns, label_selector=selector)).items} | {code_configmap_name(name)}
+        ns, label_selector=selector)).items} | set(configmaps)
     for cm in sorted(cms):
         delete(api, ns, "ConfigMap", cm)
     for pdb in call("listing PDBs", lambda: api.policy.list_namespaced_pod_disruption_budget(
@@ -207,16 +184,3 @@ def list_all_jobs(api: Api, ns: str, *, selector: str | None = None) -> list[dic
     if len(missing) == len(backends.BACKENDS):
         raise missing[0]
     return out
-
-
-def job_rows(jobs: list[dict], admissions: dict | None = None) -> list[dict]:
-    """`launch list`'s records: name, state, pods, created; with `admissions` (launcher/k8s/kueue.py), the
-    admission record of each job behind Kueue."""
-    from launcher.status import admission as kueue
-
-    admissions = admissions or {}
-    return [{"name": j["metadata"]["name"], "state": state(j, backends.of(j).KIND),
-             "pods": backends.of(j).expected_pods(j), "created": j["metadata"].get("creationTimestamp"),
-             **({"admission": kueue.doc(admissions[j["metadata"]["name"]])}
-                if j["metadata"]["name"] in admissions else {})}
-            for j in jobs]

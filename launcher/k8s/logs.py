@@ -10,14 +10,14 @@ import dataclasses
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from launcher import backends
 from launcher.errors import ClusterError, one_line
 from launcher.k8s.api import CONNECT_TIMEOUT, Api, call, raw
 from launcher.k8s.jobs import get_job, job_pods, pod_container, replica_id, state
-from launcher.k8s.status import create_failures, describe_pod
-from launcher.status import format as status_fmt
+from launcher.k8s.status import job_events
+from launcher.records import create_failures, describe_pod, event_record, pod_problem
 
 
 #: Once the job has finished, log streams still open after this long are closed: a kubelet ends
@@ -57,10 +57,9 @@ def _abort(stream: Any) -> None:
     stream.close()
 
 
-def _waiting_for(pod: Any) -> str:
-    """What a pending pod waits for, in a few words."""
-    info = describe_pod(pod)
-    return status_fmt.pod_problem(info) or "to be scheduled and started"
+def _waiting_for(pod: dict) -> str:
+    """What a pending pod (its JSON) waits for, in a few words."""
+    return pod_problem(describe_pod(pod)) or "to be scheduled and started"
 
 
 def _stream_pod(api: Api, ns: str, pod: Any, follow: bool, shared: _Streams) -> None:
@@ -115,17 +114,11 @@ def _lines(stream: Any) -> Iterator[str]:
         yield buf.decode(errors="replace")
 
 
-def _kueue_waiting(api: Api, ns: str, job: dict) -> str | None:
-    """What a job behind Kueue waits for while it is not admitted (None: admitted, or not behind Kueue)."""
-    from launcher.k8s.kueue import read_admission
-    from launcher.status.admission import waiting_line
+def stream_logs(api: Api, ns: str, name: str, *, follow: bool,
+                kueue_waiting: Callable[[Api, str, dict], str | None] = lambda api, ns, job: None) -> int:
+    """Every pod's log, merged with a replica prefix; with follow, new pods are picked up as they appear.
 
-    admission = read_admission(api, ns, job)
-    return waiting_line(admission) if admission is not None else None
-
-
-def stream_logs(api: Api, ns: str, name: str, *, follow: bool) -> int:
-    """Every pod's log, merged with a replica prefix; with follow, new pods are picked up as they appear."""
+    kueue_waiting(api, ns, job): what a job behind Kueue waits for while not admitted (None: nothing)."""
     job = get_job(api, ns, name)
     shared = _Streams()
     seen: set[str] = set()
@@ -134,11 +127,11 @@ def stream_logs(api: Api, ns: str, name: str, *, follow: bool) -> int:
     while True:
         pods = job_pods(api, ns, name, job["metadata"].get("uid"), backends.of(job))
         if follow and not pods:  # the operator has not created any pod (yet): say why we wait
-            queued = _kueue_waiting(api, ns, job)
+            queued = kueue_waiting(api, ns, job)
             if queued is not None:  # suspended by Kueue: what it waits for is admission, not the operator
                 waiting = f"launch: {ns}/{name} is {queued}"
             else:
-                failures = create_failures(api, ns, job)
+                failures = create_failures([event_record(e) for e in job_events(api, ns, job)])
                 waiting = f"launch: {ns}/{name} has no pods yet, waiting for " + (
                     f"the operator cannot create its pods: {failures[0]}" if failures
                     else "the training operator to create its pods")

@@ -4,12 +4,44 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 from launcher import backends
 from launcher.errors import ClusterError, SpecError
-from launcher.job.spec import JobSpec
 from launcher.k8s.api import Api, call
+
+
+class Claim(Protocol):
+    @property
+    def claim(self) -> str: ...
+
+
+class Resources(Protocol):
+    @property
+    def gpu_resource(self) -> str: ...
+
+
+class Ask(Protocol):
+    """What preflight reads of a job's spec (launcher/job/spec.py's JobSpec has it): passed in, not imported."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def nodes(self) -> int: ...
+    @property
+    def total_gpus(self) -> int: ...
+    @property
+    def gang(self) -> str | None: ...
+    @property
+    def priority_class(self) -> str | None: ...
+    @property
+    def queue(self) -> str | None: ...
+    @property
+    def secret_env(self) -> Sequence[str]: ...
+    @property
+    def volumes(self) -> Sequence[Claim]: ...
+    @property
+    def resources(self) -> Resources: ...
 
 #: The PodGroup CRD each --gang scheduler brings; without it the pods wait for a scheduler that is not there.
 GANG_PODGROUP_CRDS = {"volcano": "podgroups.scheduling.volcano.sh",
@@ -75,7 +107,7 @@ def cluster_runtime_missing(api: Api, job: dict) -> str | None:
         "(kubectl apply --server-side -f), or its Helm chart")
 
 
-def preflight(api: Api, spec: JobSpec, backend: ModuleType = backends.DEFAULT, job: dict | None = None) -> None:
+def preflight(api: Api, spec: Ask, backend: ModuleType = backends.DEFAULT, job: dict | None = None) -> None:
     """Refuse before creating anything: CRD (and a TrainJob's runtime), namespace, quota, Secrets, PVCs, priority
     class, and with --queue Kueue's (launcher/k8s/kueue_preflight.py; `job`, the rendered job, gives its pod sets)."""
     ns = spec.namespace

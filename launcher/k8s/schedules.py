@@ -86,14 +86,12 @@ def list_schedules(api: Api, ns: str) -> list[dict]:
     return rows
 
 
-def delete_schedule(api: Api, ns: str, name: str) -> None:
-    """The CronJob; its stored spec and Jobs go with it (owned). Runs already started keep running."""
-    from launcher.schedule.render import stored_configmap_name
-
+def delete_schedule(api: Api, ns: str, name: str, *, stored: str) -> None:
+    """The CronJob; its stored spec (the ConfigMap `stored`) and Jobs go with it (owned). Runs started keep running."""
     get_cronjob(api, ns, name)
     delete(api, ns, "CronJob", name)
     # Where no garbage collector runs the owned ConfigMap would stay: delete it by name too.
-    delete(api, ns, "ConfigMap", stored_configmap_name(name))
+    delete(api, ns, "ConfigMap", stored)
 
 
 def read_configmap(api: Api, ns: str, name: str) -> Any:

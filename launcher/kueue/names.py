@@ -31,6 +31,11 @@ LOCAL_QUEUE, CLUSTER_QUEUE, RESOURCE_FLAVOR, PRIORITY_CLASS, WORKLOAD = (
 CRDS = tuple(f"{plural}.{GROUP}" for plural in (LOCAL_QUEUE, CLUSTER_QUEUE, RESOURCE_FLAVOR, PRIORITY_CLASS))
 
 
+def queue_name(job: dict) -> str | None:
+    """The LocalQueue a job's QUEUE_LABEL names; None: the job is not behind Kueue."""
+    return ((job.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL) or None
+
+
 def job_labels(queue: str | None, priority: str | None) -> dict[str, str]:
     """The labels that put a job in `queue` with `priority` (none without a queue)."""
     if not queue:

@@ -1,4 +1,4 @@
-"""`launch schedule`: retrain on a cron schedule, each run a PyTorchJob submitted in-cluster.
+"""`launch schedule`: retrain on a cron schedule, each run a PyTorchJob or TrainJob submitted in-cluster.
 
     launch schedule train.py --cron "0 3 * * *" --time-zone Europe/Berlin --gpus 8 --checkpoint s3://b/ckpts \\
         --warm-start-from latest                      # the same flags as `launch`
@@ -9,7 +9,7 @@
 It creates the submitter's ServiceAccount, Role and RoleBinding (once per
 namespace), a CronJob (concurrencyPolicy Forbid) and a ConfigMap holding the
 job spec and the code. Each run's pod runs `python -m launcher.submit`, which
-creates the PyTorchJob NAME-MINUTES, waits for it and exits with its result.
+creates the job NAME-MINUTES (of the schedule's --backend), waits for it and exits with its result.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     from launcher.schedule.spec import MAX_NAME, ScheduleSpec
 
     p = Parser(prog="launch schedule", description="Retrain on a cron schedule: a CronJob whose pod submits SCRIPT "
-               "as a PyTorchJob (the same flags as `launch`), waits for it and exits with its result. Script "
+               "as a PyTorchJob or TrainJob (the same flags as `launch`, --backend too), waits for it and exits with its result. Script "
                "arguments go after `--`.", epilog="other verbs: launch schedule list | delete NAME | trigger NAME  "
                "(each has --help)", formatter_class=argparse.RawDescriptionHelpFormatter)
     # `launch`'s own job flags, so they cannot drift. --local is there but hidden: it is refused
@@ -181,7 +181,9 @@ def run_verb(verb: str, argv: list[str], env: Mapping[str, str], now: float) -> 
         return 0
     name = args.schedule
     if verb == "delete":
-        schedules.delete_schedule(api, ns, name)
+        from launcher.schedule.render import stored_configmap_name
+
+        schedules.delete_schedule(api, ns, name, stored=stored_configmap_name(name))
         print(f"deleted schedule {ns}/{name} (runs already started keep running; `launch list -n {ns}`)")
         return 0
     from launcher.schedule.render import cronjob_to_job
@@ -200,7 +202,7 @@ def run_verb(verb: str, argv: list[str], env: Mapping[str, str], now: float) -> 
         if e.status == 409:
             raise SpecError(f"run {run} exists already (one run per minute); try again in a minute") from e
         raise
-    print(f"triggered run {ns}/{run}: its Job submits PyTorchJob {run}")
+    print(f"triggered run {ns}/{run}: its Job submits the training job {run} (of the schedule's backend)")
     print(f"  launch status {run} -n {ns}   |   launch schedule list -n {ns}")
     return 0
 

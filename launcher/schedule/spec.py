@@ -20,8 +20,8 @@ from launcher.job.render import CodeRef
 from launcher.job.spec import JobSpec, Resources, Volume, check_dns_label
 from trainer import contract
 
-#: A run is named SCHEDULE-MINUTES (8 digits until the year 2160) and a PyTorchJob name
-#: has at most 52 characters (the operator appends -master-0 / -worker-N).
+#: A run is named SCHEDULE-MINUTES (8 digits until the year 2160) and a job name has at most
+#: 52 characters (a PyTorchJob's operator appends -master-0 / -worker-N to it).
 MAX_NAME = 52 - 1 - 8
 STORED_FORMAT = 1
 #: JobSpec fields added after STORED_FORMAT 1 shipped: stored only when set (Kueue's --queue, --priority).
@@ -37,9 +37,9 @@ class SubmitExit(enum.IntEnum):
     the CronJob history shows a failed retrain; the others are retried.
     """
 
-    #: The run's PyTorchJob succeeded (or the run was skipped: another is still active).
+    #: The run's job succeeded (or the run was skipped: another is still active).
     OK = 0
-    #: The run's PyTorchJob failed, or was deleted before it finished.
+    #: The run's job failed, or was deleted before it finished.
     JOB_FAILED = 1
     #: The stored spec or the pod's environment is unusable; a retry fails the same way.
     BAD_SPEC = 2
@@ -75,7 +75,7 @@ def check_time_zone(tz: str) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ScheduleSpec:
-    """One retraining schedule: a CronJob whose runs submit `job` as a PyTorchJob."""
+    """One retraining schedule: a CronJob whose runs submit `job` as a PyTorchJob or TrainJob (`backend`)."""
 
     name: str
     cron: str

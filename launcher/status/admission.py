@@ -1,7 +1,7 @@
 """A job's place in Kueue, from its Workload (kueue.x-k8s.io/v1beta2): queued, admitted, evicted, requeued.
 
 Pure: launcher/k8s/kueue.py reads the Workload, its events and (where the visibility API is
-served) the queue position; this module turns them into one `Admission` record, the lines
+served) the queue position as raw records (`KueueReads`); this module turns them into one `Admission`, the lines
 `launch status` prints, the short state of `launch list` and what `launch logs -f` waits for.
 Names are those of Kueue v0.17.0 (apis/kueue/v1beta2/workload_types.go, pkg/workload,
 pkg/scheduler/preemption).
@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 # Kueue's API facts live in launcher/kueue/names.py; re-exported for this module's readers.
 from launcher.kueue.names import (GROUP, JOB_UID_LABEL, QUEUE_LABEL, VERSION, VISIBILITY_GROUP,  # noqa: F401
-                                  WORKLOAD_PRIORITY_CLASS_KIND)
+                                  WORKLOAD_PRIORITY_CLASS_KIND, queue_name)
 from launcher.kueue.names import PRIORITY_LABEL as PRIORITY_CLASS_LABEL  # noqa: F401
-from launcher.status.format import age, parse_time
+from launcher.records import age, parse_time
+
+if TYPE_CHECKING:
+    from launcher.k8s.kueue import KueueReads
 
 # Workload condition types and the eviction reason of a preemption (WorkloadEvictedByPreemption).
 QUOTA_RESERVED, ADMITTED, EVICTED, PREEMPTED, REQUEUED, FINISHED = (
@@ -73,8 +76,16 @@ class Admission:
     evictions: tuple[Eviction, ...] = ()  # oldest first; see `evictions`
 
 
-def queue_name(job: dict) -> str | None:
-    return ((job.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL) or None
+def of_reads(job: dict, reads: KueueReads) -> Admission:
+    """The job's Admission from what launcher/k8s/kueue.py read (its Workload, events, LocalQueue, position)."""
+    if reads.error is not None:
+        return Admission(reads.queue, "Unknown", reads.error)
+    a = summarize(job, reads.workload, [event_record(e) for e in reads.events])
+    if a.cluster_queue is None:  # not admitted: the LocalQueue names it
+        a = dataclasses.replace(a, cluster_queue=reads.cluster_queue)
+    if a.state in ("Queued", "Requeued") and a.workload:
+        a = dataclasses.replace(a, position=reads.position)
+    return a
 
 
 def _conditions(workload: dict) -> dict[str, dict]:

@@ -1,22 +1,22 @@
 """The runtime's restart ledger in `launch status`: each incident and the job's goodput.
 
 The runtime records each start of the run in `<checkpoint>/<run-id>/attempts/*.json` (see
-trainer/contract.py). When the launcher can read that folder (a local path, or s3:// and the
-like through fsspec with the user's own credentials) `launch status` shows what each restart
-cost; when it cannot, one dim line says so and the rest of the status stands. Only the pure
-rules of trainer.contract are used here, as the runtime uses them.
+trainer/contract/). When the launcher can read that folder (launcher/objectstore.py: a local
+path, or s3:// and the like with the user's own credentials) `launch status` shows what each
+restart cost; when it cannot, one dim line says so and the rest of the status stands. Pure:
+only the rules of trainer.contract, as the runtime uses them; the kubetrain_chaos report
+carries a LedgerSummary and `lines` renders it.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from launcher import backends
 from launcher.status import evictions
-from launcher.status import format as status_fmt
+from launcher.status.format import table
 from trainer import contract
 
 #: Seconds the ledger read may take (it runs while the cluster is read): a bucket that does not
@@ -48,52 +48,24 @@ def folder(uri: str, run_id: str) -> str:
     return "/".join([uri.rstrip("/"), run_id.strip("/"), contract.ATTEMPTS_DIR])
 
 
-def read_objects(path: str) -> dict[str, bytes | None]:
-    """{name: bytes} of the ledger folder's *.json objects, through fsspec; raises what fsspec raises."""
-    import fsspec
+def summarize(where: tuple[str, str, int | None] | None, objects: Mapping[str, bytes | None] | None,
+              error: str | None, now: float, timeout: float = READ_TIMEOUT) -> tuple[contract.LedgerSummary | None,
+                                                                                     str | None]:
+    """(summary, None), or (None, why not): what launcher/objectstore.py read of the folder at `where` (location()).
 
-    fs, root = fsspec.core.url_to_fs(path, skip_instance_cache=True)  # this environment's endpoint, not a cached one's
-    try:
-        names = [n for n in fs.ls(root, detail=False) if n.endswith(".json")]
-    except FileNotFoundError:
-        return {}
-    got = fs.cat(names, on_error="return") if names else {}
-    return {n.rsplit("/", 1)[-1]: (v if isinstance(v, bytes) else None) for n, v in got.items()}
-
-
-class Reader:
-    """Reads the ledger in a thread of its own, so it overlaps the cluster reads; `result` waits a bounded time."""
-
-    def __init__(self, job: dict, read: Callable[[str], Mapping[str, bytes | None]] = read_objects,
-                 timeout: float = READ_TIMEOUT) -> None:
-        self.where = location(job)
-        self.path = folder(self.where[0], self.where[1]) if self.where else None
-        self._read, self._timeout, self._deadline = read, timeout, time.monotonic() + timeout
-        self._out: dict[str, Any] = {}
-        self._thread = None
-        if self.path is not None:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._out["objects"] = dict(self._read(self.path))
-        except BaseException as e:  # noqa: BLE001 — any failure is one dim line, never the status's end
-            self._out["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"[:160]
-
-    def result(self, now: float) -> tuple[contract.LedgerSummary | None, str | None]:
-        """(summary, None), or (None, why not) when the ledger could not be read in time."""
-        if self.path is None:
-            return None, "the job has no checkpoint folder"
-        self._thread.join(max(0.0, self._deadline - time.monotonic()))
-        if "objects" in self._out:
-            attempts = contract.parse_ledger(self._out["objects"])
-            if not attempts:
-                return None, f"no attempts recorded in {self.path} yet"
-            return contract.summarize_ledger(attempts, now, self.where[2]), None
-        if "error" in self._out:
-            return None, f"cannot read {self.path} ({self._out['error']})"
-        return None, f"cannot read {self.path} (no answer within {self._timeout:g}s)"
+    `objects` None and `error` None: the read did not end within `timeout` seconds.
+    """
+    if where is None:
+        return None, "the job has no checkpoint folder"
+    path = folder(where[0], where[1])
+    if objects is not None:
+        attempts = contract.parse_ledger(objects)
+        if not attempts:
+            return None, f"no attempts recorded in {path} yet"
+        return contract.summarize_ledger(attempts, now, where[2]), None
+    if error is not None:
+        return None, f"cannot read {path} ({error})"
+    return None, f"cannot read {path} (no answer within {timeout:g}s)"
 
 
 def _when(t: float | None) -> str:
@@ -155,7 +127,7 @@ def lines(summary: contract.LedgerSummary, kueue: Mapping[str, Any] | None = Non
              _when(i.ended_at), "-" if i.steps_redone is None else str(i.steps_redone), _duration(i.seconds_lost),
              _short((f"exit {i.code}: " if i.code is not None else "")
                     + (evictions.cause(kueue[i.attempt]) if i.attempt in kueue else i.cause))] for i in shown]
-    return [head] + (status_fmt.table(HEADER, rows, indent="  ") if rows else [])
+    return [head] + (table(HEADER, rows, indent="  ") if rows else [])
 
 
 def unread_line(why: str) -> str:

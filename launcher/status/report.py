@@ -1,4 +1,4 @@
-"""`launch status` and `launch list` as text: what launcher/k8s/status.py read, printed."""
+"""`launch status` and `launch list` printed: a JobStatus (launcher/status/model.py) as text or a document."""
 
 from __future__ import annotations
 
@@ -8,44 +8,41 @@ from launcher.commandline import print_doc
 from launcher.status import admission as kueue_admission
 from launcher.status import format as status_fmt
 from launcher.status import ledger as restart_ledger
+from launcher.status.model import JobStatus, doc
 
 
-def print_status(doc: dict, *, output: str = "text", all_pods: bool = False) -> None:
-    """`doc` is launcher.k8s.status.read_status's."""
-    ns, name = doc["namespace"], doc["name"]
-    progress, now, (ledger, unread, by_kueue) = doc.pop("_progress"), doc.pop("_now"), doc.pop("_ledger")
-    admission = doc.pop("_admission", None)
-    if output in ("json", "yaml"):
-        print_doc(doc, output)
-        return
-    all_pods = all_pods or output == "wide"
-    pods = [{**p, "name": p["pod"]} for p in doc["pods"]]
-    for line in status_fmt.summary_lines(ns, name, doc["state"], pods, doc["expected_pods"], doc["restarts"],
-                                         doc["retries_left"], doc["causes"], progress, now):
-        print(line)
-    for line in kueue_admission.lines(admission, now) if admission is not None else []:
-        print("  " + line)
-    for c in doc["conditions"]:
-        print(f"  {c['type']:<10} {c['status']:<5} {c.get('reason') or ''}: {c.get('message') or ''}")
-    if doc["create_failures"] and len(pods) < doc["expected_pods"]:
-        print(f"  why: the operator cannot create the pods: {doc['create_failures'][0]}")
-    for line in restart_ledger.lines(ledger, by_kueue) if ledger is not None else [restart_ledger.unread_line(unread)]:
-        print("  " + line)
-    rows = status_fmt.pod_rows(pods, {p["name"]: p["restarts"] for p in pods}, all_pods=all_pods)
+def status_lines(s: JobStatus, *, all_pods: bool = False) -> list[str]:
+    """`launch status` as text: the summary, Kueue, conditions, the ledger, unhealthy pods, causes, events."""
+    out = status_fmt.summary_lines(s)
+    if s.admission is not None:
+        out += ["  " + line for line in kueue_admission.lines(s.admission, s.now)]
+    out += [f"  {c.type:<10} {c.status:<5} {c.reason or ''}: {c.message or ''}" for c in s.conditions]
+    if s.create_failures and len(s.pods) < s.expected_pods:
+        out.append(f"  why: the operator cannot create the pods: {s.create_failures[0]}")
+    led = s.ledger
+    out += ["  " + line for line in (restart_ledger.lines(led.summary, led.by_kueue) if led.summary is not None
+                                     else [restart_ledger.unread_line(led.unread or "")])]
+    rows = status_fmt.pod_rows(s.pods, all_pods=all_pods)
     if rows:
-        for line in status_fmt.table(status_fmt.POD_HEADER, rows, indent="  "):
-            print(line)
-    for c in doc["causes"]:
-        then = ("retried" if c["retried"] else "not retried") if "exit_code" in c else f"x{c['count']}, pod recreated"
-        print(f"  cause {c['replica']:<10} {c['cause']} ({then})")
-    for e in doc["events"][-10:]:
-        print(f"  event {e['reason']} x{e['count']}: {e['message']}")
-    if not all_pods and len(rows) < len(pods):
-        print(f"  ({len(pods) - len(rows)} healthy pod(s) not listed: --pods or -o wide lists every pod)")
+        out += status_fmt.table(status_fmt.POD_HEADER, rows, indent="  ")
+    for c in s.causes:
+        then = ("retried" if c.retried else "not retried") if c.exit_code is not None else f"x{c.count}, pod recreated"
+        out.append(f"  cause {c.replica:<10} {c.cause} ({then})")
+    out += [f"  event {e.reason} x{e.count}: {e.message}" for e in s.events[-10:]]
+    if not all_pods and len(rows) < len(s.pods):
+        out.append(f"  ({len(s.pods) - len(rows)} healthy pod(s) not listed: --pods or -o wide lists every pod)")
+    return out
+
+
+def print_status(s: JobStatus, *, output: str = "text", all_pods: bool = False) -> None:
+    if output in ("json", "yaml"):
+        print_doc(doc(s), output)
+        return
+    print("\n".join(status_lines(s, all_pods=all_pods or output == "wide")))
 
 
 def print_list(rows: list[dict], ns: str, *, kind: str, output: str = "text") -> None:
-    """`rows` are launcher.k8s.jobs.job_rows'; `kind` in the plural ("PyTorchJobs or TrainJobs")."""
+    """`rows`: launcher/status/listing.job_rows'; `kind` in the plural ("PyTorchJobs or TrainJobs")."""
     if output in ("json", "yaml"):
         print_doc(rows, output)
         return

@@ -131,7 +131,7 @@ def test_a_node_going_not_ready_evicts_and_the_pod_is_recreated_on_another_node(
 
 
 def client_cause(reason: str) -> str:
-    from launcher.status.format import POD_LOSS_CAUSES
+    from launcher.status.counting import POD_LOSS_CAUSES
 
     return POD_LOSS_CAUSES[reason]
 

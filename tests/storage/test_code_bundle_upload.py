@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from launcher.job import bundle
-from launcher.status.ledger import read_objects
+from launcher.objectstore import read_json_objects as read_objects
 
 pytestmark = pytest.mark.storage
 

@@ -153,14 +153,19 @@ def test_repeats_that_disagree_are_reported():
 
 def test_the_faulted_runs_ledger_is_shown_as_launch_status_shows_it(tmp_path):
     shutil.copytree(os.path.join(FIXTURES, "ledger-chaos"), tmp_path / "chaos" / "attempts")
-    lines = report.ledger_lines(str(tmp_path / "chaos"))
+    from launcher.status import ledger as restart_ledger
+
+    summary = report.ledger_summary(str(tmp_path / "chaos"))
+    lines = restart_ledger.lines(summary)
     assert lines and lines[0].startswith("ledger    goodput ")
     assert "STARTED" in lines[1] and "CAUSE" in lines[1]
-    assert report.ledger_lines(str(tmp_path / "nothing")) is None
+    assert report.ledger_summary(str(tmp_path / "nothing")) is None
     plan = ChaosPlan(script=EXAMPLE, seed=1)
     run = recorded("example-seed1-pass.json")
-    text = report.format_report(report.ChaosReport(plan, run, oracle.verdict(run), lines))
+    chaos = report.ChaosReport(plan, run, oracle.verdict(run), summary)
+    text, _ = report.render([chaos], "text", restart_ledger.lines)  # as `launch chaos --local` prints it
     assert "restart ledger of the faulted run (as `launch status` shows it):\n" + lines[0] in text
+    assert "restart ledger of the faulted run: " in report.format_report(chaos)  # the plugin: no launcher
 
 
 def test_a_record_round_trips_through_json():

@@ -17,6 +17,12 @@ from kubernetes.client.exceptions import ApiException  # noqa: E402
 from launcher.k8s import kueue as reads  # noqa: E402
 
 
+def read_admission(api, ns, job):
+    """The job's Admission as `launch status` makes it: the raw reads, then the pure summary."""
+    got = reads.read_kueue(api, ns, job)
+    return kueue.of_reads(job, got) if got is not None else None
+
+
 class Resp:
     def __init__(self, doc: object) -> None:
         self.data = json.dumps(doc).encode()
@@ -61,40 +67,41 @@ class FakeApi:
 
 def test_a_job_without_a_queue_label_costs_no_call():
     api = FakeApi([load("workload-admitted.json")])
-    assert reads.read_admission(api, "team-a", {"metadata": {"name": "x", "uid": "u", "labels": {}}}) is None
-    assert reads.admissions(api, "team-a", [{"metadata": {"name": "x", "uid": "u"}}]) == {}
+    assert read_admission(api, "team-a", {"metadata": {"name": "x", "uid": "u", "labels": {}}}) is None
+    assert reads.read_kueue_all(api, "team-a", [{"metadata": {"name": "x", "uid": "u"}}]) == {}
     assert api.calls == []
 
 
 def test_a_queued_job_gets_its_cluster_queue_and_position_where_served():
     api = FakeApi([load("workload-pending.json")])
-    a = reads.read_admission(api, "team-a", JOB)
+    a = read_admission(api, "team-a", JOB)
     assert a.state == "Queued" and a.cluster_queue == "gpu-team-a" and a.position is None  # not served: silent
     assert api.calls == [f"list workloads {kueue.JOB_UID_LABEL}=job-uid-1", "list events",
                          "get localqueues team-a", "visibility"]
     api = FakeApi([load("workload-pending.json")], visibility={"items": [
         {"metadata": {"name": "other"}, "positionInLocalQueue": 0},
         {"metadata": {"name": "pytorchjob-train-a-3c1f9"}, "positionInLocalQueue": 1}]})
-    assert reads.read_admission(api, "team-a", JOB).position == 2
+    assert read_admission(api, "team-a", JOB).position == 2
 
 
 def test_an_admitted_job_reads_no_queue_and_its_events_give_every_eviction():
     api = FakeApi([load("workload-readmitted.json")])
-    a = reads.read_admission(api, "team-a", JOB)
+    a = read_admission(api, "team-a", JOB)
     assert a.state == "Admitted" and len(a.evictions) == 2 and "get localqueues team-a" not in api.calls
 
 
 def test_workloads_that_cannot_be_read_are_an_answer_not_an_error():
-    a = reads.read_admission(FakeApi([], forbidden=True), "team-a", JOB)
+    a = read_admission(FakeApi([], forbidden=True), "team-a", JOB)
     assert a.state == "Unknown" and "HTTP 403" in a.message and kueue.short_state(a) == "Unknown"
 
 
 def test_launch_list_reads_the_namespaces_workloads_once():
     other = {"metadata": {"name": "train-b", "uid": "job-uid-2", "labels": {kueue.QUEUE_LABEL: "team-a"}}}
     api = FakeApi([load("workload-admitted.json")])
-    got = reads.admissions(api, "team-a", [JOB, other, {"metadata": {"name": "plain", "uid": "u3"}}])
-    assert {k: kueue.short_state(v) for k, v in got.items()} == {"train-a": "Admitted",
-                                                                 "train-b": "Waiting (gpu-team-a)"}
+    jobs = [JOB, other, {"metadata": {"name": "plain", "uid": "u3"}}]
+    got = reads.read_kueue_all(api, "team-a", jobs)
+    assert {k: kueue.short_state(kueue.of_reads(JOB if k == "train-a" else other, v)) for k, v in got.items()} == {
+        "train-a": "Admitted", "train-b": "Waiting (gpu-team-a)"}
     assert api.calls == ["list workloads", "get localqueues team-a"]
 
 
@@ -102,13 +109,15 @@ def test_launch_status_prints_the_kueue_block_and_json_has_the_record(capsys):
     from launcher.status.report import print_status
     from tests.unit.test_kueue_admission import NOW
 
-    a = reads.read_admission(FakeApi([load("workload-requeued.json")]), "team-a", JOB)
+    a = read_admission(FakeApi([load("workload-requeued.json")]), "team-a", JOB)
 
-    def doc() -> dict:
-        return {"namespace": "team-a", "name": "train-a", "state": "Suspended", "pods": [], "expected_pods": 2,
-                "restarts": 0, "retries_left": 3, "causes": [], "conditions": [], "create_failures": [], "events": [],
-                "admission": kueue.doc(a), "_progress": {}, "_now": NOW, "_ledger": (None, "no checkpoint", {}),
-                "_admission": a}
+    from launcher.status.model import JobStatus, Ledger, Progress
+
+    def doc() -> JobStatus:
+        return JobStatus(name="train-a", namespace="team-a", uid="u", state="Suspended", conditions=(), replicas={},
+                         expected_pods=2, pods=(), restarts=0, restarts_by_pod={}, retries_left=3, causes=(),
+                         create_failures=(), progress=Progress(), events=(), ledger=Ledger(None, "no checkpoint"),
+                         admission=a, now=NOW)
 
     print_status(doc())
     out = capsys.readouterr().out.splitlines()

@@ -8,7 +8,10 @@ import threading
 
 import pytest
 
+from launcher import records
+from launcher.status import counting as ct
 from launcher.status import format as st
+from launcher.status.model import Cause, JobStatus, Ledger, PodStatus, Progress
 from launcher.cli import main
 
 T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
@@ -35,9 +38,21 @@ def ev(name, uid, reason="Scheduled", created=at(1), message="", kind="Pod", cou
             "created": created}
 
 
+def typed(p: dict) -> PodStatus:
+    return PodStatus(pod=p["pod"], uid=p["uid"], replica=p["replica"], phase=p["phase"], node=p["node"],
+                     restarts=0, deleting=False, unschedulable=p.get("unschedulable"))
+
+
+def status(pods, expected, restarts=0, left=None, causes=(), progress=Progress(), now=T0, state="Running"):
+    return JobStatus(name="j", namespace="ns", uid="u", state=state, conditions=(), replicas={},
+                     expected_pods=expected, pods=tuple(typed(p) for p in pods), restarts=restarts,
+                     restarts_by_pod={}, retries_left=left, causes=tuple(causes), create_failures=(),
+                     progress=progress, events=(), ledger=Ledger(None, "none"), admission=None, now=now)
+
+
 def test_natural_order():
     names = ["worker-10", "worker-2", "master-0", "worker-100", "worker-1"]
-    assert sorted(names, key=st.natural_key) == ["master-0", "worker-1", "worker-2", "worker-10", "worker-100"]
+    assert sorted(names, key=records.natural_key) == ["master-0", "worker-1", "worker-2", "worker-10", "worker-100"]
 
 
 def test_a_fresh_job_of_128_pods_has_no_restarts_however_many_events_merge():
@@ -45,7 +60,7 @@ def test_a_fresh_job_of_128_pods_has_no_restarts_however_many_events_merge():
     pods = [pod("j-master-0", "m0")] + [pod(f"j-worker-{i}", f"w{i}") for i in range(127)]
     # Each pod's Scheduled event, some repeated (count > 1) as aggregated events are.
     events = [ev(p["name"], p["uid"], count=5) for p in pods] + [ev("j-worker-3", "w3", reason="Pulled", count=9)]
-    restarts = st.count_restarts(st.pod_incarnations(j, pods, events))
+    restarts = ct.count_restarts(ct.pod_incarnations(j, pods, events))
     assert sum(restarts.values()) == 0 and len(restarts) == 128
 
 
@@ -54,7 +69,7 @@ def test_a_recreated_replica_counts_once_per_new_uid():
     pods = [pod("j-master-0", "m0-c"), pod("j-worker-0", "w0")]
     events = [ev("j-master-0", "m0-a"), ev("j-master-0", "m0-b", created=at(50)), ev("j-master-0", "m0-c", at(90)),
               ev("j-worker-0", "w0")]
-    assert st.count_restarts(st.pod_incarnations(j, pods, events)) == {"j-master-0": 2, "j-worker-0": 0}
+    assert ct.count_restarts(ct.pod_incarnations(j, pods, events)) == {"j-master-0": 2, "j-worker-0": 0}
 
 
 def test_a_trainjobs_replacement_pods_have_new_names_and_count_as_incarnations_of_their_node():
@@ -65,8 +80,8 @@ def test_a_trainjobs_replacement_pods_have_new_names_and_count_as_incarnations_o
     pods = [pod("j-node-0-0-aaaaa", "n0"), pod("j-node-0-1-ccccc", "n1-c")]
     events = [ev("j-node-0-0-aaaaa", "n0"), ev("j-node-0-1-bbbbb", "n1-b"), ev("j-node-0-1-ccccc", "n1-c", at(60)),
               ev("j-node-0-10-zzzzz", "other")]  # no node 10: not this job's replica
-    assert st.count_restarts(st.pod_incarnations(j, pods, events)) == {"j-node-0-0": 0, "j-node-0-1": 1}
-    assert st.incarnation_key({"j-master-0"}, "j-master-0") == "j-master-0"
+    assert ct.count_restarts(ct.pod_incarnations(j, pods, events)) == {"j-node-0-0": 0, "j-node-0-1": 1}
+    assert ct.incarnation_key({"j-master-0"}, "j-master-0") == "j-master-0"
 
 
 def test_pods_and_events_of_an_earlier_job_of_the_same_name_do_not_count():
@@ -76,9 +91,9 @@ def test_pods_and_events_of_an_earlier_job_of_the_same_name_do_not_count():
     events = [ev("j-master-0", "old", created=at(10)),  # the old pod's birth, before this job
               ev("j-master-0", "old", reason="Killing", created=at(101)),
               ev("j-master-0", "new", created=at(102))]
-    incarnations = st.pod_incarnations(j, pods, events)
+    incarnations = ct.pod_incarnations(j, pods, events)
     assert incarnations == {"j-master-0": {"new"}}
-    assert st.count_restarts(incarnations) == {"j-master-0": 0}
+    assert ct.count_restarts(incarnations) == {"j-master-0": 0}
 
 
 def test_causes_count_losses_per_pod_uid_and_exits_only_from_this_job():
@@ -92,40 +107,49 @@ def test_causes_count_losses_per_pod_uid_and_exits_only_from_this_job():
                      message="Pod: ns.j-master-0 exited with code 143"),
                   ev("j", "other-uid", reason="ExitedWithCode", kind="PyTorchJob",
                      message="Pod: ns.j-master-0 exited with code 1")]
-    inc = st.pod_incarnations(j, pods, pod_events)
-    causes = st.restart_causes(j, job_events, pod_events, inc)
+    inc = ct.pod_incarnations(j, pods, pod_events)
+    causes = ct.restart_causes(j, job_events, pod_events, inc)
     assert sorted((c["replica"], c.get("exit_code") or 0, c.get("count") or 0) for c in causes) == [
         ("master-0", 0, 1), ("master-0", 143, 0)]
     # One restart, and it was an eviction: the budget is untouched.
-    assert st.retries_left(3, 1, causes) == 3
+    assert ct.retries_left(3, 1, causes) == 3
 
 
 def test_summary_first_then_only_unhealthy_pods():
     pods = [pod("j-master-0", "m")] + [pod(f"j-worker-{i}", f"w{i}") for i in range(11)]
     pods[5] = pod("j-worker-4", "w4", phase="Pending", node=None,
                   unschedulable="0/5 nodes are available: 5 Insufficient nvidia.com/gpu.")
-    lines = st.summary_lines("ns", "j", "Running", pods, 12, 0, 3, [], {"step": 1200, "at": at(0),
-                             "resumed_from": 1200, "preempted_at": None}, at(300))
+    lines = st.summary_lines(status(pods, 12, left=3, progress=Progress(step=1200, at=at(0), resumed_from=1200),
+                                    now=at(300)))
     assert lines[0] == "ns/j: Running  (restarts 0, 3 retries left)"
     assert lines[1] == "  pods      11/12 Running  (11 Running, 1 Pending)"
     assert lines[2] == "  step      1200 committed 5m ago; resumed from step 1200"
-    rows = st.pod_rows(pods, {}, all_pods=False)
+    rows = st.pod_rows([typed(p) for p in pods], all_pods=False)
     assert rows == [["worker-4", "Pending", "-", "0", "unschedulable: 0/5 nodes are available: 5 Insufficient "
                      "nvidia.com/gpu."]]
-    every = [r[0] for r in st.pod_rows(pods, {}, all_pods=True)]
+    every = [r[0] for r in st.pod_rows([typed(p) for p in pods], all_pods=True)]
     assert every[:4] == ["master-0", "worker-0", "worker-1", "worker-2"] and every[-1] == "worker-10"
 
 
 def test_all_running_says_so_without_a_breakdown():
     pods = [pod(f"j-worker-{i}", f"w{i}") for i in range(128)]
-    assert st.summary_lines("ns", "j", "Running", pods, 128, 0, None, [], {}, T0)[1] == "  pods      128/128 Running"
+    assert st.summary_lines(status(pods, 128))[1] == "  pods      128/128 Running"
+    assert st.summary_lines(status(pods, 128))[0] == "ns/j: Running  (restarts 0)"
+
+
+def test_a_job_whose_condition_lags_its_running_pods_says_both():
+    pods = [pod(f"j-worker-{i}", f"w{i}") for i in range(512)]
+    head = st.summary_lines(status(pods, 512, left=3, state="Pending"))[0]
+    assert head == ("ns/j: Pending, all 512 pods Running (the operator has not updated the job's condition yet)"
+                    "  (restarts 0, 3 retries left)")
+    assert st.summary_lines(status(pods[:10], 512, state="Pending"))[0] == "ns/j: Pending  (restarts 0)"
 
 
 def test_restarts_by_cause_in_the_summary():
-    causes = [{"replica": "master-0", "cause": "x", "exit_code": 143, "retried": True},
-              {"replica": "worker-1", "cause": "y", "exit_code": 143, "retried": True},
-              {"replica": "worker-2", "cause": "z", "reason": "TaintManagerEviction", "count": 2}]
-    lines = st.summary_lines("ns", "j", "Running", [], 3, 4, 1, causes, {}, T0)
+    causes = [Cause("j-master-0", "master-0", "x", True, exit_code=143),
+              Cause("j-worker-1", "worker-1", "y", True, exit_code=143),
+              Cause("j-worker-2", "worker-2", "z", True, reason="TaintManagerEviction", count=2)]
+    lines = st.summary_lines(status([], 3, restarts=4, left=1, causes=causes))
     assert "  restarts  2 exit 143, 2 TaintManagerEviction" in lines
 
 
@@ -134,12 +158,12 @@ def test_create_failures_newest_first_and_deduplicated():
                   message='pods "j-worker-0" is forbidden: violates PodSecurity "restricted:latest"'),
               ev("j", "u", reason="FailedCreatePod", kind="PyTorchJob", created=at(5), message="quota exceeded"),
               ev("j", "u", reason="SuccessfulCreatePod", kind="PyTorchJob", created=at(6), message="Created pod")]
-    assert st.create_failures(events) == ["quota exceeded",
+    assert records.create_failures(events) == ["quota exceeded",
                                           'pods "j-worker-0" is forbidden: violates PodSecurity "restricted:latest"']
 
 
 def test_newest_commit_from_timestamped_log():
-    got = st.newest_commit(["2026-01-01T12:00:01.123456789Z step 1",
+    got = ct.newest_commit(["2026-01-01T12:00:01.123456789Z step 1",
                             "2026-01-01T12:00:02.5Z resuming after step 1200",
                             "2026-01-01T12:01:00Z preempted: checkpoint step 1300 committed"])
     assert (got["step"], got["resumed_from"], got["preempted_at"], got["at"]) == (1300, 1200, 1300, at(60))
@@ -159,7 +183,7 @@ def test_tables_have_headers_natural_widths_and_an_empty_message():
 
 @pytest.mark.parametrize("seconds,text", [(5, "5s"), (119, "119s"), (600, "10m"), (7300, "2h"), (3 * 86400, "3d")])
 def test_age(seconds, text):
-    assert st.age(T0, at(seconds)) == text
+    assert records.age(T0, at(seconds)) == text
 
 
 def test_pod_security_warning_only_for_multi_pod_jobs_in_restricted_namespaces():
@@ -270,14 +294,14 @@ def test_evictions_named_without_a_uid_count_after_the_job_and_never_past_its_po
                   ev("j-master-0", None, reason="TaintManagerEviction", message="Marking for deletion",
                      created=at(120), count=7),  # merged: 7 times the same text
                   ev("j-master-0", None, reason="TaintManagerEviction", created=at(50))]  # an earlier job's
-    inc = st.pod_incarnations(j, pods, pod_events)
-    causes = st.restart_causes(j, [], pod_events, inc)
+    inc = ct.pod_incarnations(j, pods, pod_events)
+    causes = ct.restart_causes(j, [], pod_events, inc)
     assert [(c["replica"], c["count"]) for c in causes] == [("master-0", 2)]
 
 
 def test_pods_and_events_read_as_raw_json_become_the_plain_records():
     """`launch status` reads pods and events as the API's JSON (no typed models: 5.7 s at 512 pods)."""
-    from launcher.k8s import jobs, status
+    from launcher.k8s import jobs
 
     job = {"metadata": {"name": "held", "uid": "job-1", "creationTimestamp": "2026-01-01T00:00:00Z"}}
     pod = {"metadata": {"name": "held-worker-10", "uid": "p-10", "labels": {
@@ -293,19 +317,19 @@ def test_pods_and_events_read_as_raw_json_become_the_plain_records():
                "spec": {}, "status": {"phase": "Pending", "conditions": [
                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                     "message": "0/5 nodes are available:\n  5 Insufficient nvidia.com/gpu."}]}}
-    running, waiting = status.describe_pod(pod), status.describe_pod(pending)
+    running, waiting = records.describe_pod(pod), records.describe_pod(pending)
     assert running["replica"] == "worker-10" and running["owner_uid"] == "job-1" and running["node"] == "n-3"
     assert running["exit_code"] == 143 and running["retryable"] and not running["deleting"]
     assert waiting["deleting"] and waiting["node"] is None and waiting["owner_uid"] is None
     assert waiting["unschedulable"] == "0/5 nodes are available: 5 Insufficient nvidia.com/gpu."
-    assert st.pod_problem({**waiting, "deleting": False}).startswith("unschedulable: 0/5 nodes are available")
-    assert sorted([pod, pending], key=lambda p: st.natural_key(jobs.replica_id(p)))[0] is pending
+    assert records.pod_problem({**waiting, "deleting": False}).startswith("unschedulable: 0/5 nodes are available")
+    assert sorted([pod, pending], key=lambda p: records.natural_key(jobs.replica_id(p)))[0] is pending
 
-    event = status.event_record({"involvedObject": {"kind": "Pod", "name": "held-worker-10", "uid": "p-10"},
+    event = records.event_record({"involvedObject": {"kind": "Pod", "name": "held-worker-10", "uid": "p-10"},
                                   "reason": "Scheduled", "message": "assigned", "type": "Normal",
                                   "metadata": {"creationTimestamp": "2026-01-01T00:00:05Z"}})
     assert event["count"] == 1 and event["created"] == datetime.datetime(2026, 1, 1, 0, 0, 5, tzinfo=datetime.timezone.utc)
-    again = status.event_record({"involvedObject": {"kind": "Pod", "name": "held-worker-10", "uid": "p-9"},
+    again = records.event_record({"involvedObject": {"kind": "Pod", "name": "held-worker-10", "uid": "p-9"},
                                   "reason": "Scheduled", "count": 3, "metadata": {"creationTimestamp": "2026-01-01T00:00:01Z"}})
-    incarnations = st.pod_incarnations(job, [running], [event, again])
-    assert st.count_restarts(incarnations) == {"held-worker-10": 1}
+    incarnations = ct.pod_incarnations(job, [running], [event, again])
+    assert ct.count_restarts(incarnations) == {"held-worker-10": 1}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from launcher import objectstore
 from launcher.status import ledger as rl
 from tests.helpers import REPO
 from trainer import contract
@@ -42,14 +43,20 @@ def test_a_recorded_ledger_shows_each_incident_and_the_goodput():
     assert incident["cause"].startswith("rank 0 lost its peers") and round(incident["seconds_lost"], 1) == 1.8
 
 
+def read(job, now, read=objectstore.read_json_objects, timeout=rl.READ_TIMEOUT):
+    """As `launch status` reads the ledger: its folder from the job, the objects through launcher/objectstore.py."""
+    where = rl.location(job)
+    got = objectstore.BoundedRead(rl.folder(*where[:2]), read, timeout).result() if where else (None, None)
+    return rl.summarize(where, *got, now, timeout)
+
+
 def test_the_reader_finds_the_folder_from_the_jobs_env_and_reads_it_through_fsspec(tmp_path):
     run = tmp_path / "ckpts" / "real" / contract.ATTEMPTS_DIR
     run.mkdir(parents=True)
     for name, raw in recorded().items():
         (run / name).write_bytes(raw)
     (run / "tmp-partial.json.part").write_bytes(b"{")
-    reader = rl.Reader(job(str(tmp_path / "ckpts")))
-    summary, why = reader.result(now=2e9)
+    summary, why = read(job(str(tmp_path / "ckpts")), now=2e9)
     assert why is None and summary.attempts == 2 and len(rl.incidents(summary)) == 1
     assert rl.location(job("s3://b/c/", "held", "")) == ("s3://b/c/", "held", None)
     assert rl.folder("s3://b/c/", "held") == "s3://b/c/held/attempts"
@@ -59,7 +66,7 @@ def test_a_ledger_that_cannot_be_read_is_one_line_and_never_an_error(tmp_path):
     def refused(path):
         raise PermissionError(f"Access Denied\n for {path}")
 
-    summary, why = rl.Reader(job(), read=refused).result(now=0)
+    summary, why = read(job(), now=0, read=refused)
     assert summary is None and why == "cannot read s3://bucket/ckpts/real/attempts (PermissionError: Access Denied for s3://bucket/ckpts/real/attempts)"
     assert rl.unread_line(why) == f"ledger    not shown: {why}"  # not a terminal: no escape codes
 
@@ -67,8 +74,8 @@ def test_a_ledger_that_cannot_be_read_is_one_line_and_never_an_error(tmp_path):
         import time
         time.sleep(5)
 
-    summary, why = rl.Reader(job(), read=hangs, timeout=0.2).result(now=0)
+    summary, why = read(job(), now=0, read=hangs, timeout=0.2)
     assert summary is None and why.endswith("(no answer within 0.2s)")
-    assert rl.Reader(job(uri=None)).result(now=0) == (None, "the job has no checkpoint folder")
-    summary, why = rl.Reader(job(str(tmp_path / "none"))).result(now=0)
+    assert read(job(uri=None), now=0) == (None, "the job has no checkpoint folder")
+    summary, why = read(job(str(tmp_path / "none")), now=0)
     assert summary is None and why == f"no attempts recorded in {tmp_path}/none/real/attempts yet"
