@@ -113,8 +113,11 @@ def ledger_lines(run_dir: str) -> list[str] | None:
     if not attempts:
         return None
     from launcher.status import ledger as restart_ledger
+    from launcher.status import timeline
 
-    return restart_ledger.lines(contract.summarize_ledger(attempts, time.time()))
+    now = time.time()
+    return (restart_ledger.lines(contract.summarize_ledger(attempts, now)) + [""]
+            + timeline.text(timeline.build(attempts, now)))
 
 
 def verdict_key(r: ChaosReport) -> tuple:
