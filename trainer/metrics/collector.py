@@ -83,6 +83,7 @@ class RuntimeCollector(Collector):
         self._seen_notices = 0
         self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)
         self._problems: set[str] = set()
+        self._stats: dict[int, RankStats] = {}
         self._history: list[Attempt] | None = None  # this node's earlier attempts, once read
         if sources.ledger is not None and sources.ledger.record is not None:
             threading.Thread(target=self._read_history, name="kubetrain-metrics-ledger", daemon=True).start()
@@ -110,7 +111,7 @@ class RuntimeCollector(Collector):
     # --- new since the last scrape -------------------------------------------------------------
 
     def _absorb_ranks(self) -> None:
-        stats = RankStats.read_all(self.sources.control)
+        self._stats = stats = RankStats.read_all(self.sources.control)  # this scrape's; _gauges reads it too
         first = min(stats) if stats else None
         for rank, s in stats.items():
             seen = self._seen_seq.get(rank, 0)
@@ -217,7 +218,7 @@ class RuntimeCollector(Collector):
         c = Committed.read(self.sources.control)
         if c is not None:
             found.append((c.step, c.time))
-        for s in RankStats.read_all(self.sources.control).values():
+        for s in self._stats.values():
             saves = [e for e in s.events if e.kind == "save" and e.ok and e.step is not None]
             if saves:
                 found.append((saves[-1].step, saves[-1].time))
