@@ -106,8 +106,17 @@ def _status_scale(r: dict) -> list[str]:
     return out
 
 
+def _metrics_cost(m: dict) -> list[str]:
+    return [f"metrics cost           steps/s with /metrics served and scraped every 1 s vs off: median of "
+            f"{m['reps']} interleaved reps {m['cost']:+.2%} (target < {m['target']:.1%}); off "
+            f"{statistics.median(m['runs_steps_per_s']['off']):.1f} steps/s, {sum(m['scrapes'])} scrapes",
+            f"   one scrape (8 ranks' records) {m['scrape_cpu_s'] * 1e3:.2f} ms of CPU: "
+            f"{m['core_share']['every_1s']:.2%} of a core scraped every 1 s, "
+            f"{m['core_share']['every_30s']:.3%} every 30 s"]
+
+
 _FORMATS = {"M1": _m1, "M2": _m2, "M3": _m3, "M4": _m4, "M5": _m5, "M6": _m6, "M7": _m7, "M8": _m8, "M9": _m9,
-            "gpu-stall": _gpu_stall, "status-scale": _status_scale}
+            "metrics-cost": _metrics_cost, "gpu-stall": _gpu_stall, "status-scale": _status_scale}
 
 
 def machine() -> dict:

@@ -10,6 +10,7 @@ One frozen record per file, each with its write and its read; nothing else opens
     error-rank-R.json     RankError       rank R's wrapper (worker.py)  the supervisor (the root cause)
     pid-rank-R            RankPid         rank R's wrapper (worker.py)  `launch chaos` (which PID is rank R)
     result.json           TorchrunResult  trainer/torchrun_main.py      the supervisor (classify)
+    stats-rank-R.json     RankStats       rank R (its Checkpointer)     the supervisor's /metrics (trainer/metrics/)
 
 Rules: one writer per file; every write replaces the file whole (a temp file, then a rename),
 so a reader never sees half of one; a file that is not there (yet) or does not parse reads as
@@ -253,3 +254,54 @@ class TorchrunResult:
             return cls(failures, doc.get("usage_error"), doc.get("incompatible_torch"), doc.get("agent_error"))
         except TypeError:
             return None
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointEvent:
+    """One save or restore as rank `RankStats.rank` saw it; `seq` counts this rank's events from 1."""
+
+    seq: int
+    kind: str  # "save" or "restore"
+    step: int | None
+    time: float
+    ok: bool = True  # save: committed (every rank learns the same outcome)
+    stall_s: float = 0.0  # save: what training waited for (the upload before, the snapshot; a blocking save's write)
+    upload_s: float = 0.0  # save: writing this rank's files
+    bytes: int = 0  # save: this rank's files
+    seconds: float = 0.0  # restore: from restore() to the state applied
+    source: str = ""  # restore: "checkpoint", "warm-start" or "none"
+
+
+_EVENT_FIELDS = frozenset(f.name for f in dataclasses.fields(CheckpointEvent))
+
+
+@dataclasses.dataclass(frozen=True)
+class RankStats:
+    """What rank `rank` measured for /metrics: its newest checkpoint events (at most KEEP, oldest
+    first; the reader takes those past the last `seq` it saw) and its storage errors by kind so far.
+    Rewritten at each event and, when the errors changed, at a heartbeat. JSON."""
+
+    rank: int
+    events: tuple[CheckpointEvent, ...] = ()
+    storage_errors: dict[str, int] = dataclasses.field(default_factory=dict)
+    PREFIX, SUFFIX = "stats-rank-", ".json"
+    KEEP = 64  # events between two scrapes: saves are seconds apart at the least
+
+    def write(self, folder: str) -> None:
+        # vars(), not dataclasses.asdict: asdict deep-copies every event, 10x the time of the write.
+        doc = {"rank": self.rank, "events": [vars(e) for e in self.events], "storage_errors": self.storage_errors}
+        _replace(folder, f"{self.PREFIX}{self.rank}{self.SUFFIX}", json.dumps(doc))
+
+    @classmethod
+    def read_all(cls, folder: str) -> dict[int, RankStats]:
+        fields = _EVENT_FIELDS
+        out = {}
+        for rank, text in _per_rank(folder, cls.PREFIX, cls.SUFFIX).items():
+            doc = _json(text)
+            try:
+                events = tuple(CheckpointEvent(**{k: v for k, v in e.items() if k in fields}) for e in doc["events"])
+                errors = {str(k): int(v) for k, v in doc["storage_errors"].items()}
+            except (AttributeError, KeyError, TypeError, ValueError):
+                continue
+            out[rank] = cls(rank, events, errors)
+        return out

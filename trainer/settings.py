@@ -101,6 +101,9 @@ SETTINGS: tuple[Setting, ...] = (
             "poll this AWS spot instance-action or GCP preempted metadata URL for a preemption notice"),
     Setting("preemption_poll_seconds", "--preemption-poll-seconds", contract.ENV_PREEMPTION_POLL_SECONDS, float,
             contract.DEFAULT_PREEMPTION_POLL_SECONDS, "how often to poll --preemption-url", minimum=0, exclusive=True),
+    Setting("metrics_port", "--metrics-port", contract.ENV_METRICS_PORT, int, 0,
+            "serve Prometheus metrics (step, commits, checkpoint times, restarts, goodput) at :PORT/metrics from "
+            "this supervisor (0: off); a port already taken is one log line, training goes on", minimum=0),
     Setting("code_uri", "--code", contract.ENV_CODE_URI, str, None,
             "a tar.gz code bundle (path or URI) to unpack and run SCRIPT from; `launch` sets this"),
     Setting("code_sha256", "--code-sha256", contract.ENV_CODE_SHA256, str, None,

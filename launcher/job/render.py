@@ -97,6 +97,8 @@ def runtime_env(spec: JobSpec, *, name: str, code: CodeRef | None) -> list[dict[
         env.append((contract.ENV_MAX_RESTARTS, str(spec.max_restarts)))
     if spec.checkpoint_uri:
         env.append((contract.ENV_CHECKPOINT_URI, spec.checkpoint_uri))
+    if spec.metrics_port:
+        env.append((contract.ENV_METRICS_PORT, str(spec.metrics_port)))
     if code is not None:
         env.append((contract.ENV_CODE_URI, code.uri or f"{contract.CODE_MOUNT_PATH}/{contract.CODE_BUNDLE_NAME}"))
         env.append((contract.ENV_CODE_SHA256, code.sha256))
@@ -167,6 +169,8 @@ def _container(spec: JobSpec, *, name: str, code: CodeRef | None, image: str) ->
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    if spec.metrics_port:  # named, so the chart's PodMonitor finds it whatever the number
+        container["ports"] = [{"name": contract.METRICS_PORT_NAME, "containerPort": spec.metrics_port}]
     if spec.secret_env:
         container["envFrom"] = [{"secretRef": {"name": s}} for s in spec.secret_env]
     return container

@@ -26,6 +26,8 @@ def build_parser(verb: str) -> argparse.ArgumentParser:
                        help="text (default), json, yaml, or wide" + (" (every pod)" if verb == "status" else ""))
     if verb == "status":
         p.add_argument("--pods", action="store_true", help="list every pod, not only those that are not healthy")
+        p.add_argument("--timeline", nargs="?", const="-", metavar="FILE.svg",
+                       help="draw the restart ledger: after the status, or into FILE.svg")
     add_target_flags(p)
     return p
 
@@ -45,6 +47,10 @@ def main(verb: str, argv: list[str], env: Mapping[str, str]) -> int:
         from launcher.status.report import print_status
 
         print_status(status(api, ns, args.job), output=args.output, all_pods=args.pods)
+        if args.timeline:
+            from launcher.status.timeline_out import show
+
+            return show(jobs.get_job(api, ns, args.job), args.timeline)
         return 0
     if verb == "logs":
         from launcher.k8s.logs import stream_logs

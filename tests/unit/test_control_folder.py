@@ -68,3 +68,13 @@ def test_a_rank_pid_is_live_only_while_the_same_process_runs(tmp_path):
     mine = RankPid.read_all(folder)[3]
     RankPid(4, mine.pid, mine.started + 1).write(folder)  # the same PID, reused by a later process
     assert RankPid.live(folder) == {3: os.getpid()}
+
+
+def test_rank_stats_read_back_and_a_broken_one_reads_as_that_rank_left_out(tmp_path):
+    from trainer.control_folder import CheckpointEvent, RankStats
+
+    stats = RankStats(3, (CheckpointEvent(1, "restore", None, 1.0, seconds=0.5, source="none"),
+                          CheckpointEvent(2, "save", 20, 2.0, stall_s=0.1, upload_s=0.3, bytes=99)), {"server": 2})
+    stats.write(str(tmp_path))
+    (tmp_path / "stats-rank-4.json").write_text('{"rank": 4, "events": [{"seq": 1}]}')
+    assert RankStats.read_all(str(tmp_path)) == {3: stats}

@@ -46,6 +46,7 @@ def test_the_vendored_crds_are_the_operators_trainer_v2_jobset_and_kueue_ones():
         "TrainingRuntime": ("trainingruntimes.trainer.kubeflow.org", ["v1alpha1"], "Namespaced"),
         "ClusterTrainingRuntime": ("clustertrainingruntimes.trainer.kubeflow.org", ["v1alpha1"], "Cluster"),
         "JobSet": ("jobsets.jobset.x-k8s.io", ["v1alpha2"], "Namespaced"),
+        "PodMonitor": ("podmonitors.monitoring.coreos.com", ["v1"], "Namespaced"),  # the Prometheus Operator's v0.93.0
         **{kind: (f"{plural}.kueue.x-k8s.io", ["v1beta1", "v1beta2"], "Namespaced" if kind in ("LocalQueue", "Workload")
                   else "Cluster")
            for kind, plural in (("AdmissionCheck", "admissionchecks"), ("ClusterQueue", "clusterqueues"),

@@ -77,7 +77,8 @@ class Checkpointer:
         control_dir = os.environ.get(contract.ENV_CONTROL_DIR) or None
         self._notices = SupervisorNotices(control_dir, self.rank)
         self._agreement = StopAgreement(self.run.control_group, control_dir)
-        self._saver = Saver(self.run, self.objects, on_commit=self._notices.committed)
+        self._saver = Saver(self.run, self.objects, on_commit=self._notices.committed,
+                            on_saved=lambda step, **m: self._notices.checkpoint_event("save", step, **m))
         self._created_at = time.time()
         #: The step restore() resumed from, or None.
         self.restored_step: int | None = None
@@ -105,6 +106,14 @@ class Checkpointer:
         run's newest committed model weights (and optimizer only if asked) and returns 0:
         a new run on new data, not a resume, so its scheduler, RNG and data position start fresh.
         """
+        began = time.monotonic()
+        step, source = self._restore()
+        self._notices.checkpoint_event("restore", step if source == "checkpoint" else None,
+                                       seconds=time.monotonic() - began, source=source)
+        return step
+
+    def _restore(self) -> tuple[int, str]:
+        """restore()'s work: the step, and where the state came from (checkpoint, warm-start, none)."""
         self._notices.heartbeat(0, force=True)
         if self.rank == 0:
             abort_stale_uploads(self.storage, self.run_uri, self._created_at, self.world_size)
@@ -120,7 +129,7 @@ class Checkpointer:
                 log.info("restored %s from %s; %s", contract.step_dir_name(found.step), self.run_uri,
                          contract.LOG_RESUMED.format(step=found.step))
             self._notices.heartbeat(found.step, force=True)
-            return found.step
+            return found.step, "checkpoint"
         if self.config.warm_start_from:
             warm = restorer.warm_start(token)
             if warm is not None:
@@ -135,10 +144,10 @@ class Checkpointer:
             elif self.rank == 0:
                 log.info("warm start: no earlier run of this schedule under %s has a committed checkpoint; "
                          "starting from scratch", self.storage.uri)
-            return 0
+            return 0, "warm-start" if warm is not None else "none"
         if self.rank == 0:
             log.info("no usable checkpoint under %s; starting from step 0", self.run_uri)
-        return 0
+        return 0, "none"
 
     def step_end(self, step: int) -> None:
         """Call after each optimizer step with the number of steps completed.

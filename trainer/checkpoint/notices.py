@@ -5,10 +5,13 @@ Without a supervisor (no KUBETRAIN_CONTROL_DIR) every notice is a no-op.
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 import time
 
-from trainer.control_folder import Committed, Preempted, Progress
+from trainer.control_folder import CheckpointEvent, Committed, Preempted, Progress, RankStats
+from trainer.storage import error_counts
 
 log = logging.getLogger("kubetrain.checkpoint")
 
@@ -22,6 +25,10 @@ class SupervisorNotices:
         self.dir = control_dir
         self._rank = rank
         self._last_heartbeat = 0.0
+        # /metrics' record (RankStats): written from the training thread and the upload thread.
+        self._stats_lock = threading.Lock()
+        self._events: collections.deque[CheckpointEvent] = collections.deque(maxlen=RankStats.KEEP)
+        self._errors_written: dict[str, int] = {}
 
     def heartbeat(self, step: int, force: bool = False) -> None:
         """This rank finished `step` (the watchdog's and `launch chaos`'s progress mark), rate-limited."""
@@ -32,6 +39,8 @@ class SupervisorNotices:
             return
         self._last_heartbeat = now
         Progress(self._rank, step, now).write(self.dir)
+        if error_counts.counts() != self._errors_written:
+            self._write_stats()
 
     def committed(self, step: int) -> None:
         """Global rank 0 tells its supervisor, which moves the restart ledger's progress mark."""
@@ -46,3 +55,22 @@ class SupervisorNotices:
         """Each node's first rank: the stop checkpoint committed, so the supervisor exits 143, not 0."""
         if self.dir is not None:
             Preempted(step, time.time()).write(self.dir)
+
+    def checkpoint_event(self, kind: str, step: int | None, **measured) -> None:
+        """A save (every rank, with its outcome) or a restore ended: /metrics counts it. Never raises."""
+        if self.dir is None:
+            return
+        with self._stats_lock:
+            seq = self._events[-1].seq + 1 if self._events else 1
+            self._events.append(CheckpointEvent(seq=seq, kind=kind, step=step, time=time.time(), **measured))
+        self._write_stats()
+
+    def _write_stats(self) -> None:
+        try:
+            with self._stats_lock:
+                errors = error_counts.counts()
+                RankStats(self._rank, tuple(self._events), errors).write(self.dir)
+                self._errors_written = errors
+        except Exception as e:  # noqa: BLE001 - metrics only: training goes on
+            log.debug("rank %d: could not write its stats for /metrics: %s", self._rank, e)
+

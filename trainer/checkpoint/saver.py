@@ -42,13 +42,18 @@ class _SaveJob:
     sharded: Any | None
     per_rank: Any
     started: float
+    stall_s: float = 0.0  # what training waited for before the write (the upload before it, the snapshot)
+    blocking: bool = False  # training waits for the write too
 
 
 class Saver:
-    def __init__(self, run: CheckpointRun, objects: Trainables, on_commit: Callable[[int], None]) -> None:
+    def __init__(self, run: CheckpointRun, objects: Trainables, on_commit: Callable[[int], None],
+                 on_saved: Callable[..., None] | None = None) -> None:
         self.run = run
         self.objects = objects
         self._on_commit = on_commit  # rank 0, after each commit
+        #: Every rank, after each save's outcome: on_saved(step, ok=, stall_s=, upload_s=, bytes=) (/metrics).
+        self._on_saved = on_saved
         self._thread: threading.Thread | None = None
         self._pruner: threading.Thread | None = None
         #: Allocates the snapshot buffers once training runs (see preallocate); joined before a snapshot.
@@ -69,6 +74,7 @@ class Saver:
     def save(self, step: int, *, background: bool) -> None:
         """Snapshot now; write and commit on the background thread when `background`, else here."""
         run = self.run
+        entered = time.monotonic()
         if self._thread is not None and self._thread.is_alive() and self._inflight and run.rank == 0:
             # Training stalls here for as long as the upload takes: say why, or a slow store looks like a hang.
             prev, since = self._inflight
@@ -80,6 +86,7 @@ class Saver:
         self.raise_if_failing()
         job = self._stage(step)
         self.last_save_time = time.monotonic()
+        job.stall_s, job.blocking = self.last_save_time - entered, not background
         if not background:
             self._run(job)
             if self.permanent is not None:
@@ -146,6 +153,8 @@ class Saver:
         """Write this rank's files, then rank 0 commits; every rank learns the outcome."""
         run = self.run
         step_uri = join(run.run_uri, contract.step_dir_name(job.step))
+        began = time.monotonic()
+        upload_s, nbytes = 0.0, 0
         try:
             fault_hooks.injected_outage()
             files: dict[str, FileInfo] = {}
@@ -159,6 +168,7 @@ class Saver:
                     join(step_uri, layout.REPLICATED_FILE), lambda f: torch.save(job.replicated, f))
             if job.sharded is not None:
                 files.update(self._write_sharded(step_uri, job.sharded))
+            upload_s, nbytes = time.monotonic() - began, sum(f.size for f in files.values())
             mine: tuple[str, Any] = ("ok", files)
         except StorageConfigError as e:  # the bucket or the credentials: no later save can succeed either
             mine = ("permanent", str(e))
@@ -191,6 +201,9 @@ class Saver:
             if run.rank == 0:
                 log.error("%s (%d in a row; training stops after %d)", self.last_error, self.failures,
                           run.config.max_failures)
+        if self._on_saved is not None:
+            stall = job.stall_s + (time.monotonic() - began if job.blocking else 0.0)
+            self._on_saved(job.step, ok=outcome[0] == "ok", stall_s=stall, upload_s=upload_s, bytes=nbytes)
 
     def _commit(self, step: int, gathered: list[tuple[str, Any]]) -> tuple[str, str]:
         """Rank 0: manifest after every file, `latest` after the manifest, then prune."""

@@ -21,6 +21,10 @@ ENV_HANG_TIMEOUT = "KUBETRAIN_HANG_TIMEOUT"
 ENV_PREEMPTION_URL = "KUBETRAIN_PREEMPTION_URL"
 ENV_PREEMPTION_POLL_SECONDS = "KUBETRAIN_PREEMPTION_POLL_SECONDS"
 ENV_SPOOL_DIR = "KUBETRAIN_SPOOL_DIR"
+#: The supervisor's Prometheus /metrics port (trainer/metrics/); 0 or unset: not served. `launch
+#: --metrics-port` sets it and renders it as the container's port METRICS_PORT_NAME.
+ENV_METRICS_PORT = "KUBETRAIN_METRICS_PORT"
+METRICS_PORT_NAME = "metrics"
 #: Seconds restore keeps retrying a checkpoint it could not read because of a storage error
 #: (not a verified corrupt one) before the run exits INFRA with `latest` untouched.
 ENV_STORAGE_TIMEOUT = "KUBETRAIN_STORAGE_TIMEOUT"

@@ -5,6 +5,7 @@
     fsspec_store  any other fsspec protocol (memory://, gs://, az://, ...)
     s3            s3:// through boto3 (s3_errors classifies its errors, pipe streams uploads)
     retry         backoff for transient errors
+    error_counts  the errors retried, by kind, for the runtime's /metrics
 
 `open_storage(uri)` picks the backend; the checkpoint layer sees only `Storage`.
 """

@@ -8,6 +8,7 @@ import time
 from typing import Callable, TypeVar
 
 from trainer.errors import StorageConfigError, StorageError
+from trainer.storage import error_counts
 
 log = logging.getLogger("trainer.storage")
 T = TypeVar("T")
@@ -34,6 +35,7 @@ def retry_call(fn: Callable[[], T], *, what: str, attempts: int = RETRY_ATTEMPTS
         except (FileNotFoundError, StorageConfigError, *_PROGRAMMING_ERRORS):
             raise  # a fact about the object, a configuration error or a bug: a retry changes none
         except retry_on as e:
+            error_counts.note(e)
             if attempt == attempts:
                 raise StorageError(f"{what} failed after {attempts} attempts: {e}") from e
             log.warning("%s failed (%s); retrying in %.1fs (%d/%d)", what, e, delay, attempt, attempts)

@@ -40,9 +40,11 @@ class Supervisor:
         self._verdict = None  # node 0's crash-loop verdict, seen by another node while its ranks start
         self._lease = None  # trainer.writer_lease.WriterLease that node 0 holds while the run lives
         self._lost: str | None = None  # another job took the run folder over: why this one stops
+        self.stop_requests: list[str] = []  # every stop asked for (signals, notices), for /metrics
 
     def request_stop(self, reason: str) -> None:
         """Ask the ranks to checkpoint and stop; safe from a signal handler or a thread."""
+        self.stop_requests.append(reason)
         if self._stop_reason is None:
             self._stop_reason = reason
         self._wake.set()
@@ -65,6 +67,7 @@ class Supervisor:
         given = self.env.get(contract.ENV_CONTROL_DIR)  # `launch chaos` watches progress there
         control = given or tempfile.mkdtemp(prefix="kubetrain-control-")
         os.makedirs(control, exist_ok=True)
+        metrics = self._start_metrics(control)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         if not set_child_subreaper(True):
             log.warning("cannot become a child subreaper (prctl); ranks of a killed torchrun may outlive it")
@@ -90,6 +93,8 @@ class Supervisor:
             training.set()
             if poller is not None:
                 poller.stop()
+            if metrics is not None:
+                metrics.close()
             self._kill_group(signal.SIGKILL)
             self._kill_descendants()
             set_child_subreaper(False)
@@ -102,6 +107,16 @@ class Supervisor:
         self._release_lease()
         self._report(outcome)
         return int(outcome.code)
+
+    def _start_metrics(self, control: str):
+        """/metrics when --metrics-port is set (trainer/metrics/); None when off or not served."""
+        if not self.cfg.metrics_port:
+            return None
+        from trainer import metrics
+
+        return metrics.start(self.cfg.metrics_port, control=control, run_id=self.cfg.run_id,
+                             node_rank=contract.operator_node_rank(self.env), ledger=self._ledger,
+                             stop_requests=lambda: tuple(self.stop_requests))
 
     def _begin_ledger(self) -> Outcome | None:
         """Record this start in the run's restart ledger; an Outcome when the run must not start."""
