@@ -2,7 +2,8 @@
 
 Test tooling, not part of the runtime image: the runtime (`trainer/`) never imports it.
 
-    plan.py         the plan and the faults its seed draws
+    plan.py         the plan and the faults its seed places, each restart's resume step chosen to cover
+    coverage.py     what resume steps cover: residues mod 2..8, an epoch's first and last step (pure)
     driver.py       runs both runs and the faults; records (record.py), never judges
     run_start.py    one start of the runtime and its processes (found through trainer.processes
                     and the PIDs the ranks record)

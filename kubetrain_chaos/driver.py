@@ -19,13 +19,12 @@ from typing import Callable
 
 from kubetrain_chaos import checkpoints, compare, oracle, report
 from kubetrain_chaos.run_start import RunStart, send, wait_for
-from kubetrain_chaos.plan import ChaosPlan, plan_faults
+from kubetrain_chaos.plan import ENDING_KINDS, ChaosPlan, Fault, estimate_seconds, plan_faults
 from kubetrain_chaos.record import FaultRecord, RunRecord
 from trainer import contract
 from trainer.errors import UsageError
 
 _KEEP_EVERYTHING = "1000000"  # both runs keep every step, so they can be compared step by step
-_SLOW_COMMIT_S = "1.0"  # the window a kill-during-upload has between a step's files and its manifest
 EVENTS_NAME = "events.json"
 
 Echo = Callable[[str], None]
@@ -43,16 +42,22 @@ class _Runner:
     def run_dir(self, run_id: str) -> str:
         return os.path.join(self.ckpt, run_id)
 
-    def start(self, run_id: str) -> RunStart:
+    def start(self, run_id: str, fault: Fault | None = None) -> RunStart:
+        """Start an attempt; `fault`: the planned fault that is to end it, which sets its cadence and
+        --keep, and arms a kill-during-upload's kill point (contract.FAULT_KILL_AT) before it starts."""
         self.n += 1
         control = os.path.join(self.workdir, f"control-{self.n}")
         log_path = os.path.join(self.workdir, f"{run_id}-{self.n}.log")
         p = self.plan
+        every = fault.every_steps if fault is not None and fault.every_steps else p.every_steps
+        keep = str(fault.keep) if fault is not None and fault.keep else _KEEP_EVERYTHING
+        armed = fault is not None and fault.phase is not None and fault.commit_step is not None
+        self.fault_file(contract.FAULT_KILL_AT, f"{fault.phase} {fault.commit_step}\n" if armed else None)
         cmd = [sys.executable, "-m", "trainer", "run", "--nproc-per-node", str(p.nproc), "--checkpoint", self.ckpt,
-               "--run-id", run_id, "--checkpoint-every-steps", str(p.every_steps),
+               "--run-id", run_id, "--checkpoint-every-steps", str(every),
                "--grace-seconds", str(p.grace_seconds), p.script, *p.script_args]
         env = {**os.environ, contract.ENV_CONTROL_DIR: control, contract.ENV_FAULTS_DIR: self.faults_dir,
-               contract.ENV_CHECKPOINT_KEEP: _KEEP_EVERYTHING}
+               contract.ENV_CHECKPOINT_KEEP: keep}
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.current = RunStart(proc, control, log_path)
@@ -105,6 +110,8 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
     echo(f"reference run (no faults): {plan.script} on {plan.nproc} rank(s); logs in {workdir}")
     t0 = time.monotonic()
     ref = runner.start("reference")
+    wait_for(lambda: ref.progress() >= 1, ref, timeout=max(1.0, deadline - time.monotonic()))
+    startup_seconds = time.monotonic() - t0  # to its first step: what every restart costs again
     rc = ref.exit_code(timeout=max(1.0, deadline - time.monotonic()))
     ref_seconds = time.monotonic() - t0
     if rc != 0:
@@ -116,21 +123,42 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
         raise UsageError("the run without faults committed no checkpoint: does the script use "
                          "trainer.Checkpointer and call step_end()/close()?")
     rng = random.Random(plan.seed)
-    faults = plan_faults(plan.faults, plan.kinds, total, plan.every_steps, rng)
-    echo(f"reference: {total} steps in {ref_seconds:.1f}s; faults (seed {plan.seed}): "
-         + ", ".join(f"{f.kind}@{f.at_step}" for f in faults))
+    faults = plan_faults(plan.faults, plan.kinds, total, plan.every_steps, rng, epoch_steps=plan.epoch_steps,
+                         thorough=plan.thorough)
+    estimate = estimate_seconds(faults, total, ref_seconds, startup_seconds, plan.grace_seconds)
+    echo(f"reference: {total} steps in {ref_seconds:.1f}s; {len(faults)} faults (seed {plan.seed}"
+         f"{', thorough' if plan.thorough else ''}), about {estimate:.0f}s more: "
+         + ", ".join(f"{f.kind}@{f.at_step}" + (f"->{f.resume_at}" if f.resume_at is not None else "")
+                     for f in faults))
 
     run_dir = runner.run_dir("chaos")
-    records = [FaultRecord(f.kind, number=i, at_step=f.at_step) for i, f in enumerate(faults, 1)]
+    records = [FaultRecord(f.kind, number=i, at_step=f.at_step, planned_resume=f.resume_at, kill_phase=f.phase)
+               for i, f in enumerate(faults, 1)]
+    planned = {r.number: f for r, f in zip(records, faults)}
     pending = list(records)
+
+    def ender() -> Fault | None:
+        """The planned fault that is to end the next attempt: it sets the attempt's cadence."""
+        return next((planned[r.number] for r in pending if r.kind in ENDING_KINDS), None)
+
+    def due(rec: FaultRecord) -> bool:
+        # A targeted fault waits for its resume step to be committed (the attempt's one checkpoint
+        # before it), so the restart resumes from exactly that step however late the poll comes.
+        target = planned[rec.number].resume_at
+        if attempt.progress() < (rec.at_step or 0):
+            return False
+        return target is None or planned[rec.number].commit_step is not None or \
+            (checkpoints.latest(run_dir) or 0) >= target
+
     restarts_left = len(faults) + 3  # every fault may restart once, plus a retryable surprise or three
-    attempt = runner.start("chaos")
+    attempt = runner.start("chaos", ender())
     while True:
         hit: FaultRecord | None = None
         if pending:
             rec = pending[0]
-            if wait_for(lambda: attempt.progress() >= (rec.at_step or 0), attempt,
-                        timeout=max(1.0, deadline - time.monotonic())):
+            armed = planned[rec.number].commit_step is not None  # its attempt kills itself at a commit phase
+            if wait_for(lambda: due(rec), attempt, timeout=max(1.0, deadline - time.monotonic())) or \
+                    (armed and attempt.proc.poll() is not None):
                 pending.pop(0)
                 ends = _inject(runner, attempt, rec, run_dir, rng)
                 if rec.injected_at is not None:
@@ -155,7 +183,7 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
             break
         restarts_left -= 1
         echo(f"    exit {rc} ({contract.describe_exit_code(rc)}); restarting as the operator would")
-        attempt = runner.start("chaos")
+        attempt = runner.start("chaos", ender())
         hit.resumed_from, hit.resume_logged = _resumed_after_start(attempt)
     for r in records:  # a fault planned after the run ended never happened
         if r.injected_at is None and not r.detail:
@@ -164,7 +192,9 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
     damaged = {r.corrupted for r in records if r.corrupted is not None}
     common = sorted((set(ref_steps) & set(run_steps)) - damaged)
     comparisons = {s: compare.diff_steps(ref_dir, run_dir, s, plan.tolerance) for s in common}
+    runner.fault_file(contract.FAULT_KILL_AT, None)
     return RunRecord(seed=plan.seed, tolerance=plan.tolerance, reference_steps=total, reference_seconds=ref_seconds,
+                     epoch_steps=plan.epoch_steps, thorough=plan.thorough, faults_asked=len(faults),
                      reference_committed=ref_steps, faults=records, final_code=rc,
                      final_latest=checkpoints.latest(run_dir), run_committed=run_steps, comparisons=comparisons,
                      workdir=workdir)
@@ -201,24 +231,19 @@ def _inject(runner: _Runner, attempt: RunStart, rec: FaultRecord, run_dir: str, 
         rec.detail = f"SIGKILL of a DataLoader worker (pid {loaders[0]}) of rank {rank}"
         return True
     if kind == "kill-during-upload":
-        runner.fault_file(contract.FAULT_SLOW_COMMIT, _SLOW_COMMIT_S)
-        found: list[int] = []
-        known = set(checkpoints.intact_steps(run_dir))
-
-        def uploading() -> bool:
-            s = checkpoints.partial_step(run_dir, known)
-            if s is not None:
-                found.append(s)
-            return s is not None
-
-        hit = wait_for(uploading, attempt, timeout=p.grace_seconds + 60)
-        runner.fault_file(contract.FAULT_SLOW_COMMIT, None)
-        if not hit:
-            rec.injected_at, rec.detail = None, "no upload started before the run ended"
+        # Armed when the attempt started (runner.start): rank 0 SIGKILLs itself when the commit of the
+        # step reaches the phase; the supervisor then ends the others, as a node loss would.
+        fault_step, phase = rec.at_step, rec.kill_phase
+        try:
+            attempt.proc.wait(timeout=p.grace_seconds + 120)
+        except subprocess.TimeoutExpired:
+            pass
+        runner.fault_file(contract.FAULT_KILL_AT, None)
+        if attempt.proc.poll() in (None, 0):  # still training, or it finished: the commit never got there
+            rec.injected_at, rec.detail = None, f"the commit of step {fault_step} never reached phase {phase}"
             return False
-        rec.injected_at, rec.writing = attempt.progress(), found[0]
-        attempt.kill_all()
-        rec.detail = "SIGKILL of every process"
+        rec.injected_at, rec.writing = attempt.progress(), fault_step
+        rec.detail = f"SIGKILL of rank 0 at phase {phase} of step {fault_step}'s commit"
         return True
     if kind == "storage-outage":
         runner.fault_file(contract.FAULT_STORAGE_OUTAGE, "")

@@ -40,6 +40,9 @@ class FaultRecord:
     #: Whether the restart logged contract.LOG_RESUMED; False: it trained without restoring anything.
     resume_logged: bool | None = None
     detail: str = ""  # what was done, in words
+    #: The step the plan made the restart resume from (None: not chosen, e.g. a SIGTERM's stop step).
+    planned_resume: int | None = None
+    kill_phase: str | None = None  # kill-during-upload: the commit phase rank 0 was killed at
 
     @property
     def label(self) -> str:
@@ -66,6 +69,10 @@ class RunRecord:
     #: {step: {"file:path": how}} for every step both runs committed (damaged ones left out).
     comparisons: dict[int, dict[str, str]] = dataclasses.field(default_factory=dict)
     workdir: str = ""
+    #: What the plan aimed to cover (coverage.goal): --epoch-steps, --thorough, and how many faults it planned.
+    epoch_steps: int | None = None
+    thorough: bool = False
+    faults_asked: int = 0
 
     def rows(self) -> list[FaultRecord]:
         """The faults in the order they hit (their step), planned before unplanned at the same step."""

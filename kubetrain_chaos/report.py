@@ -9,7 +9,7 @@ import os
 import time
 from typing import Callable
 
-from kubetrain_chaos import oracle, record
+from kubetrain_chaos import coverage, oracle, record
 from kubetrain_chaos.oracle import Check
 from kubetrain_chaos.plan import ChaosPlan, reproduce_command
 from kubetrain_chaos.record import FaultRecord, RunRecord
@@ -86,12 +86,30 @@ def format_report(r: ChaosReport, ledger_lines: LedgerLines | None = None) -> st
     rows.append("")
     for c in r.checks:
         rows.append(f"  {'PASS' if c.ok else 'FAIL'}  {c.name:<16} {c.detail}")
+    cov, short = covered(r.record)
+    rows.append(f"  {'LESS' if short else 'DONE'}  {'covered':<16} {coverage.words(cov)}")
+    if short:
+        rows.append(f"  {'':4}  {'':<16} less than the plan aims for: {'; '.join(short)}")
     if r.ledger is not None:
         rows += _ledger_block(r.ledger, ledger_lines)
     rows.append("")
-    rows.append(f"{'every invariant held' if r.ok else 'FAILED'}; reproduce: {reproduce_command(r.plan)}")
+    held = "every invariant held" + (", covering less than the plan aims for (see covered)" if short else "")
+    rows.append(f"{held if r.ok else 'FAILED'}; reproduce: {reproduce_command(r.plan)}")
     rows.append(f"checkpoints, logs and the recorded events: {r.workdir}")
     return "\n".join(rows)
+
+
+def covered(run: RunRecord) -> tuple[coverage.Coverage, list[str]]:
+    """What the run's restarts covered (every restart counts, planned or not), and what it fell short
+    of the plan's aim by, with why when the run had room for fewer faults than asked."""
+    cov = coverage.of([x.resumed_from for x in run.faults if x.resumed_from is not None], run.epoch_steps)
+    short = coverage.shortfall(cov, coverage.goal(run.thorough, run.epoch_steps))
+    missed = [x.label for x in run.faults if x.number is not None and x.injected_at is None]
+    if short and missed:
+        short.append(f"not injected: {', '.join(missed)}")
+    if short and run.reference_steps < 120:
+        short.append(f"a run of {run.reference_steps} steps is short for the plan")
+    return cov, short
 
 
 def report_json(r: ChaosReport) -> str:
@@ -105,7 +123,15 @@ def _doc(r: ChaosReport) -> dict:
                         "exit_code": x.exit_code, "resumed_from": x.resumed_from,
                         "expected_resume": oracle.expected_resume(x) if x.resumed_from is not None else None,
                         "redone": x.redone, "phase": x.phase, "detail": what(x)} for x in r.records],
-            "checks": [dataclasses.asdict(c) for c in r.checks]}
+            "checks": [dataclasses.asdict(c) for c in r.checks],
+            "covered": _covered_doc(r.record)}
+
+
+def _covered_doc(run: RunRecord) -> dict:
+    cov, short = covered(run)
+    return {"resumes": list(cov.resumes), "residues": {str(p): list(hit) for p, hit in cov.residues},
+            "epoch_steps": cov.epoch_steps, "epoch_first": cov.epoch_first, "epoch_last": cov.epoch_last,
+            "less_than_planned": short, "words": coverage.words(cov)}
 
 
 def ledger_summary(run_dir: str) -> contract.LedgerSummary | None:

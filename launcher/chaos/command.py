@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole check (default 3600)")
     g.add_argument("--repeat", type=int, default=1, help="run the same fault plan N times (same seed) and report "
                    "any disagreement between the verdicts (default 1)")
+    g.add_argument("--thorough", action="store_true", help="a pre-merge check: every kind, every commit phase, "
+                   "resumes at every residue mod 2..8 and at an epoch's first and last step; prints its time estimate")
+    g.add_argument("--epoch-steps", type=int, default=None, help="steps per epoch of the script: faults then also "
+                   "resume at an epoch's first and last step")
     g.add_argument("-o", "--output", choices=("text", "json"), default="text")
     g = p.add_argument_group("cluster: faults to one running PyTorchJob or TrainJob")
     what = g.add_mutually_exclusive_group()
@@ -98,7 +102,7 @@ def _local(args: argparse.Namespace, script_args: list[str]) -> int:
         plan = chaos_plan.ChaosPlan(script=args.target, script_args=tuple(script_args), nproc=args.nproc,
                                faults=args.faults, seed=seed, kinds=kinds, every_steps=args.checkpoint_every_steps,
                                grace_seconds=args.grace_seconds, tolerance=args.tolerance, workdir=args.workdir,
-                               timeout=args.timeout)
+                               timeout=args.timeout, thorough=args.thorough, epoch_steps=args.epoch_steps)
         echo = (lambda line: print(line, file=sys.stderr, flush=True)) if args.output == "json" else \
             (lambda line: print(line, flush=True))
         # SIGTERM (a CI job cancelled) unwinds like Ctrl-C, so no training process outlives us.

@@ -50,6 +50,21 @@ def test_a_script_that_does_not_resume_is_caught_with_the_fault_named(tmp_path, 
     assert "reproduce: launch chaos" in out.stdout
 
 
+@pytest.mark.parametrize("window", [2, 3, 4, 5])
+def test_a_script_wrong_only_inside_an_accumulation_window_is_caught_whatever_the_seed(tmp_path, window, rng):
+    # Issue 25: the default plan resumes at two residues of every period 2..8 at least (a pure function of
+    # the plan: tests/unit/test_chaos_plan.py), so a window of any length up to 8 is entered by some restart.
+    seed = rng.randrange(1 << 31)
+    cmd = [sys.executable, "-m", "launcher.cli", "chaos", os.path.join(FIXTURES, "not_resumable.py"), "--local",
+           "--seed", str(seed), "--workdir", str(tmp_path), "--", "--mistake", "accumulate", "--window", str(window)]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 1, out.stdout + out.stderr
+    fail = [line for line in out.stdout.splitlines() if line.split()[:1] == ["FAIL"]]
+    assert len(fail) == 1 and "identical state" in fail[0], out.stdout
+    covered = next(line for line in out.stdout.splitlines() if "covered" in line.split()[1:2])
+    assert f"of {window} mod {window}" in covered, out.stdout
+
+
 def test_the_control_script_passes(tmp_path, rng):
     cmd = [sys.executable, "-m", "launcher.cli", "chaos", os.path.join(FIXTURES, "not_resumable.py"), "--local",
            "--faults", "2", "--kinds", "sigterm,kill-worker", "--seed", str(rng.randrange(1 << 31)),
