@@ -1,7 +1,7 @@
 """`launch status JOB --timeline [FILE.svg]`: the job's restart ledger as a picture (timeline.py).
 
 Reads the ledger as `launch status` does (launcher/status/ledger.py: the job's checkpoint folder,
-through fsspec, within its time limit); without FILE the text timeline follows the status, with
+through launcher/objectstore.py, within its time limit); without FILE the text timeline follows the status, with
 FILE.svg it is written there. A ledger that cannot be read is one line on stderr and exit 1.
 """
 
@@ -12,12 +12,13 @@ import threading
 import time
 from typing import Callable, Mapping
 
+from launcher import objectstore
 from launcher.status import ledger as restart_ledger
 from launcher.status import timeline
 from trainer import contract
 
 
-def read_attempts(job: dict, read: Callable[[str], Mapping[str, bytes | None]] = restart_ledger.read_objects,
+def read_attempts(job: dict, read: Callable[[str], Mapping[str, bytes | None]] = objectstore.read_json_objects,
                   timeout: float = restart_ledger.READ_TIMEOUT) -> tuple[list[contract.Attempt] | None, str]:
     """(attempts, where) of the job's ledger; (None, why not) when it cannot be read in time."""
     where = restart_ledger.location(job)
