@@ -69,6 +69,11 @@ def build(reads: StatusReads, ledger: Ledger, now: datetime.datetime) -> JobStat
         limit = backend.retry_limit(job)
         retries_left = None if limit is None else max(limit - counted, 0)
     admission = kueue_admission.of_reads(job, reads.kueue) if reads.kueue is not None else None
+    if admission is not None and admission.evictions and spent is None:
+        # Each Kueue eviction suspends the job: its controller deletes every pod and makes them anew when
+        # Kueue admits it again. Those recreations are Kueue's, not the pods' own exits: no retry spent.
+        freed = len(admission.evictions) * backend.expected_pods(job)
+        retries_left = counting.retries_left(backend.retry_limit(job), max(restarts - freed, 0), causes)
     if ledger.summary is not None and admission is not None:
         # A Kueue preemption reaches the runtime as a bare SIGTERM: the Workload says whose it was.
         ledger = Ledger(ledger.summary, ledger.unread,

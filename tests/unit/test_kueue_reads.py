@@ -127,3 +127,31 @@ def test_launch_status_prints_the_kueue_block_and_json_has_the_record(capsys):
     print_status(doc(), output="json")
     got = json.loads(capsys.readouterr().out)["admission"]
     assert got["state"] == "Requeued" and got["summary"] == "Preempted → requeued" and len(got["evictions"]) == 2
+
+
+def test_pods_recreated_after_a_kueue_eviction_spend_no_retry():
+    """The operator recreates a suspended PyTorchJob's pods when Kueue admits it again: not the pods' own exits."""
+    import datetime
+
+    from launcher.k8s.status import StatusReads
+    from launcher.status.build import build
+    from launcher.status.model import Ledger
+
+    job = {**JOB, "kind": "PyTorchJob", "apiVersion": "kubeflow.org/v1",
+           "spec": {"runPolicy": {"backoffLimit": 3}, "pytorchReplicaSpecs": {"Master": {"replicas": 1},
+                                                                             "Worker": {"replicas": 1}}}}
+
+    def pod(name: str, uid: str) -> dict:
+        return {"metadata": {"name": name, "uid": uid, "creationTimestamp": "2026-03-01T10:00:00Z",
+                             "labels": {"training.kubeflow.org/job-name": "train-a"}},
+                "status": {"phase": "Running"}}
+
+    # Two incarnations of each pod: the second made after Kueue's eviction and re-admission.
+    events = [{"involvedObject": {"kind": "Pod", "name": n, "uid": u}, "reason": "Scheduled", "message": "",
+               "firstTimestamp": "2026-03-01T10:00:00Z", "lastTimestamp": "2026-03-01T10:00:00Z", "count": 1}
+              for n, u in (("train-a-master-0", "m1"), ("train-a-worker-0", "w1"))]
+    reads_ = StatusReads(namespace="team-a", job=job, pods=(pod("train-a-master-0", "m2"), pod("train-a-worker-0", "w2")),
+                         job_events=(), pod_events=tuple(events), log=None, jobset=None,
+                         kueue=reads.KueueReads(queue="team-a", workload=load("workload-requeued.json")))
+    status = build(reads_, Ledger(None, "no checkpoint"), datetime.datetime(2026, 3, 1, 11, tzinfo=datetime.timezone.utc))
+    assert status.admission.evictions and status.retries_left == 3, (status.restarts, status.retries_left)
