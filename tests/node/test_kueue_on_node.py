@@ -75,7 +75,8 @@ def test_a_kueue_preemption_of_a_trainjob_commits_exits_143_and_it_resumes_bit_i
     doc = json.loads(launch(capsys, "status", name, "-n", ns, "-o", "json")[1])
     # The JobSet did not restart and no retry was spent: Kueue's suspension is not a failure.
     assert (doc["state"], doc["restarts"], doc["retries_left"]) == ("Succeeded", 0, 3), doc
-    assert "preempted by Kueue" in json.dumps(doc), doc  # the ledger's view, from the Workload's eviction
+    (e,) = doc["admission"]["evictions"]  # read from the Workload: the ledger is on the volume, out of launch's reach
+    assert (e["reason"], e["preemption"]) == ("Preempted", "InClusterQueue"), doc["admission"]
     t = timings(out)
     print(f"kueue (node tier, load {open('/proc/loadavg').read().split()[0]}): submit -> admitted {t_admitted:.1f}s; "
           f"preemptor created -> TrainJob evicted {t['evicted']:.1f}s -> re-admitted {t['readmitted']:.1f}s "
