@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import re
+import sys
 import time
 
 import pytest
@@ -78,9 +79,10 @@ def test_a_kueue_preemption_of_a_trainjob_commits_exits_143_and_it_resumes_bit_i
     (e,) = doc["admission"]["evictions"]  # read from the Workload: the ledger is on the volume, out of launch's reach
     assert (e["reason"], e["preemption"]) == ("Preempted", "InClusterQueue"), doc["admission"]
     t = timings(out)
+    # Past capsys (launch's output is captured there): the figures BENCHMARKS.md quotes, seen with -s.
     print(f"kueue (node tier, load {open('/proc/loadavg').read().split()[0]}): submit -> admitted {t_admitted:.1f}s; "
           f"preemptor created -> TrainJob evicted {t['evicted']:.1f}s -> re-admitted {t['readmitted']:.1f}s "
-          f"-> new pods running {t['running']:.1f}s")
+          f"-> new pods running {t['running']:.1f}s", file=sys.__stderr__)
 
 
 def _pods(api, ns: str, name: str):
