@@ -60,6 +60,8 @@ PATCH_MANAGER = "kubetrain.dev/launch"
 CLUSTER_RUNTIME = "kubetrain"
 CLUSTER_RUNTIME_KIND = "ClusterTrainingRuntime"
 CLUSTER_RUNTIME_MAX_RESTARTS = 3
+#: The cluster runtime's pod grace period (k8s/trainjob/clustertrainingruntime.yaml).
+CLUSTER_RUNTIME_GRACE_SECONDS = 30
 RUNTIME_KIND, RUNTIME_PLURAL = "TrainingRuntime", "trainingruntimes"
 #: The JobSet a TrainJob runs as (same name): its status counts the restarts spent.
 JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL = "jobset.x-k8s.io", "v1alpha2", "jobsets"
@@ -84,7 +86,20 @@ _RUNTIME_ONLY_POD = ("priorityClassName", "schedulerName")
 def needs_own_runtime(spec: JobShape, pod: Pod) -> bool:
     """Whether the job needs what a TrainJob cannot patch: another budget, priority, scheduler, Secret env."""
     return (spec.max_restarts != CLUSTER_RUNTIME_MAX_RESTARTS or bool(spec.gang)
-            or any(k in pod.template["spec"] for k in _RUNTIME_ONLY_POD) or bool(pod.container.get("envFrom")))
+            or any(k in pod.template["spec"] for k in _RUNTIME_ONLY_POD) or bool(pod.container.get("envFrom"))
+            or _queued_with_own_grace(spec, pod))
+
+
+def _queued_with_own_grace(spec: JobShape, pod: Pod) -> bool:
+    """A queued job whose grace period is not the cluster runtime's.
+
+    Kueue v0.17 unsuspends a TrainJob by updating it through Trainer v2.2.0's Go types, which have no
+    PodSpecPatch.terminationGracePeriodSeconds: the update drops it from our runtimePatches entry
+    (seen in the node tier), and the pods would get the runtime's grace period, not the one torchrun's
+    shutdown timeout was set from. A runtime of the job's own keeps it.
+    """
+    grace = pod.template["spec"].get("terminationGracePeriodSeconds")
+    return bool(spec.queue) and grace is not None and grace != CLUSTER_RUNTIME_GRACE_SECONDS
 
 
 def failure_policy(max_restarts: int) -> dict[str, Any]:

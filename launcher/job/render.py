@@ -152,7 +152,9 @@ def _container(spec: JobSpec, *, name: str, code: CodeRef | None, image: str) ->
     mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
     if code is not None and code.configmap_data is not None:
         mounts.append({"name": "code", "mountPath": contract.CODE_MOUNT_PATH, "readOnly": True})
-    mounts += [{"name": f"pvc-{i}", "mountPath": v.mount_path, "readOnly": v.read_only}
+    # readOnly only when true: Go clients drop a false (omitempty), and a typed client that updates our
+    # TrainJob (Kueue unsuspending it) then changes its runtimePatches, which Trainer v2 holds immutable.
+    mounts += [{"name": f"pvc-{i}", "mountPath": v.mount_path, **({"readOnly": True} if v.read_only else {})}
                for i, v in enumerate(spec.volumes)]
     container: dict[str, Any] = {
         "name": contract.CONTAINER_NAME,
@@ -180,7 +182,8 @@ def _pod_template(spec: JobSpec, *, name: str, code: CodeRef | None, image: str)
     volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm}}]
     if code is not None and code.configmap_data is not None:
         volumes.append({"name": "code", "configMap": {"name": code_configmap_name(name)}})
-    volumes += [{"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": v.claim, "readOnly": v.read_only}}
+    volumes += [{"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": v.claim,
+                                                              **({"readOnly": True} if v.read_only else {})}}
                 for i, v in enumerate(spec.volumes)]
     pod: dict[str, Any] = {
         "terminationGracePeriodSeconds": contract.termination_grace_period_seconds(spec.grace_seconds),

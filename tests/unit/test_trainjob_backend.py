@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import types
 
 import kubernetes_validate
 import pytest
@@ -239,3 +240,19 @@ def test_chaos_kill_pod_master_is_the_rank_0_pod_of_either_kind():
     replicas = [pod({contract.OPERATOR_JOB_NAME_LABEL: "j", contract.OPERATOR_REPLICA_TYPE_LABEL: t,
                      contract.OPERATOR_REPLICA_INDEX_LABEL: "0"}) for t in ("worker", "master")]
     assert pick_pod(replicas, "master", random.Random(0)) is replicas[1]
+
+
+def test_a_queued_trainjob_with_its_own_grace_period_gets_a_runtime_of_its_own():
+    """Kueue v0.17's update drops a runtimePatches grace period (Trainer v2.2.0 types): a runtime keeps it."""
+    import yaml
+
+    from launcher.backends import trainjob as tj
+    from tests.helpers import REPO
+
+    (runtime,) = [d for d in yaml.safe_load_all(open(f"{REPO}/k8s/trainjob/clustertrainingruntime.yaml")) if d]
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == tj.CLUSTER_RUNTIME_GRACE_SECONDS
+    for grace, queue, own in ((60, "team-a", True), (30, "team-a", False), (60, None, False)):
+        spec = types.SimpleNamespace(max_restarts=tj.CLUSTER_RUNTIME_MAX_RESTARTS, gang=None, queue=queue)
+        shape = types.SimpleNamespace(template={"spec": {"terminationGracePeriodSeconds": grace}}, container={})
+        assert tj.needs_own_runtime(spec, shape) is own, (grace, queue)
