@@ -38,12 +38,12 @@ def ns(api, kueue):
     api.core.delete_namespace(name)
 
 
-def queued(api, capsys, ns: str, name: str, gpus: int, priority: str | None = None) -> None:
-    """A PyTorchJob of `gpus` GPUs (8 a node) in the tier's LocalQueue, at `priority` (a WorkloadPriorityClass)."""
+def queued(api, capsys, ns: str, name: str, gpus: int, priority: str | None = None, *flags: str) -> None:
+    """A PyTorchJob (or, with flags, a TrainJob) of `gpus` GPUs (8 a node) in the tier's LocalQueue, at `priority`."""
     from launcher.k8s.jobs import create_job
 
     code, out, err = launch(capsys, EXAMPLE, "--gpus", str(gpus), "--gpus-per-node", "8", "--checkpoint", "s3://b/c",
-                            "-n", ns, "--name", name, "--dry-run", "-o", "json")
+                            "-n", ns, "--name", name, "--dry-run", "-o", "json", *flags)
     assert code == 0, err
     objects = json.loads(out)
     labels = objects[0]["metadata"].setdefault("labels", {})
@@ -110,6 +110,20 @@ def test_chaos_kueue_preempt_reports_eviction_and_readmission(api, ns, capsys):
     from launcher.k8s import kueue as reads
 
     assert not [w for w in reads.workloads(api, ns) if w["metadata"]["name"].startswith("chaosed-kueue-preempt-")]
+
+
+def test_chaos_kueue_preempt_on_a_trainjob_suspends_its_jobset_and_spends_no_restart(api, ns, capsys):
+    """A TrainJob named "held" (kwok keeps its pods running): Kueue evicts it, JobSet deletes the pods, re-admits it."""
+    queued(api, capsys, ns, "held", 8, "low", "--backend", "trainjob", "--gpus-per-node", "4")  # 2 nodes
+    wait(lambda: admission(capsys, "held", ns).get("state") == "Admitted", 90, "Kueue to admit the TrainJob",
+         explain=lambda: json.dumps(admission(capsys, "held", ns)))
+    code, out, err = launch(capsys, "chaos", "held", "-n", ns, "--kueue-preempt", "--wait", "180s")
+    assert code == 0 and "evicted after" in out and "re-admitted after" in out, out + err
+    assert "running again after" in out, out + err  # the Jobs made new pods once the JobSet was unsuspended
+    jobset = api.custom.get_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", ns, "jobsets", "held")
+    assert (jobset.get("status") or {}).get("restarts", 0) == 0, jobset.get("status")  # Kueue's, not a failure
+    doc = status(capsys, "held", ns)
+    assert doc["retries_left"] == 3 and doc["admission"]["evictions"][-1]["preemption"] == "InClusterQueue", doc
 
 
 def test_chaos_kueue_preempt_refuses_a_job_without_a_queue_label(api, ns, capsys):
