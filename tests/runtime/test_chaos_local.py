@@ -50,7 +50,9 @@ def test_a_script_that_does_not_resume_is_caught_with_the_fault_named(tmp_path, 
     assert "reproduce: launch chaos" in out.stdout
 
 
-@pytest.mark.parametrize("window", [2, 3, 4, 5])
+# The shortest and the longest window the issue names: each period 2..8 is shown for every seed 1..20 by the
+# plan alone (tests/unit/test_chaos_plan.py); a real run each costs about 1.5 minutes of CI, so two here.
+@pytest.mark.parametrize("window", [2, 5])
 def test_a_script_wrong_only_inside_an_accumulation_window_is_caught_whatever_the_seed(tmp_path, window, rng):
     # Issue 25: the default plan resumes at two residues of every period 2..8 at least (a pure function of
     # the plan: tests/unit/test_chaos_plan.py), so a window of any length up to 8 is entered by some restart.
