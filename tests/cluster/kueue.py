@@ -360,3 +360,22 @@ def condition(workload: dict | None, kind: str) -> dict | None:
         if c["type"] == kind:
             return c
     return None
+
+
+def gone_with_its_workloads(api, namespace: str, timeout: float = 180) -> None:
+    """Delete a test's namespace and wait until it is gone: its jobs' Workloads release the ClusterQueue's quota
+    only then, and a test after it would otherwise find the quota held (the deletion is asynchronous)."""
+    from kubernetes.client.exceptions import ApiException
+
+    api.core.delete_namespace(namespace)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            api.core.read_namespace(namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"namespace {namespace} not gone after {timeout:g}s: its jobs may hold Kueue quota")
+        time.sleep(0.5)

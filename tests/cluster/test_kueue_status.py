@@ -35,7 +35,7 @@ def ns(api, kueue):
     name = namespace(api)
     kueue.local_queue(name)
     yield name
-    api.core.delete_namespace(name)
+    kueue_tier.gone_with_its_workloads(api, name)
 
 
 def queued(api, capsys, ns: str, name: str, gpus: int, priority: str | None = None, *flags: str) -> None:

@@ -39,7 +39,7 @@ def ns(api, kueue):
     name = namespace(api)
     kueue.local_queue(name)
     yield name
-    api.core.delete_namespace(name)
+    fixture.gone_with_its_workloads(api, name)
 
 
 def args(ns: str, name: str, *flags: str) -> list[str]:
