@@ -29,7 +29,10 @@ def test_a_worker_death_seen_as_exited_unexpectedly_is_still_its_signal():
     import torch
     from torch.utils.data import DataLoader
 
-    it = iter(DataLoader(range(64), batch_size=1, num_workers=1, prefetch_factor=1))
+    # Plain lists, not tensors: a tensor batch the worker queued before its death is passed by file
+    # descriptor through the worker's resource sharer, and reading it then fails with ConnectionResetError
+    # (seen under load) before torch's own check can say the worker exited unexpectedly.
+    it = iter(DataLoader(range(64), batch_size=1, num_workers=1, prefetch_factor=1, collate_fn=list))
     next(it)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler off: only the queue check remains
     (pid,) = [w.pid for w in it._workers]
