@@ -28,13 +28,13 @@ from __future__ import annotations
 import base64
 import glob
 import os
-import socket
 import subprocess
 import time
 from typing import Any
 
 import yaml
 
+from tests.cluster.trainer_v2 import free_port, install_crd_files, wait_ready
 from tests.helpers import REPO
 
 GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
@@ -93,12 +93,6 @@ CONVERTED_CRDS = tuple(f"{p}.{GROUP}" for p in ("localqueues", "clusterqueues", 
                                                  "multikueueclusters"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
@@ -125,24 +119,7 @@ def certs(d) -> dict[str, bytes]:
 
 def install_crds(ext) -> None:
     """Create Kueue's CRDs (a 409 is fine) and wait until each is Established."""
-    from kubernetes.client.exceptions import ApiException
-
-    names = []
-    for path in sorted(glob.glob(CRD_GLOB)):
-        crd = yaml.safe_load(open(path))
-        names.append(crd["metadata"]["name"])
-        try:
-            ext.create_custom_resource_definition(crd)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-    deadline = time.monotonic() + 60
-    for name in names:
-        while not any(c.type == "Established" and c.status == "True"
-                      for c in (ext.read_custom_resource_definition(name).status.conditions or [])):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"CRD {name} did not become Established")
-            time.sleep(0.2)
+    install_crd_files(ext, sorted(glob.glob(CRD_GLOB)))
 
 
 def _webhooks(specs, port: int, ca: bytes) -> list[dict]:
@@ -193,23 +170,6 @@ def config(d, *, webhook_port: int, probe_port: int, cert_dir: str, frameworks=F
     return path
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{what} not ready after {timeout}s")
-
-
 class Kueue:
     """The running controller manager; `restart(frameworks)` runs it again with other integrations."""
 
@@ -248,7 +208,7 @@ class Kueue:
         return os.path.join(self.d, f"kueue-{self.starts}.log")
 
     def start(self, frameworks=FRAMEWORKS) -> None:
-        webhook_port, probe_port = _free_port(), _free_port()
+        webhook_port, probe_port = free_port(), free_port()
         self.starts += 1
         self.frameworks = tuple(frameworks)
         install_webhooks(self.admission, self.ext, self.ca, webhook_port)
@@ -261,7 +221,7 @@ class Kueue:
                  # writes its own certificate to /visibility): out of cluster it would end the process.
                  "--feature-gates=VisibilityOnDemand=false"],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": self.kubeconfig})
-        _wait_ready(probe_port, self.proc, f"kueue (log: {self.log})")
+        wait_ready(probe_port, self.proc, f"kueue (log: {self.log})")
 
     def stop(self) -> None:
         try:

@@ -13,29 +13,12 @@ import pytest
 
 from launcher.status import admission as kueue
 from tests.cluster import kueue as kueue_tier
-from tests.cluster.test_launcher_against_apiserver import launch, namespace
+from tests.cluster.test_kueue_submit import api, ns  # noqa: F401 (fixtures: a namespace with the LocalQueue)
+from tests.cluster.test_launcher_against_apiserver import launch
 from tests.cluster.test_operator_runs_our_jobs import wait
 from tests.helpers import EXAMPLE
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def api(kueue_cluster, monkeypatch):
-    monkeypatch.setenv("KUBECONFIG", kueue_cluster)
-    from launcher.k8s import api as client
-
-    return client.connect()
-
-
-@pytest.fixture
-def ns(api, kueue):
-    """A fresh namespace with the tier's LocalQueue in it; deleted after the test, with its jobs, whose
-    Workloads go with them, so that no test holds the ClusterQueue's quota for the next."""
-    name = namespace(api)
-    kueue.local_queue(name)
-    yield name
-    kueue_tier.gone_with_its_workloads(api, name)
 
 
 def queued(api, capsys, ns: str, name: str, gpus: int, priority: str | None = None, *flags: str) -> None:

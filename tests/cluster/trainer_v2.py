@@ -104,19 +104,24 @@ def trainjob(name: str, namespace: str, *, args: list[str], num_nodes: int = 1, 
             "spec": spec}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def install_crds(ext) -> None:
-    """Create the CRDs (a 409 is fine) and wait until each is Established."""
+    """Create the Trainer's and JobSet's CRDs (a 409 is fine) and wait until each is Established."""
+    install_crd_files(ext, [os.path.join(REPO, "k8s", "crds", f) for f in CRD_FILES])
+
+
+def install_crd_files(ext, paths: list[str]) -> None:
+    """Create the CRDs in these files (a 409 is fine) and wait until each is Established."""
     from kubernetes.client.exceptions import ApiException
 
     names = []
-    for f in CRD_FILES:
-        crd = yaml.safe_load(open(os.path.join(REPO, "k8s", "crds", f)))
+    for path in paths:
+        crd = yaml.safe_load(open(path))
         names.append(crd["metadata"]["name"])
         try:
             ext.create_custom_resource_definition(crd)
@@ -201,7 +206,7 @@ def trainer_config(d, *, webhook_port: int, probe_port: int) -> str:
     return path
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+def wait_ready(port: int, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout
@@ -235,7 +240,7 @@ def start(bin_dir: str, kubeconfig: str, d, certs: dict[str, bytes], api_client)
             f.write(certs[name])
     install_crds(client.ApiextensionsV1Api(api_client))
     admission = client.AdmissionregistrationV1Api(api_client)
-    ports = {k: _free_port() for k in ("jobset_webhook", "jobset_probe", "trainer_webhook", "trainer_probe")}
+    ports = {k: free_port() for k in ("jobset_webhook", "jobset_probe", "trainer_webhook", "trainer_probe")}
     install_webhooks(admission, certs["ca.crt"], ports["jobset_webhook"], ports["trainer_webhook"])
     env = {**os.environ, "KUBECONFIG": kubeconfig}
     procs = []
@@ -253,8 +258,8 @@ def start(bin_dir: str, kubeconfig: str, d, certs: dict[str, bytes], api_client)
                                   f"--config={trainer_config(d, webhook_port=ports['trainer_webhook'], probe_port=ports['trainer_probe'])}"],
                       {"TMPDIR": tmp})
         # Ready: webhook servers listening (both managers' readyz checks are the webhook's).
-        _wait_ready(ports["jobset_probe"], jobset, f"jobset controller (log: {d}/jobset.log)")
-        _wait_ready(ports["trainer_probe"], trainer, f"trainer controller manager (log: {d}/trainer.log)")
+        wait_ready(ports["jobset_probe"], jobset, f"jobset controller (log: {d}/jobset.log)")
+        wait_ready(ports["trainer_probe"], trainer, f"trainer controller manager (log: {d}/trainer.log)")
         install_runtime(client.CustomObjectsApi(api_client))
     except BaseException:
         stop(procs, admission)
