@@ -28,6 +28,15 @@ def manifest(run_dir: str, step: int) -> layout.Manifest | None:
         return None
 
 
+def manifest_digest(run_dir: str, step: int) -> str:
+    """The sha256 of the step's manifest bytes: it changes when a later attempt writes the step anew."""
+    try:
+        with open(os.path.join(run_dir, contract.step_dir_name(step), contract.MANIFEST_NAME), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
+
+
 def intact(run_dir: str, step: int) -> bool:
     """The step's manifest is valid and every file it lists has its size and sha256."""
     m = manifest(run_dir, step)

@@ -126,3 +126,35 @@ def diff_steps(ref_dir: str, run_dir: str, step: int, tolerance: float | None) -
         for key, n in rng.items():
             out[key] = f"{n} part(s) of its state differ from the reference"
     return out
+
+
+class StepComparisons:
+    """The faulted run's steps compared with the reference's as each attempt left them.
+
+    Compared at every attempt's end, not only at the run's: a later commit with a small --keep
+    prunes early steps (a kill-during-upload's), and the steps committed before the first fault
+    are what tells the script's own unseeded RNG streams from a resume bug (oracle.py). A step
+    is compared again only when its manifest changed (a later attempt wrote it anew), and then
+    what either comparison found is kept. A step a fault damaged on purpose is never compared.
+    """
+
+    def __init__(self, ref_dir: str, run_dir: str, tolerance: float | None) -> None:
+        self.ref_dir, self.run_dir, self.tolerance = ref_dir, run_dir, tolerance
+        self.ref_steps = set(checkpoints.intact_steps(ref_dir))
+        self.found: dict[int, dict[str, str]] = {}
+        self._seen: dict[int, str] = {}  # step -> the manifest digest it was compared at
+
+    def update(self, damaged: set[int]) -> None:
+        """Compare every intact step of the run folder not yet compared as it is now."""
+        for step in checkpoints.intact_steps(self.run_dir):
+            if step not in self.ref_steps or step in damaged:
+                continue
+            digest = checkpoints.manifest_digest(self.run_dir, step)
+            if self._seen.get(step) == digest:
+                continue
+            self._seen[step] = digest
+            self.found[step] = {**self.found.get(step, {}),
+                                **diff_steps(self.ref_dir, self.run_dir, step, self.tolerance)}
+
+    def result(self, damaged: set[int]) -> dict[int, dict[str, str]]:
+        return {s: d for s, d in sorted(self.found.items()) if s not in damaged}

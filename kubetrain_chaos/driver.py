@@ -150,6 +150,7 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
         return target is None or planned[rec.number].commit_step is not None or \
             (checkpoints.latest(run_dir) or 0) >= target
 
+    compared = compare.StepComparisons(ref_dir, run_dir, plan.tolerance)
     restarts_left = len(faults) + 3  # every fault may restart once, plus a retryable surprise or three
     attempt = runner.start("chaos", ender())
     while True:
@@ -178,6 +179,7 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
         if rc == 0:  # the fault landed after the last step: nothing to restart
             hit.detail += "; too late: the run had finished"
             break
+        compared.update(_damaged(records))  # before _after_exit may corrupt a step on purpose
         _after_exit(hit, attempt, run_dir)
         if not contract.is_retryable(rc) or restarts_left == 0 or time.monotonic() > deadline:
             break
@@ -189,9 +191,8 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
         if r.injected_at is None and not r.detail:
             r.detail = "not injected: the run ended first"
     ref_steps, run_steps = checkpoints.intact_steps(ref_dir), checkpoints.intact_steps(run_dir)
-    damaged = {r.corrupted for r in records if r.corrupted is not None}
-    common = sorted((set(ref_steps) & set(run_steps)) - damaged)
-    comparisons = {s: compare.diff_steps(ref_dir, run_dir, s, plan.tolerance) for s in common}
+    compared.update(_damaged(records))
+    comparisons = compared.result(_damaged(records))
     runner.fault_file(contract.FAULT_KILL_AT, None)
     return RunRecord(seed=plan.seed, tolerance=plan.tolerance, reference_steps=total, reference_seconds=ref_seconds,
                      epoch_steps=plan.epoch_steps, thorough=plan.thorough, faults_asked=len(faults),
@@ -253,6 +254,11 @@ def _inject(runner: _Runner, attempt: RunStart, rec: FaultRecord, run_dir: str, 
         rec.detail = f"checkpoint writes failed from step {rec.injected_at} to {attempt.progress()}"
         return attempt.proc.poll() is not None
     raise AssertionError(kind)
+
+
+def _damaged(records: list[FaultRecord]) -> set[int]:
+    """Steps a fault corrupted on purpose: what differs there is the fault, not the resume."""
+    return {r.corrupted for r in records if r.corrupted is not None}
 
 
 def _after_exit(rec: FaultRecord, attempt: RunStart, run_dir: str) -> None:
