@@ -96,3 +96,17 @@ def test_in_place_restarts_count_toward_the_crash_loop_and_show_apart_in_status(
     assert "[in place] exit 137" in first and "[in place]" not in second
     doc = status_ledger.doc(summary)
     assert doc["restarts_in_place"] == 1 and [i["recovered_in_place"] for i in doc["incidents"]] == [True, False]
+
+
+def test_chaos_recovers_a_kill_in_place_only_where_the_next_fault_keeps_the_attempt_settings():
+    from kubetrain_chaos.plan import Fault, in_place_budget
+
+    kill = Fault("kill-worker", 21, 20, 20)
+    same = Fault("kill-loader-worker", 41, 40, 20)
+    other = Fault("kill-worker", 33, 32, 32)
+    armed = Fault("kill-during-upload", 40, 20, 20, "files", 40)
+    assert in_place_budget([kill, same], 20, None, None) == 2
+    assert in_place_budget([kill, other], 20, None, None) == 0  # the next attempt needs cadence 32
+    assert in_place_budget([kill, armed], 20, None, None) == 0  # its kill point is armed at a start
+    assert in_place_budget([kill], 20, None, 20) == 1 and in_place_budget([kill], 20, None, 10) == 0
+    assert in_place_budget([Fault("sigterm", 30), kill], 20, None, None) == 0

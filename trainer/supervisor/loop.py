@@ -200,12 +200,13 @@ class Supervisor:
         if ended.code == ExitCode.CRASH_LOOP:
             self._ledger = None  # its end (the verdict) is recorded
             return ended
+        # Cleared before the line: whoever reads the folder after it (`launch chaos`) sees the new attempt only.
+        clear_attempt(control)
         self.in_place_used += 1
         log.warning("%s: %s", contract.LOG_RESTARTING_IN_PLACE.format(
             n=self.in_place_used, budget=self.cfg.in_place_restarts, code=int(outcome.code)), outcome.summary)
         if self._ledger is not None:
             self._ledger.begin_in_place()
-        clear_attempt(control)
         return None
 
     def _finish_ledger(self, outcome: Outcome, last_step: int | None) -> Outcome:
