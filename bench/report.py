@@ -115,8 +115,16 @@ def _metrics_cost(m: dict) -> list[str]:
             f"{m['core_share']['every_30s']:.3%} every 30 s"]
 
 
+def _in_place(r: dict) -> list[str]:
+    def parts(m: dict) -> str:
+        return (f"{m['total_s']:.1f}s (down {m['down_s']:.1f}s, start to restored {m['start_s']:.1f}s, "
+                f"first step {m['first_step_s']:.2f}s)")
+    return [f"in-place restart       rank SIGKILL -> first step after recovery, median of {r['trials']}: in place "
+            f"{parts(r['in_place'])}; new supervisor {parts(r['restart'])}; ratio {r['ratio']:.2f}x"]
+
+
 _FORMATS = {"M1": _m1, "M2": _m2, "M3": _m3, "M4": _m4, "M5": _m5, "M6": _m6, "M7": _m7, "M8": _m8, "M9": _m9,
-            "metrics-cost": _metrics_cost, "gpu-stall": _gpu_stall, "status-scale": _status_scale}
+            "metrics-cost": _metrics_cost, "gpu-stall": _gpu_stall, "status-scale": _status_scale, "in-place": _in_place}
 
 
 def machine() -> dict:

@@ -19,7 +19,8 @@ from typing import Callable
 
 from kubetrain_chaos import checkpoints, compare, oracle, report
 from kubetrain_chaos.run_start import RunStart, send, wait_for
-from kubetrain_chaos.plan import ENDING_KINDS, ChaosPlan, Fault, estimate_seconds, plan_faults
+from kubetrain_chaos.plan import (ENDING_KINDS, IN_PLACE_KINDS, ChaosPlan, Fault, estimate_seconds, in_place_budget,
+                                  plan_faults)
 from kubetrain_chaos.record import FaultRecord, RunRecord
 from trainer import contract
 from trainer.errors import UsageError
@@ -42,9 +43,10 @@ class _Runner:
     def run_dir(self, run_id: str) -> str:
         return os.path.join(self.ckpt, run_id)
 
-    def start(self, run_id: str, fault: Fault | None = None) -> RunStart:
+    def start(self, run_id: str, fault: Fault | None = None, in_place: int = 0) -> RunStart:
         """Start an attempt; `fault`: the planned fault that is to end it, which sets its cadence and
-        --keep, and arms a kill-during-upload's kill point (contract.FAULT_KILL_AT) before it starts."""
+        --keep, and arms a kill-during-upload's kill point (contract.FAULT_KILL_AT) before it starts;
+        `in_place`: its supervisor's --in-place-restarts."""
         self.n += 1
         control = os.path.join(self.workdir, f"control-{self.n}")
         log_path = os.path.join(self.workdir, f"{run_id}-{self.n}.log")
@@ -55,12 +57,13 @@ class _Runner:
         self.fault_file(contract.FAULT_KILL_AT, f"{fault.phase} {fault.commit_step}\n" if armed else None)
         cmd = [sys.executable, "-m", "trainer", "run", "--nproc-per-node", str(p.nproc), "--checkpoint", self.ckpt,
                "--run-id", run_id, "--checkpoint-every-steps", str(every),
-               "--grace-seconds", str(p.grace_seconds), p.script, *p.script_args]
+               "--grace-seconds", str(p.grace_seconds), "--in-place-restarts", str(in_place), p.script,
+               *p.script_args]
         env = {**os.environ, contract.ENV_CONTROL_DIR: control, contract.ENV_FAULTS_DIR: self.faults_dir,
                contract.ENV_CHECKPOINT_KEEP: keep}
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.current = RunStart(proc, control, log_path)
+        self.current = RunStart(proc, control, log_path, in_place_left=in_place)
         return self.current
 
     def fault_file(self, name: str, content: str | None) -> None:
@@ -137,9 +140,14 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
     planned = {r.number: f for r, f in zip(records, faults)}
     pending = list(records)
 
-    def ender() -> Fault | None:
-        """The planned fault that is to end the next attempt: it sets the attempt's cadence."""
-        return next((planned[r.number] for r in pending if r.kind in ENDING_KINDS), None)
+    def start_attempt() -> RunStart:
+        """The next attempt: the planned fault that is to end it sets its cadence; the plan its in-place budget."""
+        enders = [planned[r.number] for r in pending if r.kind in ENDING_KINDS]
+        first = enders[0] if enders else None
+        every = first.every_steps if first is not None and first.every_steps else plan.every_steps
+        tail = plan.every_steps if any(r.kind == "storage-outage" for r in pending) else None
+        budget = in_place_budget(enders, every, first.keep if first else None, tail) if plan.in_place else 0
+        return runner.start("chaos", first, in_place=budget)
 
     def due(rec: FaultRecord) -> bool:
         # A targeted fault waits for its resume step to be committed (the attempt's one checkpoint
@@ -152,7 +160,7 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
 
     compared = compare.StepComparisons(ref_dir, run_dir, plan.tolerance)
     restarts_left = len(faults) + 3  # every fault may restart once, plus a retryable surprise or three
-    attempt = runner.start("chaos", ender())
+    attempt = start_attempt()
     while True:
         hit: FaultRecord | None = None
         if pending:
@@ -167,6 +175,16 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
                 if not ends:
                     continue  # ridden out (or nothing to hit): the same attempt meets the next fault
                 hit = rec
+                code = _restarted_in_place(attempt, deadline) if rec.kind in IN_PLACE_KINDS else None
+                if code is not None:  # the same supervisor started its ranks again: no exit to wait for
+                    rec.exit_code, rec.in_place = code, True
+                    rec.detail += "; recovered in place"
+                    compared.update(_damaged(records))
+                    _after_exit(rec, attempt, run_dir)
+                    restarts_left -= 1
+                    echo(f"    exit {code} ({contract.describe_exit_code(code)}); restarted in place by the runtime")
+                    rec.resumed_from, rec.resume_logged = _resumed_after_start(attempt)
+                    continue
         rc = attempt.exit_code(timeout=max(1.0, deadline - time.monotonic()))
         if hit is None:
             if rc == 0:
@@ -185,7 +203,7 @@ def _run_both(plan: ChaosPlan, runner: _Runner, workdir: str, echo: Echo) -> Run
             break
         restarts_left -= 1
         echo(f"    exit {rc} ({contract.describe_exit_code(rc)}); restarting as the operator would")
-        attempt = runner.start("chaos", ender())
+        attempt = start_attempt()
         hit.resumed_from, hit.resume_logged = _resumed_after_start(attempt)
     for r in records:  # a fault planned after the run ended never happened
         if r.injected_at is None and not r.detail:
@@ -254,6 +272,20 @@ def _inject(runner: _Runner, attempt: RunStart, rec: FaultRecord, run_dir: str, 
         rec.detail = f"checkpoint writes failed from step {rec.injected_at} to {attempt.progress()}"
         return attempt.proc.poll() is not None
     raise AssertionError(kind)
+
+
+def _restarted_in_place(attempt: RunStart, deadline: float) -> int | None:
+    """After a kill: the exit code of the attempt it ended, once the supervisor logged an in-place restart
+    (from then on `attempt` reads the new attempt's log lines); None when it exits instead."""
+    if attempt.in_place_left <= 0:
+        return None
+    seen = attempt.in_place_seen
+    wait_for(lambda: attempt.in_place_restarts()[0] > seen, attempt, timeout=max(1.0, deadline - time.monotonic()))
+    count, after = attempt.in_place_restarts()
+    if count <= seen:
+        return None
+    attempt.in_place_seen, attempt.in_place_left, attempt.log_from = count, attempt.in_place_left - 1, after
+    return contract.parse_runtime_log(attempt.log_lines()[after - 1:after])["in_place_after"]
 
 
 def _damaged(records: list[FaultRecord]) -> set[int]:

@@ -50,6 +50,9 @@ class ChaosPlan:
     thorough: bool = False
     #: Steps per epoch, when the script has epochs: resumes are placed at an epoch's first and last step.
     epoch_steps: int | None = None
+    #: Let the runtime recover a killed rank in place (--in-place-restarts); False (--no-in-place): every
+    #: such fault ends its attempt, and the run restarts as a replaced pod would.
+    in_place: bool = True
 
     def __post_init__(self) -> None:
         if not os.path.isfile(self.script):
@@ -87,6 +90,8 @@ class Fault:
 
 #: Faults after which the run restarts; a storage outage is ridden out (or exits on its own).
 ENDING_KINDS = ("sigterm", "kill-worker", "kill-loader-worker", "kill-during-upload", "corrupt-checkpoint")
+#: Faults the runtime may recover in place (a fresh torchrun in the same supervisor, trainer/supervisor/in_place.py).
+IN_PLACE_KINDS = ("kill-worker", "kill-loader-worker")
 #: Faults whose resume step the plan chooses: the attempt they end commits the chosen step and
 #: nothing after it before the fault (its cadence is that step), so the restart resumes from it.
 TARGETED_KINDS = ("kill-worker", "kill-loader-worker", "kill-during-upload", "corrupt-checkpoint")
@@ -238,6 +243,28 @@ def _targeted(kind: str, phase: str | None, r: int, cadence: int | None, s_hi: i
     return Fault(kind, r + 1 + rng.randrange(2), r, cadence or r)
 
 
+def in_place_budget(enders: list[Fault], every: int, keep: int | None, tail_every: int | None) -> int:
+    """How many of an attempt's coming faults (`enders`, in order) its supervisor may recover in place.
+
+    An in-place restart keeps the supervisor's --checkpoint-every-steps and --keep, so a kill is recovered
+    in place only when the fault after it would have run in an attempt with the same ones and no kill point
+    armed at its start; after the last one, `tail_every` (the cadence a storage outage needs; None: any).
+    Pure: the plan decides, so a recorded run is judged the same whatever the machine's speed.
+    """
+    n = 0
+    for i, f in enumerate(enders):
+        if f.kind not in IN_PLACE_KINDS:
+            break
+        nxt = enders[i + 1] if i + 1 < len(enders) else None
+        if nxt is None:
+            if tail_every is not None and tail_every != every:
+                break
+        elif (nxt.every_steps or every) != every or nxt.keep != keep or nxt.commit_step is not None:
+            break
+        n += 1
+    return n
+
+
 def estimate_seconds(faults: list[Fault], total_steps: int, reference_seconds: float, startup_seconds: float,
                      grace_seconds: float) -> float:
     """About how long the faulted run takes: every step once, the steps redone after each restart,
@@ -267,6 +294,8 @@ def reproduce_command(p: ChaosPlan) -> str:
         cmd += ["--epoch-steps", str(p.epoch_steps)]
     if p.thorough:
         cmd += ["--thorough"]
+    if not p.in_place:
+        cmd += ["--no-in-place"]
     if p.script_args:
         cmd += ["--", *p.script_args]
     return shlex.join(cmd)

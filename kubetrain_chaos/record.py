@@ -43,6 +43,8 @@ class FaultRecord:
     #: The step the plan made the restart resume from (None: not chosen, e.g. a SIGTERM's stop step).
     planned_resume: int | None = None
     kill_phase: str | None = None  # kill-during-upload: the commit phase rank 0 was killed at
+    #: The same supervisor restarted its ranks (an in-place restart) rather than exiting for a new start.
+    in_place: bool = False
 
     @property
     def label(self) -> str:

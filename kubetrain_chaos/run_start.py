@@ -38,6 +38,10 @@ class RunStart:
     proc: subprocess.Popen
     control: str
     log_path: str
+    in_place_left: int = 0  # in-place restarts its supervisor was given and has not made
+    #: The log's first line of the current attempt: after its supervisor's last in-place restart line.
+    log_from: int = 0
+    in_place_seen: int = 0  # in-place restart lines the driver has accounted for
 
     def progress(self) -> int:
         """The step every rank has reached (their heartbeats), 0 before the first."""
@@ -98,8 +102,14 @@ class RunStart:
             return f.read().splitlines()
 
     def logged(self) -> dict[str, int | None]:
-        """The contract's log lines (LOG_RESUMED, LOG_PREEMPTED) in this attempt's log."""
-        return contract.parse_runtime_log(self.log_lines())
+        """The contract's log lines (LOG_RESUMED, LOG_PREEMPTED) in this attempt's log, since its last in-place restart."""
+        return contract.parse_runtime_log(self.log_lines()[self.log_from:])
+
+    def in_place_restarts(self) -> tuple[int, int]:
+        """(in-place restarts its supervisor logged so far, the index of the line after the last one)."""
+        lines = self.log_lines()
+        marks = [i for i, line in enumerate(lines) if contract.parse_runtime_log([line])["in_place"] is not None]
+        return len(marks), (marks[-1] + 1 if marks else 0)
 
 
 def wait_for(predicate, attempt: RunStart, timeout: float) -> bool:

@@ -16,7 +16,7 @@ from trainer import contract
 KEYS: dict[str, tuple[type, ...]] = {
     "image": (str,), "namespace": (str,), "context": (str,), "checkpoint": (str,),
     "checkpoint_every_steps": (int,), "grace_seconds": (int, float), "hang_timeout": (int, float),
-    "metrics_port": (int,),
+    "metrics_port": (int,), "in_place_restarts": (int,),
     "gpus_per_node": (int,), "gpu_type": (str,), "gpu_resource": (str,), "cpu": (str, int, float),
     "memory": (str,), "shm": (str,), "spot": (str,), "priority_class": (str,), "gang": (str,),
     "max_restarts": (int,), "max_runtime": (int,), "ttl": (int,), "clean_pod_policy": (str,),

@@ -305,3 +305,24 @@ class RankStats:
                 continue
             out[rank] = cls(rank, events, errors)
         return out
+
+
+#: What one torchrun's ranks (and torchrun) wrote: gone before an in-place restart's ranks start, so the
+#: supervisor's classify(), the watchdog and `launch chaos` see only the new attempt. The stop file is
+#: the supervisor's own and is never there then (no in-place restart once a stop was asked for).
+_ATTEMPT_FILES = (Progress.PREFIX, Committed.NAME, Preempted.NAME, RankError.PREFIX, RankPid.PREFIX,
+                  TorchrunResult.NAME, RankStats.PREFIX)
+
+
+def clear_attempt(folder: str) -> None:
+    """Remove every record an attempt's ranks wrote (their temp files too)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(_ATTEMPT_FILES):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass

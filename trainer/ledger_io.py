@@ -234,6 +234,42 @@ class Ledger:
             log.warning("restart ledger: the end of %s was not recorded within %.1fs", self.record.name, timeout)
         return verdict
 
+    def begin_in_place(self, now: float | None = None) -> None:
+        """After finish(): record the next attempt of this same supervisor, an in-place restart.
+
+        Node 0 keeps the attempt that ended among its earlier ones, so the crash-loop rule counts it as
+        it counts a replaced pod's. A storage error leaves the ledger off for the rest of this process.
+        """
+        if self.record is None or self._broken:
+            return
+        from trainer.checkpoint.layout import parse_latest  # no torch
+
+        now = time.time() if now is None else now
+        ended = self.record
+        try:
+            latest = parse_latest(self.storage.read_small(join(self.run_uri, contract.LATEST_NAME)))
+        except Exception as e:
+            self._broken = True
+            log.warning("restart ledger unavailable (%s): this restart in place is not recorded", one_line(str(e)))
+            return
+        if self.node_rank == 0:
+            self.previous.append(ended)
+        _, code, cause = contract.attempt_end(ended, _Started(resumed_from=latest))  # type: ignore[arg-type]
+        if self._writer is not None:  # finish() closed it: one writer at a time
+            self._writer.join(10.0)
+        with self._lock:
+            self.record = Attempt(name=contract.attempt_name(now, self.node_rank, secrets.token_hex(4)),
+                                  node_rank=self.node_rank, started_at=now, resumed_from=latest,
+                                  host=socket.gethostname(), pid=os.getpid(),
+                                  previous={"attempt": ended.name, "code": code, "cause": cause}, in_place=True)
+            self._version += 1
+            self._closed = False
+        self._dirty.set()
+        self._writer = threading.Thread(target=self._write_loop, name="kubetrain-ledger", daemon=True)
+        self._writer.start()
+        log.info("attempt %s (in place) resumes %s; the previous one ended: exit %s (%s)", self.record.name,
+                 "without a checkpoint" if latest is None else f"from step {latest}", code, cause)
+
     def watch_verdict(self, on_verdict, until: threading.Event) -> None:
         """Nodes other than 0: poll node 0's verdict until `until` is set (their ranks started training)."""
         if self.node_rank == 0 or self._broken:

@@ -91,6 +91,12 @@ SETTINGS: tuple[Setting, ...] = (
             "restarts in a row without a newly committed step (preemptions do not count) before the run stops for "
             f"good with exit {int(ExitCode.CRASH_LOOP)}; each start is recorded in <checkpoint>/<run-id>/"
             f"{contract.ATTEMPTS_DIR}/ (default: no limit; `launch` sets it from its own --max-restarts)", minimum=0),
+    Setting("in_place_restarts", "--in-place-restarts", contract.ENV_IN_PLACE_RESTARTS, int,
+            contract.DEFAULT_IN_PLACE_RESTARTS,
+            "after a lost rank (killed by a signal, a hang, a killed DataLoader worker), start the ranks again in this "
+            "process from the last committed step, up to N times, before exiting retryably for the cluster to replace "
+            "the pod; one node only (several nodes exit as before). Each is an attempt in the restart ledger and counts "
+            "toward --max-restarts (0: off)", minimum=0),
     Setting("grace_seconds", "--grace-seconds", contract.ENV_GRACE_SECONDS, float, contract.DEFAULT_GRACE_SECONDS,
             "from SIGTERM to the kubelet's SIGKILL; the launcher sets the pod's terminationGracePeriodSeconds from it",
             minimum=_GRACE_MIN, to_workers=True),

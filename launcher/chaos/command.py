@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "resumes at every residue mod 2..8 and at an epoch's first and last step; prints its time estimate")
     g.add_argument("--epoch-steps", type=int, default=None, help="steps per epoch of the script: faults then also "
                    "resume at an epoch's first and last step")
+    g.add_argument("--no-in-place", action="store_true", help="a killed rank or DataLoader worker always ends "
+                   "its attempt and the run restarts as a replaced pod would (default: the runtime recovers it in "
+                   "place, --in-place-restarts, where the next fault's plan allows)")
     g.add_argument("-o", "--output", choices=("text", "json"), default="text")
     g = p.add_argument_group("cluster: faults to one running PyTorchJob or TrainJob")
     what = g.add_mutually_exclusive_group()
@@ -102,7 +105,8 @@ def _local(args: argparse.Namespace, script_args: list[str]) -> int:
         plan = chaos_plan.ChaosPlan(script=args.target, script_args=tuple(script_args), nproc=args.nproc,
                                faults=args.faults, seed=seed, kinds=kinds, every_steps=args.checkpoint_every_steps,
                                grace_seconds=args.grace_seconds, tolerance=args.tolerance, workdir=args.workdir,
-                               timeout=args.timeout, thorough=args.thorough, epoch_steps=args.epoch_steps)
+                               timeout=args.timeout, thorough=args.thorough, epoch_steps=args.epoch_steps,
+                               in_place=not args.no_in_place)
         echo = (lambda line: print(line, file=sys.stderr, flush=True)) if args.output == "json" else \
             (lambda line: print(line, flush=True))
         # SIGTERM (a CI job cancelled) unwinds like Ctrl-C, so no training process outlives us.

@@ -47,6 +47,9 @@ def add_job_flags(p: argparse.ArgumentParser, *, name_help: str, local_help: str
                    f"terminationGracePeriodSeconds (default {contract.DEFAULT_GRACE_SECONDS:.0f})")
     g.add_argument("--hang-timeout", type=float, default=None, help="exit retryably after this many seconds "
                    "without step progress (default off)")
+    g.add_argument("--in-place-restarts", type=int, default=None, help="restart a lost rank (killed, hung) inside "
+                   "its pod from the last checkpoint up to N times before the pod is replaced; single-node jobs "
+                   "(default 0: off)")
     g.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics from each pod's "
                    "runtime on this port, named 'metrics' for a PodMonitor (default 0: off)")
     g.add_argument("--max-restarts", type=int, default=None,
@@ -161,7 +164,8 @@ def build_spec(args: argparse.Namespace, script_args: list[str], defaults: Mappi
         secret_env=tuple(pick("secret_env") or []), env=parse_env(args.env),
         **given(image=pick("image"), namespace=pick("namespace"), checkpoint_uri=pick("checkpoint"),
                 checkpoint_every_steps=pick("checkpoint_every_steps"), grace_seconds=pick("grace_seconds"),
-                hang_timeout=pick("hang_timeout"), metrics_port=pick("metrics_port"), spot=pick("spot"), priority_class=pick("priority_class"),
+                hang_timeout=pick("hang_timeout"), in_place_restarts=pick("in_place_restarts"),
+                metrics_port=pick("metrics_port"), spot=pick("spot"), priority_class=pick("priority_class"),
                 gang=pick("gang"), max_restarts=pick("max_restarts"), active_deadline_seconds=pick("max_runtime"),
                 ttl_seconds_after_finished=pick("ttl"), clean_pod_policy=pick("clean_pod_policy"),
                 service_account=pick("service_account"), queue=pick("queue"),

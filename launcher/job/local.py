@@ -65,7 +65,7 @@ def local_command(args: argparse.Namespace, script_args: list[str], defaults: Ma
     run_id = args.name or os.path.splitext(os.path.basename(args.script))[0]
     cmd = [sys.executable, "-m", "trainer", "run", "--nproc-per-node", str(nproc), "--checkpoint", checkpoint,
            "--run-id", run_id]
-    for flag in ("checkpoint_every_steps", "grace_seconds", "hang_timeout", "metrics_port"):
+    for flag in ("checkpoint_every_steps", "grace_seconds", "hang_timeout", "in_place_restarts", "metrics_port"):
         value = getattr(args, flag)
         if value is None:
             value = defaults.get(flag)

@@ -99,6 +99,8 @@ def runtime_env(spec: JobSpec, *, name: str, code: CodeRef | None) -> list[dict[
         env.append((contract.ENV_CHECKPOINT_URI, spec.checkpoint_uri))
     if spec.metrics_port:
         env.append((contract.ENV_METRICS_PORT, str(spec.metrics_port)))
+    if spec.in_place_restarts:  # off (0) is the runtime's default too: nothing to render
+        env.append((contract.ENV_IN_PLACE_RESTARTS, str(spec.in_place_restarts)))
     if code is not None:
         env.append((contract.ENV_CODE_URI, code.uri or f"{contract.CODE_MOUNT_PATH}/{contract.CODE_BUNDLE_NAME}"))
         env.append((contract.ENV_CODE_SHA256, code.sha256))

@@ -111,6 +111,8 @@ class JobSpec:
     checkpoint_every_steps: int = contract.DEFAULT_CHECKPOINT_EVERY_STEPS
     grace_seconds: float = contract.DEFAULT_GRACE_SECONDS
     hang_timeout: float = contract.DEFAULT_HANG_TIMEOUT
+    #: Lost ranks restarted by the pod's own runtime before the pod is replaced (--in-place-restarts; 0: off).
+    in_place_restarts: int = contract.DEFAULT_IN_PLACE_RESTARTS
     #: The runtime's Prometheus /metrics port (--metrics-port; 0: not served, no container port).
     metrics_port: int = 0
     spot: str | None = None
@@ -152,6 +154,8 @@ class JobSpec:
                             f"got {self.grace_seconds!r}")
         if not isinstance(self.hang_timeout, (int, float)) or not self.hang_timeout >= 0:
             raise SpecError(f"--hang-timeout must be >= 0, got {self.hang_timeout!r}")
+        if not isinstance(self.in_place_restarts, int) or self.in_place_restarts < 0:
+            raise SpecError(f"--in-place-restarts must be >= 0, got {self.in_place_restarts!r}")
         if not isinstance(self.metrics_port, int) or not 0 <= self.metrics_port <= 65535:
             raise SpecError(f"--metrics-port must be a port (1-65535) or 0 (off), got {self.metrics_port!r}")
         if self.spot is not None and self.spot not in SPOT_MODES:

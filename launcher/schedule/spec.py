@@ -25,7 +25,9 @@ from trainer import contract
 MAX_NAME = 52 - 1 - 8
 STORED_FORMAT = 1
 #: JobSpec fields added after STORED_FORMAT 1 shipped: stored only when set (Kueue's --queue, --priority).
-_NEWER_JOB_FIELDS = ("queue", "workload_priority")
+#: JobSpec fields newer than the stored format, and the value at which they are left out of it.
+_NEWER_JOB_FIELDS: dict[str, Any] = {"queue": None, "workload_priority": None,
+                                     "in_place_restarts": contract.DEFAULT_IN_PLACE_RESTARTS}
 _CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,?-]+$")
 _CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 
@@ -147,8 +149,8 @@ def stored_to_dict(schedule: ScheduleSpec, *, image: str, code: CodeRef) -> dict
     if schedule.backend == ScheduleSpec.__dataclass_fields__["backend"].default:
         del sched["backend"]  # stored as before backends were chosen: submitters of that time read it too
     job = {k: v for k, v in job_spec_to_dict(schedule.job).items() if k != "namespace"}
-    for key in _NEWER_JOB_FIELDS:
-        if job[key] is None:
+    for key, unset in _NEWER_JOB_FIELDS.items():
+        if job[key] == unset:
             del job[key]  # as before they existed: submitters of that time read what does not use them
     return {"format": STORED_FORMAT, "schedule": sched, "job": job, "image": image,
             "code": {"sha256": code.sha256, "entrypoint": code.entrypoint, "uri": code.uri}}

@@ -95,12 +95,14 @@ def doc(summary: contract.LedgerSummary, kueue: Mapping[str, Any] | None = None)
             "goodput": round(summary.goodput, 4) if summary.goodput is not None else None,
             "first_start": _when(summary.first_start) if summary.first_start is not None else None,
             "crash_loop": summary.crash_loop is not None,
+            "restarts_in_place": summary.in_place,
             "incidents": [{"started": _when(i.started_at), "ended": _when(i.ended_at) if i.ended_at else None,
                            "node_rank": i.node_rank, "kind": i.kind, "code": i.code,
                            "cause": kueue[i.attempt].cause if i.attempt in kueue else i.cause,
                            **({"retry_spent": False} if i.attempt in kueue else {}),
                            "resumed_from": i.resumed_from, "committed": i.committed,
-                           "steps_redone": i.steps_redone, "seconds_lost": i.seconds_lost}
+                           "steps_redone": i.steps_redone, "seconds_lost": i.seconds_lost,
+                           "recovered_in_place": i.recovered_in_place}
                           for i in incidents(summary)]}
 
 
@@ -120,12 +122,13 @@ def lines(summary: contract.LedgerSummary, kueue: Mapping[str, Any] | None = Non
     redone = sum(i.steps_redone or 0 for i in shown)
     goodput = f"{summary.goodput:.0%}" if summary.goodput is not None else "-"
     head = (f"ledger    goodput {goodput} since {_when(summary.first_start)}, {summary.attempts} start(s), "
-            f"{len(shown)} incident(s)" + (f", {redone} step(s) redone, {_duration(lost)} lost" if shown else ""))
+            f"{len(shown)} incident(s)" + (f", {redone} step(s) redone, {_duration(lost)} lost" if shown else "")
+            + (f", {summary.in_place} restart(s) in place" if summary.in_place else ""))
     if summary.crash_loop is not None:
         head += f"; crash loop: stopped after {len(summary.crash_loop)} failed start(s) in a row"
     rows = [[_when(i.started_at), "-" if i.resumed_from is None else str(i.resumed_from),
              _when(i.ended_at), "-" if i.steps_redone is None else str(i.steps_redone), _duration(i.seconds_lost),
-             _short((f"exit {i.code}: " if i.code is not None else "")
+             _short(("[in place] " if i.recovered_in_place else "") + (f"exit {i.code}: " if i.code is not None else "")
                     + (evictions.cause(kueue[i.attempt]) if i.attempt in kueue else i.cause))] for i in shown]
     return [head] + (table(HEADER, rows, indent="  ") if rows else [])
 

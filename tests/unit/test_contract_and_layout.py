@@ -53,5 +53,10 @@ def test_termination_grace_period_never_undercuts_the_runtime_grace():
 def test_runtime_log_lines_parse_back():
     lines = ["[kubetrain rank 0] restored step-000000040 from s3://b/r; " + contract.LOG_RESUMED.format(step=40),
              "[kubetrain rank 0] " + contract.LOG_PREEMPTED.format(step=57) + "; exiting", "noise"]
-    assert contract.parse_runtime_log(lines) == {"resumed_from": 40, "preempted_at": 57}
-    assert contract.parse_runtime_log([]) == {"resumed_from": None, "preempted_at": None}
+    assert contract.parse_runtime_log(lines) == {"resumed_from": 40, "preempted_at": 57, "in_place": None,
+                                                 "in_place_after": None}
+    assert contract.parse_runtime_log([]) == {"resumed_from": None, "preempted_at": None, "in_place": None,
+                                              "in_place_after": None}
+    in_place = contract.LOG_RESTARTING_IN_PLACE.format(n=2, budget=3, code=137)
+    assert contract.parse_runtime_log([in_place + ": rank 1 was killed by SIGKILL"])["in_place"] == 2
+    assert contract.parse_runtime_log(["x " + in_place])["in_place_after"] == 137

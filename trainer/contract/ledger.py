@@ -66,6 +66,9 @@ class Attempt:
     ended_at: float | None = None
     code: int | None = None  # exit code; None while running, or when it was killed
     cause: str | None = None
+    #: Started by the same supervisor after its previous attempt lost a rank (an in-place restart), not
+    #: by a new pod or process. Records written before in-place restarts existed read as False.
+    in_place: bool = False
 
     def to_json(self) -> bytes:
         doc = {"format": LEDGER_FORMAT, **dataclasses.asdict(self)}
@@ -86,6 +89,8 @@ class Attempt:
             kwargs["name"] = name.rstrip("/").rsplit("/", 1)[-1]
             a = cls(**kwargs)
             float(a.started_at), int(a.node_rank)
+            if not isinstance(a.in_place, bool):
+                return None
         except (UnicodeDecodeError, ValueError, TypeError):
             return None
         return a
@@ -185,6 +190,8 @@ class Incident:
     committed: int | None
     steps_redone: int | None  # steps it had run past its last commit that the next start ran again
     seconds_lost: float | None  # from its last commit (or its start, without one) to the next start
+    #: The next start was an in-place restart by the same supervisor, not a new pod.
+    recovered_in_place: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +203,8 @@ class LedgerSummary:
     #: time since the first start; None without attempts.
     goodput: float | None
     crash_loop: list[Attempt] | None
+    #: How many of the attempts were in-place restarts (the rest of the restarts replaced a pod).
+    in_place: int = 0
 
 
 def summarize_ledger(attempts: Iterable[Attempt], now: float, max_restarts: int | None = None,
@@ -221,9 +230,10 @@ def summarize_ledger(attempts: Iterable[Attempt], now: float, max_restarts: int 
             lost = max(0.0, following.started_at - since)
         incidents.append(Incident(attempt=a.name, node_rank=a.node_rank, started_at=a.started_at, ended_at=ended,
                                   kind=kind, code=code, cause=cause, resumed_from=a.resumed_from,
-                                  committed=committed, steps_redone=redone, seconds_lost=lost))
+                                  committed=committed, steps_redone=redone, seconds_lost=lost,
+                                  recovered_in_place=following is not None and following.in_place))
     first = series[0].started_at if series else None
     wall = (now - first) if first is not None else 0.0
     return LedgerSummary(attempts=len(series), incidents=incidents, first_start=first,
                          goodput=(min(1.0, useful / wall) if wall > 0 else None) if series else None,
-                         crash_loop=crash_loop(series, max_restarts))
+                         crash_loop=crash_loop(series, max_restarts), in_place=sum(a.in_place for a in series))

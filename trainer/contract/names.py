@@ -31,6 +31,10 @@ ENV_STORAGE_TIMEOUT = "KUBETRAIN_STORAGE_TIMEOUT"
 #: Restarts in a row without a newly committed step before the run stops for good (exit CRASH_LOOP).
 #: `launch --max-restarts` sets it from the same number as the PyTorchJob's backoffLimit.
 ENV_MAX_RESTARTS = "KUBETRAIN_MAX_RESTARTS"
+#: Times one supervisor may start its ranks again itself (a fresh torchrun in the same pod) after a
+#: rank was lost, before it exits retryably for the cluster to replace the pod. `launch
+#: --in-place-restarts` sets it; unset or 0: every such failure replaces the pod.
+ENV_IN_PLACE_RESTARTS = "KUBETRAIN_IN_PLACE_RESTARTS"
 #: A code bundle (tar.gz; a path or fsspec URI) to unpack and run from, and its sha256.
 ENV_CODE_URI = "KUBETRAIN_CODE_URI"
 ENV_CODE_SHA256 = "KUBETRAIN_CODE_SHA256"
@@ -108,6 +112,8 @@ DEFAULT_GRACE_SECONDS = 30.0
 DEFAULT_CHECKPOINT_EVERY_STEPS = 100
 DEFAULT_CHECKPOINT_KEEP = 3
 DEFAULT_HANG_TIMEOUT = 0.0  # seconds without step progress; 0 disables the watchdog
+#: Off by default: a lost rank exits for the cluster to replace the pod, as before in-place restarts.
+DEFAULT_IN_PLACE_RESTARTS = 0
 DEFAULT_PREEMPTION_POLL_SECONDS = 5.0
 DEFAULT_CHECKPOINT_DIR = "checkpoints"  # local runs, relative to the working dir
 #: Long enough to ride out an object store's brownout or a throttling burst; short enough that a

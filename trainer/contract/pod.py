@@ -16,14 +16,22 @@ LOG_RESUMED = "resuming after step {step}"
 LOG_WARM_START = "warm start from {uri} step {step}"
 #: Logged by rank 0 once the preemption checkpoint committed.
 LOG_PREEMPTED = "preempted: checkpoint step {step} committed"
+#: Logged by the supervisor when it starts its ranks again itself after a lost rank (an in-place
+#: restart), before the new torchrun starts; `launch chaos` reads the exit code of the attempt it ended.
+LOG_RESTARTING_IN_PLACE = "restarting in place ({n} of {budget}) after exit {code}"
 _RESUMED_RE = re.compile(r"resuming after step (\d+)")
+_IN_PLACE_RE = re.compile(r"restarting in place \((\d+) of \d+\) after exit (\d+)")
 _PREEMPTED_RE = re.compile(r"preempted: checkpoint step (\d+) committed")
 
 
 def parse_runtime_log(lines: list[str]) -> dict[str, int | None]:
-    """The last resume and preemption steps a runtime log reports."""
-    out: dict[str, int | None] = {"resumed_from": None, "preempted_at": None}
+    """The last resume and preemption steps a runtime log reports, and its last in-place restart
+    (how many so far, and the exit code of the attempt it ended)."""
+    out: dict[str, int | None] = {"resumed_from": None, "preempted_at": None, "in_place": None,
+                                  "in_place_after": None}
     for line in lines:
+        if m := _IN_PLACE_RE.search(line):
+            out["in_place"], out["in_place_after"] = int(m.group(1)), int(m.group(2))
         if m := _RESUMED_RE.search(line):
             out["resumed_from"] = int(m.group(1))
         if m := _PREEMPTED_RE.search(line):

@@ -21,13 +21,16 @@ class Outcome:
     #: What the exit code means this time, where the contract's general words would be untrue
     #: (143 without a committed checkpoint); None: contract.describe_exit_code.
     meaning: str | None = None
+    #: A rank was lost (killed by a signal, hung, its DataLoader worker killed, its peers gone), not
+    #: the user's code or the configuration: a fresh torchrun in the same pod may recover (in_place.py).
+    rank_lost: bool = False
 
 
 def classify(*, torchrun_rc: int, result: TorchrunResult | None, errors: Sequence[RankError],
              preempted: Preempted | None, stop_reason: str | None, hang: str | None) -> Outcome:
     """Map the facts of a finished run onto the exit-code contract."""
     if hang:
-        return Outcome(ExitCode.HANG, f"hang: {hang}; workers killed")
+        return Outcome(ExitCode.HANG, f"hang: {hang}; workers killed", rank_lost=True)
     if preempted is not None:
         return Outcome(ExitCode.PREEMPTED, f"preempted ({stop_reason or 'ranks on another node were stopping'}); "
                        f"checkpoint step {preempted.step} committed")
@@ -46,7 +49,7 @@ def classify(*, torchrun_rc: int, result: TorchrunResult | None, errors: Sequenc
     killed = [f for f in failures if f.exitcode < 0 and -f.exitcode not in (signal.SIGTERM, signal.SIGINT)]
     if killed and not user:
         f = killed[0]
-        return Outcome(ExitCode.for_signal(-f.exitcode), f"rank {f.rank} was killed by {f.signal}")
+        return Outcome(ExitCode.for_signal(-f.exitcode), f"rank {f.rank} was killed by {f.signal}", rank_lost=True)
     if stop_reason is not None:
         return Outcome(ExitCode.PREEMPTED, f"stopped ({stop_reason}) before a checkpoint committed; the next run "
                        "resumes from the last committed one",
@@ -59,7 +62,7 @@ def classify(*, torchrun_rc: int, result: TorchrunResult | None, errors: Sequenc
         return Outcome(ExitCode.INFRA, f"rank {e.rank}: {e.type}: {e.message}")
     if killed:
         f = killed[0]
-        return Outcome(ExitCode.for_signal(-f.exitcode), f"rank {f.rank} was killed by {f.signal}")
+        return Outcome(ExitCode.for_signal(-f.exitcode), f"rank {f.rank} was killed by {f.signal}", rank_lost=True)
     # A rank that exited on its own (sys.exit(N)) rather than because a peer vanished.
     comm_ranks = {e.rank for e in errors if e.comm_error}
     direct = sorted((f for f in failures if f.exitcode > 0 and f.rank not in comm_ranks), key=_BY_TIME)
@@ -70,14 +73,15 @@ def classify(*, torchrun_rc: int, result: TorchrunResult | None, errors: Sequenc
             # own 99 must not read as that. Both are permanent, so only the message changes.
             return Outcome(ExitCode.USER_ERROR, f"rank {f.rank} exited with {f.exitcode}, which kubetrain "
                            f"reserves for a crash loop: exit {int(ExitCode.USER_ERROR)} instead")
+        # 128+N from a rank: trainer/worker.py's code for a DataLoader worker of it killed by signal N.
         return Outcome(f.exitcode if f.exitcode < 256 else ExitCode.USER_ERROR,
-                       f"rank {f.rank} exited with {f.exitcode}")
+                       f"rank {f.rank} exited with {f.exitcode}", rank_lost=128 < f.exitcode < 256)
     if any(f.exitcode < 0 for f in failures):
         f = next(f for f in failures if f.exitcode < 0)
         return Outcome(ExitCode.for_signal(-f.exitcode), f"rank {f.rank} was killed by {f.signal}")
     if errors:
         e = sorted(errors, key=_BY_TIME)[0]
-        return Outcome(ExitCode.INFRA, f"rank {e.rank} lost its peers: {e.type}: {e.message}")
+        return Outcome(ExitCode.INFRA, f"rank {e.rank} lost its peers: {e.type}: {e.message}", rank_lost=True)
     if result and result.agent_error:
         return Outcome(ExitCode.INFRA, f"torchrun failed: {result.agent_error}")
     if torchrun_rc < 0:

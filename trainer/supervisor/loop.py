@@ -19,7 +19,9 @@ from trainer.contract import ExitCode
 from trainer.processes import descendants, parent_map, reap_orphans, set_child_subreaper
 from trainer.settings import RunConfig
 from trainer.supervisor.classify import Outcome, classify
-from trainer.control_folder import Committed, Preempted, Progress, RankError, StopRequest, TorchrunResult
+from trainer.control_folder import (Committed, Preempted, Progress, RankError, StopRequest, TorchrunResult,
+                                    clear_attempt)
+from trainer.supervisor.in_place import budget_spent, restart_in_place, single_node
 from trainer.supervisor.torchrun_command import torchrun_args, torchrun_shutdown_timeout, worker_env
 from trainer.supervisor.watchdog import describe_stall, stalled_ranks
 
@@ -41,6 +43,7 @@ class Supervisor:
         self._lease = None  # trainer.writer_lease.WriterLease that node 0 holds while the run lives
         self._lost: str | None = None  # another job took the run folder over: why this one stops
         self.stop_requests: list[str] = []  # every stop asked for (signals, notices), for /metrics
+        self.in_place_used = 0  # in-place restarts made (trainer/supervisor/in_place.py)
 
     def request_stop(self, reason: str) -> None:
         """Ask the ranks to checkpoint and stop; safe from a signal handler or a thread."""
@@ -86,9 +89,17 @@ class Supervisor:
             self._ledger.watch_verdict(self._on_verdict, training)
         last_step = None
         try:
-            outcome = self._supervise(control, prefetch.start(), training)
-            steps = [p.step for p in Progress.read_all(control).values()]
-            last_step = max(steps) if steps else None
+            prefetch_dir = prefetch.start()
+            while True:
+                outcome = self._supervise(control, prefetch_dir, training)
+                steps = [p.step for p in Progress.read_all(control).values()]
+                last_step = max(steps) if steps else None
+                stop = self._next_in_place(outcome, last_step, control)
+                if stop is not None:
+                    outcome = stop
+                    break
+                # The prefetched step may be older than `latest` now: the new ranks read storage.
+                prefetch_dir = None
         finally:
             training.set()
             if poller is not None:
@@ -169,6 +180,35 @@ class Supervisor:
         self._verdict = verdict
         self._wake.set()
 
+    def _stopping(self) -> bool:
+        return bool(self._stop_reason or self._verdict is not None or self._lost is not None)
+
+    def _next_in_place(self, outcome: Outcome, last_step: int | None, control: str) -> Outcome | None:
+        """Record the attempt's end and prepare the next one when it restarts in place (None); else the
+        Outcome to exit with. The ledger's end of a restarted attempt is recorded here, the last one's by run()."""
+        rule = dict(stopping=self._stopping(), single=single_node(self.env), used=self.in_place_used,
+                    budget=self.cfg.in_place_restarts)
+        if not restart_in_place(outcome, **rule):
+            if budget_spent(outcome, **rule):
+                log.error("in-place restart budget spent (--in-place-restarts %d): exiting %d for the cluster to "
+                          "replace the pod", self.cfg.in_place_restarts, outcome.code)
+            return outcome
+        # Every process of the ended attempt is gone before the next one starts: no old rank may commit.
+        self._kill_group(signal.SIGKILL)
+        self._kill_descendants()
+        ended = self._finish_ledger(outcome, last_step)
+        if ended.code == ExitCode.CRASH_LOOP:
+            self._ledger = None  # its end (the verdict) is recorded
+            return ended
+        # Cleared before the line: whoever reads the folder after it (`launch chaos`) sees the new attempt only.
+        clear_attempt(control)
+        self.in_place_used += 1
+        log.warning("%s: %s", contract.LOG_RESTARTING_IN_PLACE.format(
+            n=self.in_place_used, budget=self.cfg.in_place_restarts, code=int(outcome.code)), outcome.summary)
+        if self._ledger is not None:
+            self._ledger.begin_in_place()
+        return None
+
     def _finish_ledger(self, outcome: Outcome, last_step: int | None) -> Outcome:
         if self._ledger is None:
             return outcome
@@ -182,6 +222,13 @@ class Supervisor:
 
     def _supervise(self, control: str, prefetch_dir: str | None, training: threading.Event) -> Outcome:
         cfg = self.cfg
+        if self._stop_reason and self.in_place_used:
+            # Asked to stop while an in-place restart was being prepared: no new ranks, nothing to commit.
+            if self._ledger is not None:
+                self._ledger.update(stopping=self._stop_reason)
+            return Outcome(ExitCode.PREEMPTED, f"stopped ({self._stop_reason}) during an in-place restart, before "
+                           "its ranks started; the next run resumes from the last committed step",
+                           meaning=f"stopped ({self._stop_reason}), no checkpoint committed by this attempt")
         nproc = cfg.nproc_per_node or int(self.env.get("PET_NPROC_PER_NODE") or 1)
         cmd = [sys.executable, "-m", "trainer.torchrun_main", *torchrun_args(cfg, self.env)]
         log.info("starting %d rank(s) of %s; checkpoints in %s/%s", nproc, cfg.script, cfg.checkpoint_uri, cfg.run_id)
