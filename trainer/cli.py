@@ -18,7 +18,7 @@ from typing import Mapping, NoReturn
 
 from trainer import contract
 from trainer.contract import ExitCode
-from trainer.errors import KubetrainError, UsageError, one_line
+from trainer.errors import KubetrainError, StorageError, UsageError, one_line
 from trainer.settings import SETTINGS, RunConfig
 
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.supervisor import Supervisor
 
         return Supervisor(cfg).run()
+    except StorageError as e:  # before the run began (the code bundle): an outage, so retry later
+        print(f"python -m trainer: error: {one_line(str(e))}", file=sys.stderr)
+        return int(ExitCode.INFRA)
     except KubetrainError as e:
         print(f"python -m trainer: error: {one_line(str(e))}", file=sys.stderr)
         return int(ExitCode.USAGE)

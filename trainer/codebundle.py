@@ -13,18 +13,17 @@ import shutil
 import tarfile
 import tempfile
 
-from trainer import contract
-from trainer.errors import UsageError
+from trainer.errors import StorageError, UsageError
+from trainer.storage import open_storage
 
 
 def _fetch(uri: str, dest: str) -> None:
-    if contract.is_local_uri(uri):
-        shutil.copyfile(contract.local_path(uri), dest)
-        return
-    import fsspec
-
-    with fsspec.open(uri, "rb") as src, open(dest, "wb") as out:
-        shutil.copyfileobj(src, out, 8 << 20)
+    """Copy the bundle through trainer/storage, as checkpoints are read: its retries, and its error
+    classes (a missing bucket or refused credentials is StorageConfigError, exit 2; an outage that
+    outlasts the retries StorageError, exit 201 for a later retry, never a permanent failure)."""
+    folder = uri.rstrip("/").rpartition("/")[0]
+    with open_storage(folder or uri).fetch(uri) as local:
+        shutil.copyfile(local, dest)
 
 
 def safe_members(tar: tarfile.TarFile, root: str) -> list[tarfile.TarInfo]:
@@ -49,7 +48,11 @@ def unpack(uri: str, sha256: str | None, workdir: str | None = None) -> str:
     try:
         try:
             _fetch(uri, local)
-        except (OSError, ImportError) as e:
+        except FileNotFoundError as e:
+            raise UsageError(f"code bundle {uri} does not exist: {e}") from e
+        except StorageError as e:
+            raise StorageError(f"cannot read code bundle {uri}: {e}") from e
+        except OSError as e:
             raise UsageError(f"cannot read code bundle {uri}: {e}") from e
         h = hashlib.sha256()
         with open(local, "rb") as f:

@@ -17,7 +17,9 @@ from launcher.cli import main
 from launcher.job.bundle import make_bundle
 from tests.helpers import EXAMPLE, REPO
 from trainer.codebundle import unpack
-from trainer.errors import UsageError
+from trainer.cli import main as trainer_main
+from trainer.contract import ExitCode
+from trainer.errors import StorageError, UsageError
 
 FLAGS = ["--gpus", "--gpus-per-node", "--nodes", "--nproc", "--gpu-type", "--gpu-resource", "--cpu", "--memory",
          "--shm", "--image", "--namespace", "--name", "--checkpoint", "--checkpoint-every-steps", "--grace-seconds",
@@ -161,6 +163,20 @@ def test_a_changed_bundle_is_refused(tmp_path):
     (tmp_path / "b.tar.gz").write_bytes(b.data)
     with pytest.raises(UsageError, match="it changed since"):
         unpack(str(tmp_path / "b.tar.gz"), "0" * 64, str(tmp_path / "out"))
+
+
+def test_a_missing_bundle_is_a_usage_error_and_an_outage_is_retried_later(tmp_path, monkeypatch, capsys):
+    with pytest.raises(UsageError, match="does not exist"):
+        unpack(str(tmp_path / "gone.tar.gz"), None, str(tmp_path / "out"))
+
+    def outage(uri, dest):
+        raise StorageError("download s3://b/code.tar.gz: 503 SlowDown, 5 tries")
+
+    monkeypatch.setattr("trainer.codebundle._fetch", outage)
+    (tmp_path / "train.py").write_text("")
+    code = trainer_main(["run", "--checkpoint", str(tmp_path / "c"), "--code", "s3://b/code.tar.gz", "train.py"])
+    assert code == ExitCode.INFRA  # a permanent exit 2 here failed a job for a passing blip
+    assert capsys.readouterr().err.strip().endswith("503 SlowDown, 5 tries")
 
 
 @pytest.mark.parametrize("member", ["../evil.py", "/etc/evil.py", "a/../../evil.py", "link"])
