@@ -126,15 +126,26 @@ class PodRunner:
                 self._config_map(pod, v.config_map.name, None, path)
             for source in (v.projected.sources if v.projected is not None else None) or []:
                 if source.config_map is not None:
-                    self._config_map(pod, source.config_map.name, source.config_map.items, path)
+                    self._config_map(pod, source.config_map.name, source.config_map.items, path, missing_ok=True)
                 if source.service_account_token is not None:
                     self._token(pod, source.service_account_token, path)
             local[v.name] = str(path)
         return {m.mount_path: local[m.name] for m in container.volume_mounts or []}
 
-    def _config_map(self, pod, name: str, items, path) -> None:
-        """A ConfigMap's keys as files (only `items`, at their paths, when given)."""
-        cm = self.core.read_namespaced_config_map(name, pod.metadata.namespace)
+    def _config_map(self, pod, name: str, items, path, missing_ok: bool = False) -> None:
+        """A ConfigMap's keys as files (only `items`, at their paths, when given).
+
+        missing_ok: a projected source's; the one a pod's automounted service account volume names
+        (kube-root-ca.crt) is published by a controller this tier does not run, and nothing reads it.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            cm = self.core.read_namespaced_config_map(name, pod.metadata.namespace)
+        except ApiException as e:
+            if e.status == 404 and missing_ok:
+                return
+            raise
         files = {k: v.encode() for k, v in (cm.data or {}).items()}
         files.update({k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()})
         for key, target in ([(i.key, i.path) for i in items] if items else [(k, k) for k in files]):
