@@ -45,6 +45,8 @@ METRICS: tuple[Metric, ...] = (
            summary="rank SIGKILL -> first step after recovery: in-place restart vs a new supervisor"),
     Metric(id="metrics-cost", module="metrics_cost", per_size=False, s3=False, one_thread=False, default=False,
            summary="steps/s with the supervisor's /metrics served and scraped every second vs off"),
+    Metric(id="status-post-cost", module="status_post_cost", per_size=False, s3=False, one_thread=False,
+           default=False, summary="steps/s with node 0 posting TrainJob progress every second vs off"),
     Metric(id="gpu-stall", module="gpu_stall", s3=False, one_thread=False, default=False,
            summary="M1 with the state in CUDA memory (on the CPU without one)"),
     Metric(id="status-scale", module="status_scale", per_size=False, s3=False, one_thread=False, default=False,

@@ -115,6 +115,15 @@ def _metrics_cost(m: dict) -> list[str]:
             f"{m['core_share']['every_30s']:.3%} every 30 s"]
 
 
+def _status_post_cost(m: dict) -> list[str]:
+    return [f"status post cost       steps/s posting TrainJob progress every 1 s vs off: median of "
+            f"{m['reps']} interleaved reps {m['cost']:+.2%} (target < {m['target']:.1%}); off "
+            f"{statistics.median(m['runs_steps_per_s']['off']):.1f} steps/s, {m['posts']} posts",
+            f"   one post (8 ranks' records, TLS, POST) {m['post_cpu_s'] * 1e3:.2f} ms of CPU, "
+            f"{m['post_wall_s'] * 1e3:.2f} ms wall: {m['core_share']['every_1s']:.2%} of a core every 1 s, "
+            f"{m['core_share']['every_10s']:.3%} every 10 s (the default)"]
+
+
 def _in_place(r: dict) -> list[str]:
     def parts(m: dict) -> str:
         return (f"{m['total_s']:.1f}s (down {m['down_s']:.1f}s, start to restored {m['start_s']:.1f}s, "
@@ -124,7 +133,8 @@ def _in_place(r: dict) -> list[str]:
 
 
 _FORMATS = {"M1": _m1, "M2": _m2, "M3": _m3, "M4": _m4, "M5": _m5, "M6": _m6, "M7": _m7, "M8": _m8, "M9": _m9,
-            "metrics-cost": _metrics_cost, "gpu-stall": _gpu_stall, "status-scale": _status_scale, "in-place": _in_place}
+            "metrics-cost": _metrics_cost, "gpu-stall": _gpu_stall, "status-scale": _status_scale, "in-place": _in_place,
+            "status-post-cost": _status_post_cost}
 
 
 def machine() -> dict:

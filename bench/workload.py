@@ -42,7 +42,7 @@ def main() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("gloo")
     model = build_model(args.mib)
-    ckpt = None if args.no_checkpointer else Checkpointer(model)
+    ckpt = None if args.no_checkpointer else Checkpointer(model, total_steps=args.steps)
 
     def mark(event: str) -> None:  # wall clock: the bench compares it with its own kill and start times
         if args.print_timing and (not dist.is_initialized() or dist.get_rank() == 0):

@@ -103,7 +103,7 @@ def main() -> None:
 
     # The sampler's position (epoch, samples consumed by all ranks) is the same on every
     # rank: replicated state, which restores even on ranks a smaller run did not have.
-    ckpt = Checkpointer(model, opt, sched, extra={"sampler": sampler})
+    ckpt = Checkpointer(model, opt, sched, extra={"sampler": sampler}, total_steps=args.steps)
     start = ckpt.restore()
     batches = sampler.batches(loader)  # epoch after epoch; a batch counts once the loop has it
     loss = torch.tensor(float("nan"))

@@ -6,6 +6,7 @@ One frozen record per file, each with its write and its read; nothing else opens
     stop                  StopRequest     the supervisor                every rank (the stop agreement)
     progress-rank-R       Progress        rank R, rate-limited          the watchdog, `launch chaos`
     committed             Committed       global rank 0, per commit     the supervisor (the ledger's mark)
+    total-steps           TotalSteps      global rank 0, once           node 0's TrainJob status poster
     preempted.json        Preempted       each node's local rank 0      the supervisor (exit 143, not 0)
     error-rank-R.json     RankError       rank R's wrapper (worker.py)  the supervisor (the root cause)
     pid-rank-R            RankPid         rank R's wrapper (worker.py)  `launch chaos` (which PID is rank R)
@@ -135,6 +136,25 @@ class Committed:
     def read(cls, folder: str) -> Committed | None:
         pair = _pair(_read(folder, cls.NAME), int, float)
         return None if pair is None else cls(*pair)
+
+
+@dataclasses.dataclass(frozen=True)
+class TotalSteps:
+    """The script declared the run's length (Checkpointer(total_steps=N)): "<steps>"."""
+
+    steps: int
+    NAME = "total-steps"
+
+    def write(self, folder: str) -> None:
+        _replace(folder, self.NAME, f"{self.steps}\n")
+
+    @classmethod
+    def read(cls, folder: str) -> TotalSteps | None:
+        try:
+            steps = int((_read(folder, cls.NAME) or "").strip())
+        except ValueError:
+            return None
+        return cls(steps) if steps > 0 else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,7 +330,7 @@ class RankStats:
 #: What one torchrun's ranks (and torchrun) wrote: gone before an in-place restart's ranks start, so the
 #: supervisor's classify(), the watchdog and `launch chaos` see only the new attempt. The stop file is
 #: the supervisor's own and is never there then (no in-place restart once a stop was asked for).
-_ATTEMPT_FILES = (Progress.PREFIX, Committed.NAME, Preempted.NAME, RankError.PREFIX, RankPid.PREFIX,
+_ATTEMPT_FILES = (Progress.PREFIX, Committed.NAME, TotalSteps.NAME, Preempted.NAME, RankError.PREFIX, RankPid.PREFIX,
                   TorchrunResult.NAME, RankStats.PREFIX)
 
 

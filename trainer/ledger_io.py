@@ -142,6 +142,15 @@ class Ledger:
     def _read(self, name: str) -> Attempt | None:
         return Attempt.from_json(name, self.storage.read_small(join(self.dir, name)))
 
+    def history(self, limit: int) -> list[Attempt]:
+        """This node's newest `limit` earlier attempts (not this one), oldest first: goodput and restarts
+        need more than `previous` keeps. Storage I/O: call it off the supervisor's loop."""
+        mine = sorted(n for n in self.storage.list_names(self.dir)
+                      if (parsed := contract.parse_attempt_name(n)) and parsed[1] == self.node_rank
+                      and (self.record is None or n.rsplit("/", 1)[-1] != self.record.name))[-limit:]
+        objects = {n: self.storage.read_small(join(self.dir, n.rsplit("/", 1)[-1])) for n in mine}
+        return contract.parse_ledger(objects)
+
     # --- the verdict ------------------------------------------------------------------------
 
     def read_verdict(self) -> CrashLoopVerdict | None:

@@ -110,6 +110,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_port", "--metrics-port", contract.ENV_METRICS_PORT, int, 0,
             "serve Prometheus metrics (step, commits, checkpoint times, restarts, goodput) at :PORT/metrics from "
             "this supervisor (0: off); a port already taken is one log line, training goes on", minimum=0),
+    Setting("trainjob_status_seconds", "--trainjob-status-seconds", contract.ENV_TRAINJOB_STATUS_SECONDS, float,
+            contract.DEFAULT_TRAINJOB_STATUS_SECONDS,
+            "under Kubeflow Trainer with its TrainJobStatus gate on (the KUBEFLOW_TRAINER_SERVER_* variables set), "
+            "node 0 posts the step, total, last committed step, goodput and ETA to the TrainJob's status at most "
+            f"this often (at least every {contract.TRAINJOB_STATUS_MIN_SECONDS:g} s; 0: never); an endpoint that is "
+            "slow or gone is one log line, training goes on", minimum=0),
     Setting("code_uri", "--code", contract.ENV_CODE_URI, str, None,
             "a tar.gz code bundle (path or URI) to unpack and run SCRIPT from; `launch` sets this"),
     Setting("code_sha256", "--code-sha256", contract.ENV_CODE_SHA256, str, None,

@@ -117,6 +117,10 @@ def kubeconfig(tmp_path_factory):
                             f"--token-auth-file={d / 'tokens.csv'}", "--authorization-mode=RBAC",
                             f"--service-account-key-file={d / 'sa.pub'}",
                             f"--service-account-signing-key-file={d / 'sa.key'}",
+                            # The first issuer signs: one this machine can reach, so that a verifier of
+                            # projected tokens (the Trainer's TrainJob status server, out of cluster) can
+                            # read its OIDC discovery document; the in-cluster name is still accepted.
+                            f"--service-account-issuer=https://127.0.0.1:{api_port}",
                             "--service-account-issuer=https://kubernetes.default.svc",
                             "--service-cluster-ip-range=10.96.0.0/16", "--enable-priority-and-fairness=false",
                             # Pods tolerate a not-ready/unreachable node this long (DefaultTolerationSeconds

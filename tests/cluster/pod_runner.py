@@ -7,7 +7,11 @@ env, its volumes as local folders and the job's addresses mapped to 127.0.0.1,
 writes the output as the container log kwok serves (CRI format), reports the
 exit code in the pod's status, and on deletion sends SIGTERM, waits out the
 grace period, then removes the pod. So the real operator drives the real
-runtime (torchrun, checkpoints, restarts) end to end.
+runtime (torchrun, checkpoints, restarts) end to end. The container is a
+PyTorchJob's `pytorch` or a TrainJob's `node`; a projected volume gets its
+service account token from the TokenRequest API (audience, expiry, bound to the
+pod, as a kubelet asks) and its ConfigMap items; a `*.svc` URL in the env (the
+Trainer's status endpoint) is called at 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import base64
 import datetime
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +32,8 @@ from tests.helpers import REPO
 from trainer import contract
 
 RUN_FOR_REAL = "real"  # the job name; also in k8s/kwok/stages.yaml
+#: The container run: a PyTorchJob's, or a TrainJob's (the Trainer's plugins fill the one named `node`).
+CONTAINERS = (contract.CONTAINER_NAME, "node")
 
 
 def _free_port() -> int:
@@ -89,12 +96,13 @@ class PodRunner:
     # --- what a kubelet does --------------------------------------------------------------
 
     def _start(self, pod) -> subprocess.Popen:
-        container = next(c for c in pod.spec.containers if c.name == contract.CONTAINER_NAME)
+        container = _container(pod)
         mounts = self._volumes(pod, container)
         env = {**os.environ, "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
         for e in container.env or []:
-            if e.value is not None:
-                env[e.name] = self._local(pod, e.name, _remap(e.value, mounts))
+            value = e.value if e.value is not None else _field(pod, e.value_from)
+            if value is not None:
+                env[e.name] = self._local(pod, e.name, _remap(value, mounts))
         cmd = [_remap(a, mounts) for a in (container.command or []) + (container.args or [])]
         if cmd and cmd[0] == "python":
             cmd[0] = sys.executable  # the image's python is this venv's
@@ -115,22 +123,54 @@ class PodRunner:
                 path = self.root / "pods" / pod.metadata.uid / "volumes" / v.name
             path.mkdir(parents=True, exist_ok=True)
             if v.config_map is not None:
-                cm = self.core.read_namespaced_config_map(v.config_map.name, pod.metadata.namespace)
-                for key, text in (cm.data or {}).items():
-                    (path / key).write_text(text)
-                for key, data in (cm.binary_data or {}).items():
-                    (path / key).write_bytes(base64.b64decode(data))
+                self._config_map(pod, v.config_map.name, None, path)
+            for source in (v.projected.sources if v.projected is not None else None) or []:
+                if source.config_map is not None:
+                    self._config_map(pod, source.config_map.name, source.config_map.items, path, missing_ok=True)
+                if source.service_account_token is not None:
+                    self._token(pod, source.service_account_token, path)
             local[v.name] = str(path)
         return {m.mount_path: local[m.name] for m in container.volume_mounts or []}
 
+    def _config_map(self, pod, name: str, items, path, missing_ok: bool = False) -> None:
+        """A ConfigMap's keys as files (only `items`, at their paths, when given).
+
+        missing_ok: a projected source's; the one a pod's automounted service account volume names
+        (kube-root-ca.crt) is published by a controller this tier does not run, and nothing reads it.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            cm = self.core.read_namespaced_config_map(name, pod.metadata.namespace)
+        except ApiException as e:
+            if e.status == 404 and missing_ok:
+                return
+            raise
+        files = {k: v.encode() for k, v in (cm.data or {}).items()}
+        files.update({k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()})
+        for key, target in ([(i.key, i.path) for i in items] if items else [(k, k) for k in files]):
+            (path / target).write_bytes(files[key])
+
+    def _token(self, pod, projection, path) -> None:
+        """A projected service account token, as a kubelet requests it: the pod's account, bound to the pod."""
+        request = {"spec": {"audiences": [projection.audience] if projection.audience else None,
+                            "expirationSeconds": projection.expiration_seconds or 3600,
+                            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name,
+                                               "uid": pod.metadata.uid}}}
+        got = self.core.create_namespaced_service_account_token(pod.spec.service_account_name or "default",
+                                                                 pod.metadata.namespace, request)
+        (path / projection.path).write_text(got.status.token)
+
     def _local(self, pod, name: str, value: str) -> str:
-        """The job's master address is a Service name: here every pod is 127.0.0.1, at a port of its own."""
+        """The job's master address is a Service name: here every pod is 127.0.0.1, at a port of its own;
+        so is any other Service a URL names (https://<service>.<namespace>.svc:<port>/...)."""
         if name.endswith("MASTER_ADDR"):
             return "127.0.0.1"
         if name.endswith("MASTER_PORT"):
-            master = next(e.value for e in pod.spec.containers[0].env if e.name == "MASTER_ADDR")
+            addr = name[:-len("PORT")] + "ADDR"  # MASTER_ADDR, or the Trainer's PET_MASTER_ADDR
+            master = next(e.value for e in _container(pod).env if e.name == addr)
             return str(self.ports.setdefault((pod.metadata.namespace, master), _free_port()))
-        return value
+        return re.sub(r"^(https?://)[a-z0-9.-]+\.svc(:\d+)", r"\g<1>127.0.0.1\g<2>", value)
 
     def _log(self, pod, proc: subprocess.Popen) -> None:
         """The container log, in the CRI format kwok serves (k8s/kwok ClusterLogs in conftest)."""
@@ -142,7 +182,7 @@ class PodRunner:
                 f.flush()
 
     def _report_exit(self, pod, code: int) -> None:
-        container = next(c for c in pod.spec.containers if c.name == contract.CONTAINER_NAME)
+        container = _container(pod)
         self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": {
             "phase": "Succeeded" if code == 0 else "Failed",
             "containerStatuses": [{"name": container.name, "image": container.image, "imageID": "", "ready": False,
@@ -172,6 +212,22 @@ class PodRunner:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+
+def _container(pod):
+    return next(c for c in pod.spec.containers if c.name in CONTAINERS)
+
+
+def _field(pod, value_from) -> str | None:
+    """An env value from the downward API: metadata.name/namespace/uid, or metadata.annotations['k']/labels['k']."""
+    ref = value_from.field_ref if value_from is not None else None
+    if ref is None:
+        return None
+    m = re.fullmatch(r"metadata\.(annotations|labels)\['(.+)'\]", ref.field_path)
+    if m:
+        return (getattr(pod.metadata, m.group(1)) or {}).get(m.group(2))
+    return {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace,
+            "metadata.uid": pod.metadata.uid}.get(ref.field_path)
 
 
 def _kill_container(proc: subprocess.Popen) -> None:

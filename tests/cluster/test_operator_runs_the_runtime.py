@@ -93,6 +93,8 @@ def test_the_operator_runs_the_runtime_on_two_pods_to_success(api, capsys, pod_r
         assert latest.read_text().strip().endswith("20")  # the final step, committed on the job's volume
         code, out, _ = launch(capsys, "logs", RUN_FOR_REAL, "-n", ns)
         assert code == 0 and "[master-0] [kubetrain] finished; exit 0" in out, out
+        # No Kubeflow Trainer status endpoint in a PyTorchJob's pod (as with the gate off): nothing posted or said.
+        assert "trainjob status" not in out, out
     finally:
         cancel_real(api, capsys, ns)
 

@@ -9,6 +9,15 @@ webhook); upstream, each rotates its own certificates into a Secret and a Servic
 
 `trainjob(...)` is a TrainJob on that runtime as `launch --backend trainjob` would
 create one: the fields tests/cluster/test_trainjob_runtime.py shows working.
+
+The TrainJobStatus feature gate is on where this machine allows a mount namespace (`unshare
+--mount`): the status server the gate starts reads two fixed paths that an out-of-cluster
+process does not have as upstream's pod does, its serving pair in
+/tmp/k8s-webhook-server/serving-certs and a service account token in
+/var/run/secrets/kubernetes.io/serviceaccount (only the token's issuer is read, to find the
+API server's OIDC discovery document, which verifies the pods' projected tokens). Both are
+bind-mounted for the controller alone. Its status URL names the Service upstream puts in
+front of it; the pod runner calls it at 127.0.0.1 (tests/cluster/pod_runner.py).
 """
 
 from __future__ import annotations
@@ -61,6 +70,73 @@ _JOBSET_WEBHOOKS = {
                    ("vpod.kb.io", "/validate--v1-pod", "", "v1", "pods", ["CREATE"])],
 }
 WEBHOOK_CONFIGS = {"trainer": "kubetrain-test-trainer", "jobset": "kubetrain-test-jobset"}
+#: The TrainJobStatus plugin copies ca.crt of this Secret (certManagement.webhookSecretName's default) in
+#: the operator's namespace (cert.GetOperatorNamespace()) into each TrainJob's <name>-tls-config ConfigMap.
+OPERATOR_NAMESPACE, WEBHOOK_SECRET = "kubeflow-system", "kubeflow-trainer-webhook-cert"
+STATUS_GATE = "TrainJobStatus"
+#: Read by the status server, fixed in Trainer v2.3.0 (pkg/util/cert certDir, pkg/statusserver/auth.go).
+FIXED_CERT_DIR = "/tmp/k8s-webhook-server/serving-certs"
+FIXED_RUN_DIR = "/var/run"  # .../secrets/kubernetes.io/serviceaccount/{token,namespace} below it
+
+
+def can_isolate() -> bool:
+    """Whether this machine lets us give the controller its own mount namespace (root, or a user namespace)."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True).returncode == 0
+
+
+def _jwt_with_issuer(issuer: str, namespace: str) -> str:
+    """An unsigned token whose claims name the issuer: the status server only decodes it to find the issuer."""
+    def part(doc: dict) -> str:
+        import json
+
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'none'})}.{part({'iss': issuer, 'kubernetes.io': {'namespace': namespace}})}.x"
+
+
+def _isolated(cmd: list[str], d: str, cert_dir: str, kubeconfig: str) -> list[str]:
+    """`cmd` in a mount namespace of its own, with the status server's fixed paths bound to ours."""
+    server = yaml.safe_load(open(kubeconfig))["clusters"][0]["cluster"]["server"]
+    sa = os.path.join(d, "run", "secrets", "kubernetes.io", "serviceaccount")
+    os.makedirs(sa, exist_ok=True)
+    with open(os.path.join(sa, "token"), "w") as f:
+        f.write(_jwt_with_issuer(server, OPERATOR_NAMESPACE))  # the API server's first issuer (conftest)
+    with open(os.path.join(sa, "namespace"), "w") as f:
+        f.write(OPERATOR_NAMESPACE)
+    os.makedirs(FIXED_CERT_DIR, exist_ok=True)  # shared with the training operator's fixture: only a mount point
+    script = 'mount --bind "$1" "$2" && mount --bind "$3" "$4" && shift 4 && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            os.path.join(d, "run"), FIXED_RUN_DIR, cert_dir, FIXED_CERT_DIR, *cmd]
+
+
+def install_status_secret(core, ca: bytes) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    for create, args in ((core.create_namespace, ({"metadata": {"name": OPERATOR_NAMESPACE}},)),
+                         (core.create_namespaced_secret, (OPERATOR_NAMESPACE, {
+                             "metadata": {"name": WEBHOOK_SECRET},
+                             "data": {"ca.crt": base64.b64encode(ca).decode()}}))):
+        try:
+            create(*args)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
+
+def wait_tls(port: int, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{what} not listening after {timeout}s")
 
 
 def load_runtime() -> dict[str, Any]:
@@ -189,20 +265,24 @@ def jobset_config(d, *, webhook_port: int, probe_port: int, cert_dir: str) -> st
     return path
 
 
-def trainer_config(d, *, webhook_port: int, probe_port: int) -> str:
+def trainer_config(d, *, webhook_port: int, probe_port: int, status_port: int | None = None) -> str:
     """Trainer v2.3.0's Configuration (config.trainer.kubeflow.org/v1alpha1).
 
     Its webhook reads controller-runtime's default folder, $TMPDIR/k8s-webhook-server/serving-certs:
-    the config has no certDir.
+    the config has no certDir. status_port: the TrainJobStatus gate on, its server on that port
+    (every address: the config has no host for it).
     """
     path = os.path.join(d, "trainer-config.yaml")
+    config = {"apiVersion": "config.trainer.kubeflow.org/v1alpha1", "kind": "Configuration",
+              "webhook": {"port": webhook_port, "host": "127.0.0.1"},
+              "health": {"healthProbeBindAddress": f"127.0.0.1:{probe_port}"},
+              "metrics": {"bindAddress": "0", "secureServing": False},
+              "leaderElection": {"leaderElect": False},
+              "certManagement": {"enable": False}}
+    if status_port is not None:
+        config.update(featureGates={STATUS_GATE: True}, statusServer={"port": status_port})
     with open(path, "w") as f:
-        yaml.safe_dump({"apiVersion": "config.trainer.kubeflow.org/v1alpha1", "kind": "Configuration",
-                        "webhook": {"port": webhook_port, "host": "127.0.0.1"},
-                        "health": {"healthProbeBindAddress": f"127.0.0.1:{probe_port}"},
-                        "metrics": {"bindAddress": "0", "secureServing": False},
-                        "leaderElection": {"leaderElect": False},
-                        "certManagement": {"enable": False}}, f)
+        yaml.safe_dump(config, f)
     return path
 
 
@@ -240,7 +320,11 @@ def start(bin_dir: str, kubeconfig: str, d, certs: dict[str, bytes], api_client)
             f.write(certs[name])
     install_crds(client.ApiextensionsV1Api(api_client))
     admission = client.AdmissionregistrationV1Api(api_client)
-    ports = {k: free_port() for k in ("jobset_webhook", "jobset_probe", "trainer_webhook", "trainer_probe")}
+    ports = {k: free_port() for k in ("jobset_webhook", "jobset_probe", "trainer_webhook", "trainer_probe",
+                                      "trainer_status")}
+    status = can_isolate()
+    if status:
+        install_status_secret(client.CoreV1Api(api_client), certs["ca.crt"])
     install_webhooks(admission, certs["ca.crt"], ports["jobset_webhook"], ports["trainer_webhook"])
     env = {**os.environ, "KUBECONFIG": kubeconfig}
     procs = []
@@ -254,12 +338,15 @@ def start(bin_dir: str, kubeconfig: str, d, certs: dict[str, bytes], api_client)
     try:
         jobset = run("jobset", [os.path.join(bin_dir, "jobset"), f"--kubeconfig={kubeconfig}",
                                 f"--config={jobset_config(d, webhook_port=ports['jobset_webhook'], probe_port=ports['jobset_probe'], cert_dir=cert_dir)}"])
-        trainer = run("trainer", [os.path.join(bin_dir, "trainer-controller-manager"), f"--kubeconfig={kubeconfig}",
-                                  f"--config={trainer_config(d, webhook_port=ports['trainer_webhook'], probe_port=ports['trainer_probe'])}"],
-                      {"TMPDIR": tmp})
+        config = trainer_config(d, webhook_port=ports["trainer_webhook"], probe_port=ports["trainer_probe"],
+                                status_port=ports["trainer_status"] if status else None)
+        cmd = [os.path.join(bin_dir, "trainer-controller-manager"), f"--kubeconfig={kubeconfig}", f"--config={config}"]
+        trainer = run("trainer", _isolated(cmd, d, cert_dir, kubeconfig) if status else cmd, {"TMPDIR": tmp})
         # Ready: webhook servers listening (both managers' readyz checks are the webhook's).
         wait_ready(ports["jobset_probe"], jobset, f"jobset controller (log: {d}/jobset.log)")
         wait_ready(ports["trainer_probe"], trainer, f"trainer controller manager (log: {d}/trainer.log)")
+        if status:  # after its OIDC discovery: a failed one stops the whole manager
+            wait_tls(ports["trainer_status"], trainer, f"trainer status server (log: {d}/trainer.log)")
         install_runtime(client.CustomObjectsApi(api_client))
     except BaseException:
         stop(procs, admission)

@@ -40,6 +40,10 @@ class _Ledger:
     def list_names(self, _dir):
         return list(self._objects)
 
+    from trainer.ledger_io import Ledger
+
+    history = Ledger.history  # the real reader, over this store
+
     def read_small(self, uri):
         return self._objects.get(uri.rsplit("/", 1)[-1])
 

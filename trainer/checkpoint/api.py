@@ -1,6 +1,7 @@
 """`Checkpointer`: restore on start, save on a cadence and on preemption.
 
-    ckpt = Checkpointer(model, optimizer, scheduler, per_rank={"sampler": sampler})
+    ckpt = Checkpointer(model, optimizer, scheduler, per_rank={"sampler": sampler},
+                        total_steps=total_steps)  # optional: progress and ETA in the TrainJob's status
     start = ckpt.restore()                  # 0, or the committed step to resume after
     for step in range(start, total_steps):
         train_one_step()
@@ -52,7 +53,10 @@ class Checkpointer:
                  run_id: str | None = None, every_steps: int | None = None, every_seconds: float | None = None,
                  keep: int | None = None, async_upload: bool = True, max_failures: int | None = None,
                  warm_start_from: str | None = None, warm_start_optimizer: bool | None = None,
-                 storage_timeout: float | None = None) -> None:
+                 storage_timeout: float | None = None, total_steps: int | None = None) -> None:
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+                                        or total_steps < 1):
+            raise CheckpointError(f"total_steps must be a whole number >= 1, got {total_steps!r}")
         self.config = CheckpointConfig.from_env(os.environ, uri=uri, run_id=run_id, every_steps=every_steps,
                                                 every_seconds=every_seconds, keep=keep, max_failures=max_failures,
                                                 storage_timeout=storage_timeout,
@@ -79,6 +83,8 @@ class Checkpointer:
         self._agreement = StopAgreement(self.run.control_group, control_dir)
         self._saver = Saver(self.run, self.objects, on_commit=self._notices.committed,
                             on_saved=lambda step, **m: self._notices.checkpoint_event("save", step, **m))
+        if total_steps is not None and self.rank == 0:
+            self._notices.total_steps(total_steps)
         self._created_at = time.time()
         #: The step restore() resumed from, or None.
         self.restored_step: int | None = None
@@ -182,6 +188,8 @@ class Checkpointer:
         """Wait for uploads; with `final_step`, save it synchronously first (unless already committed)."""
         self._agreement.drain()
         self.wait()
+        if final_step is not None:
+            self._notices.heartbeat(final_step, force=True)  # the last step_end's may have been rate-limited
         if final_step is not None and self.last_committed != final_step:
             self.save(final_step, blocking=True)
             self.wait()

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 
-from trainer.control_folder import CheckpointEvent, Committed, Preempted, Progress, RankStats
+from trainer.control_folder import CheckpointEvent, Committed, Preempted, Progress, RankStats, TotalSteps
 from trainer.storage import error_counts
 
 log = logging.getLogger("kubetrain.checkpoint")
@@ -50,6 +50,15 @@ class SupervisorNotices:
             Committed(step, time.time()).write(self.dir)
         except OSError as e:  # bookkeeping only: never fail a committed checkpoint for it
             log.warning("could not tell the supervisor about the commit of step %d: %s", step, e)
+
+    def total_steps(self, steps: int) -> None:
+        """Global rank 0: the run's declared length, for the TrainJob status (progress, ETA). Never raises."""
+        if self.dir is None:
+            return
+        try:
+            TotalSteps(steps).write(self.dir)
+        except OSError as e:
+            log.warning("could not tell the supervisor the run's total steps: %s", e)
 
     def preempted(self, step: int) -> None:
         """Each node's first rank: the stop checkpoint committed, so the supervisor exits 143, not 0."""

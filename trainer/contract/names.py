@@ -28,6 +28,11 @@ METRICS_PORT_NAME = "metrics"
 #: Seconds restore keeps retrying a checkpoint it could not read because of a storage error
 #: (not a verified corrupt one) before the run exits INFRA with `latest` untouched.
 ENV_STORAGE_TIMEOUT = "KUBETRAIN_STORAGE_TIMEOUT"
+#: Seconds between two progress posts to the Trainer's TrainJob status endpoint (at least
+#: TRAINJOB_STATUS_MIN_SECONDS; 0: never post). Read only where the TRAINER_STATUS_* variables are set.
+ENV_TRAINJOB_STATUS_SECONDS = "KUBETRAIN_TRAINJOB_STATUS_SECONDS"
+DEFAULT_TRAINJOB_STATUS_SECONDS = 10.0
+TRAINJOB_STATUS_MIN_SECONDS = 1.0
 #: Restarts in a row without a newly committed step before the run stops for good (exit CRASH_LOOP).
 #: `launch --max-restarts` sets it from the same number as the PyTorchJob's backoffLimit.
 ENV_MAX_RESTARTS = "KUBETRAIN_MAX_RESTARTS"
@@ -80,6 +85,16 @@ OPERATOR_ENV = (
     "PET_MASTER_ADDR",
     "PET_MASTER_PORT",
 )
+
+#: Set by Kubeflow Trainer v2.3's TrainJobStatus plugin (feature gate TrainJobStatus) in every
+#: trainer container (read, never written; pkg/runtime/framework/plugins/trainjobstatus): the
+#: HTTPS URL of the TrainJob's status endpoint, the path of its CA certificate, and the path of
+#: a projected service account token for it (audience = the endpoint; it rotates: read it per use).
+TRAINER_STATUS_URL_ENV = "KUBEFLOW_TRAINER_SERVER_URL"
+TRAINER_STATUS_CA_ENV = "KUBEFLOW_TRAINER_SERVER_CA_CERT"
+TRAINER_STATUS_TOKEN_ENV = "KUBEFLOW_TRAINER_SERVER_TOKEN"
+TRAINER_STATUS_ENV = (TRAINER_STATUS_URL_ENV, TRAINER_STATUS_CA_ENV, TRAINER_STATUS_TOKEN_ENV)
+
 
 def operator_node_rank(env) -> int:
     """This pod's node rank from the operator's env (PET_NODE_RANK, else RANK when MASTER_ADDR is set); 0 if none."""

@@ -23,11 +23,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from trainer import contract
 from trainer.contract import Attempt
 from trainer.control_folder import Committed, Progress, RankStats
 from trainer.metrics import ledger_view
-from trainer.storage import error_counts, join
+from trainer.storage import error_counts
 
 log = logging.getLogger("kubetrain.metrics")
 
@@ -227,13 +226,8 @@ class RuntimeCollector(Collector):
         return max(found, key=lambda x: (x[0], x[1] is not None)) if found else None
 
     def _read_history(self) -> None:
-        ledger = self.sources.ledger
         try:
-            mine = sorted(n for n in ledger.storage.list_names(ledger.dir)
-                          if (parsed := contract.parse_attempt_name(n)) and parsed[1] == ledger.node_rank
-                          and n.rsplit("/", 1)[-1] != ledger.record.name)[-HISTORY_LIMIT:]
-            objects = {n: ledger.storage.read_small(join(ledger.dir, n.rsplit("/", 1)[-1])) for n in mine}
-            self._history = contract.parse_ledger(objects)
+            self._history = self.sources.ledger.history(HISTORY_LIMIT)
         except Exception as e:  # noqa: BLE001
             log.warning("metrics: the restart ledger could not be read (%s); no goodput or restarts served", e)
 

@@ -71,6 +71,7 @@ class Supervisor:
         control = given or tempfile.mkdtemp(prefix="kubetrain-control-")
         os.makedirs(control, exist_ok=True)
         metrics = self._start_metrics(control)
+        status = self._start_trainjob_status(control)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         if not set_child_subreaper(True):
             log.warning("cannot become a child subreaper (prctl); ranks of a killed torchrun may outlive it")
@@ -106,6 +107,9 @@ class Supervisor:
                 poller.stop()
             if metrics is not None:
                 metrics.close()
+            if status is not None:
+                # The last facts only at a clean finish: stopping, the grace period is the ranks'.
+                status.close(final=not self._stopping() and last_step is not None)
             self._kill_group(signal.SIGKILL)
             self._kill_descendants()
             set_child_subreaper(False)
@@ -128,6 +132,15 @@ class Supervisor:
         return metrics.start(self.cfg.metrics_port, control=control, run_id=self.cfg.run_id,
                              node_rank=contract.operator_node_rank(self.env), ledger=self._ledger,
                              stop_requests=lambda: tuple(self.stop_requests))
+
+    def _start_trainjob_status(self, control: str):
+        """Node 0 posts progress to its TrainJob's status where the Trainer gave it the endpoint
+        (trainer/trainjob_status.py); None elsewhere, or when --trainjob-status-seconds is 0."""
+        if contract.operator_node_rank(self.env) != 0 or not self.cfg.trainjob_status_seconds:
+            return None
+        from trainer import trainjob_status
+
+        return trainjob_status.start(self.env, self.cfg.trainjob_status_seconds, control=control, ledger=self._ledger)
 
     def _begin_ledger(self) -> Outcome | None:
         """Record this start in the run's restart ledger; an Outcome when the run must not start."""
