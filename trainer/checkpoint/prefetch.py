@@ -35,19 +35,13 @@ from typing import Mapping
 from trainer import contract
 from trainer.checkpoint import handoff, layout
 from trainer.errors import one_line
-from trainer.processes import pid_namespace, start_time
+from trainer.processes import owner_tag, pid_namespace, start_time
 from trainer.storage import file_info, join, open_storage, spool_dir
 
 log = logging.getLogger("kubetrain.prefetch")
 
 PENDING = ".pending"
 FOLDER_PREFIX = "kubetrain-prefetch-"
-
-
-def owner_tag(pid: int | None = None) -> str:
-    """`<pid namespace>-<pid>-<start time>`: the process that owns a prefetch folder, for good."""
-    pid = os.getpid() if pid is None else pid
-    return f"{pid_namespace()}-{pid}-{start_time(pid) or 0}"
 
 
 def parse_owner(name: str) -> tuple[str, int, int] | None:
