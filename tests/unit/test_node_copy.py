@@ -109,6 +109,15 @@ def test_a_retried_upload_leaves_only_its_last_attempt(tmp_path):
         assert f.read() == b"bytes"
 
 
+def test_a_file_larger_than_the_bound_is_not_written_beside_the_upload(tmp_path):
+    n = node(tmp_path, max_bytes=8)
+    attempts: list[str] = []
+    with open(tmp_path / "upload", "wb") as sink:
+        node_copy.teed(n, lambda f: [f.write(b"12345"), f.write(b"67890")], attempts)(sink)
+    assert attempts == [] and (tmp_path / "upload").read_bytes() == b"1234567890"
+    assert [p for p in os.listdir(n.dir) if p.startswith(node_copy.INCOMING)] == []
+
+
 def test_a_local_store_has_no_node_copy_and_zero_turns_it_off(tmp_path):
     assert node_copy.for_run(str(tmp_path / "run"), base=None, max_bytes=1 << 30, store_is_local=True) is None
     assert node_copy.for_run("s3://b/c/run", base=None, max_bytes=0, store_is_local=False) is None

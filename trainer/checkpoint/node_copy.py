@@ -138,15 +138,20 @@ def stage(node: NodeCopy, src: str) -> str | None:
 
 
 class _Tee:
-    """A write-only file: the upload's, and a local copy's. A failing local write (a full disk) ends only the copy."""
+    """A write-only file: the upload's, and a local copy's. A failing local write (a full disk) ends only
+    the copy, and so does passing `limit` bytes: a file larger than the bound is never kept, so a state of
+    100s of GiB must not cost a second write of it to the node's disk on every save."""
 
-    def __init__(self, upload: BinaryIO, local: BinaryIO | None) -> None:
-        self._upload, self._local = upload, local
+    def __init__(self, upload: BinaryIO, local: BinaryIO | None, limit: int) -> None:
+        self._upload, self._local, self._left = upload, local, limit
         self.failed = False
 
     def write(self, data: Any) -> int:
         if self._local is not None and not self.failed:
+            self._left -= memoryview(data).nbytes
             try:
+                if self._left < 0:
+                    raise OSError("larger than the node copy's bound")
                 self._local.write(data)
             except OSError:
                 self.failed = True
@@ -168,7 +173,7 @@ def teed(node: NodeCopy, write: Callable[[BinaryIO], None], into: list[str]) -> 
         except OSError:
             path, local = "", None
         try:
-            tee = _Tee(upload, local)
+            tee = _Tee(upload, local, node.max_bytes)
             write(tee)  # type: ignore[arg-type]  # torch.save needs only write and flush
         except BaseException:
             _close_and_remove(local, path)
