@@ -180,3 +180,15 @@ def test_a_copy_of_an_older_step_is_not_used_when_latest_names_a_newer(store, tm
     assert sources(caplog)[-1] == f"restore: rank 0: step 2 from {store}"
     assert torch.equal(got.weight, model.weight)
     assert sorted(os.listdir(ck.run.node.dir)) == [".lock", "step-2"]  # the restore kept what it fetched
+
+
+def test_the_supervisor_does_not_prefetch_what_the_node_copy_holds(store, tmp_path):
+    from trainer.checkpoint import prefetch
+
+    checkpointer(store, tmp_path, seed=1)[0].save(4, blocking=True)
+    into = tmp_path / "prefetch"
+    into.mkdir()
+    assert prefetch.fetch_latest(store, "r", str(into), node_copy=(str(tmp_path / "nc"), 1 << 20)) is None
+    assert list(into.iterdir()) == []
+    assert "state.pt" in prefetch.fetch_latest(store, "r", str(into), node_copy=(str(tmp_path / "elsewhere"), 1 << 20))
+    assert len(list(into.iterdir())) == 1
