@@ -43,6 +43,8 @@ METRICS: tuple[Metric, ...] = (
            summary="`launch --help` and `launch --dry-run` start time vs `python -c pass`"),
     Metric(id="in-place", module="in_place", per_size=False, s3=False, one_thread=False, default=False,
            summary="rank SIGKILL -> first step after recovery: in-place restart vs a new supervisor"),
+    Metric(id="node-copy", module="node_copy", default=False,
+           summary="restore() from the node copy vs from S3; a blocking save with and without it"),
     Metric(id="metrics-cost", module="metrics_cost", per_size=False, s3=False, one_thread=False, default=False,
            summary="steps/s with the supervisor's /metrics served and scraped every second vs off"),
     Metric(id="status-post-cost", module="status_post_cost", per_size=False, s3=False, one_thread=False,

@@ -132,9 +132,16 @@ def _in_place(r: dict) -> list[str]:
             f"{parts(r['in_place'])}; new supervisor {parts(r['restart'])}; ratio {r['ratio']:.2f}x"]
 
 
+def _node_copy(m: dict) -> list[str]:
+    return [f"node-copy restore      {m['node_copy_s']:8.2f} s from the node copy vs {m['s3_s']:.2f} s from S3 "
+            f"(median of {m['reps']})  ratio {m['ratio']:.1f}x (target >= {m['target']:g}x)",
+            f"   blocking save       {m['save_s3_and_node_copy_s']:8.2f} s with the node copy vs "
+            f"{m['save_s3_s']:.2f} s without; load average {m['load_average']:.1f}"]
+
+
 _FORMATS = {"M1": _m1, "M2": _m2, "M3": _m3, "M4": _m4, "M5": _m5, "M6": _m6, "M7": _m7, "M8": _m8, "M9": _m9,
             "metrics-cost": _metrics_cost, "gpu-stall": _gpu_stall, "status-scale": _status_scale, "in-place": _in_place,
-            "status-post-cost": _status_post_cost}
+            "status-post-cost": _status_post_cost, "node-copy": _node_copy}
 
 
 def machine() -> dict:

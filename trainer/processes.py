@@ -120,3 +120,22 @@ def pid_namespace() -> str:
     except OSError:
         return "0"
     return "".join(c for c in link if c.isdigit()) or "0"
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """`<pid namespace>-<pid>-<start time>`: the process that owns a file or folder in a shared spool, for good."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid_namespace()}-{pid}-{start_time(pid) or 0}"
+
+
+def parse_owner_tag(text: str) -> tuple[str, int, int] | None:
+    """(pid namespace, pid, start time) from a name's part that begins with owner_tag(); None if it does not."""
+    parts = text.split("-")
+    if len(parts) < 3 or not all(p.isdigit() for p in parts[:3]):
+        return None
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+def owner_gone(owner: tuple[str, int, int]) -> bool:
+    """Whether an owner_tag's process is known to be gone: only one of this PID namespace can be judged."""
+    return owner[0] == pid_namespace() and not is_running(owner[1], owner[2])

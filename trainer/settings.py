@@ -97,6 +97,15 @@ SETTINGS: tuple[Setting, ...] = (
             "process from the last committed step, up to N times, before exiting retryably for the cluster to replace "
             "the pod; one node only (several nodes exit as before). Each is an attempt in the restart ledger and counts "
             "toward --max-restarts (0: off)", minimum=0),
+    Setting("node_copy_dir", "--node-copy-dir", contract.ENV_NODE_COPY_DIR, str, None,
+            "where each rank keeps its files of the newest committed step, so that a restore on this node (an "
+            "in-place restart; a new pod where the folder survives, a hostPath) reads them instead of the store, "
+            "once their sha256 matches the manifest (default: kubetrain-node-copy in the spool)",
+            checkpoint="node_copy_dir", to_workers=True),
+    Setting("node_copy_max_bytes", "--node-copy-max-bytes", contract.ENV_NODE_COPY_MAX_BYTES, int,
+            contract.DEFAULT_NODE_COPY_MAX_BYTES,
+            "the node copy's bound: a step's files beyond it are not kept (0: off; a local --checkpoint folder "
+            "never has one)", minimum=0, checkpoint="node_copy_max_bytes", to_workers=True),
     Setting("grace_seconds", "--grace-seconds", contract.ENV_GRACE_SECONDS, float, contract.DEFAULT_GRACE_SECONDS,
             "from SIGTERM to the kubelet's SIGKILL; the launcher sets the pod's terminationGracePeriodSeconds from it",
             minimum=_GRACE_MIN, to_workers=True),

@@ -37,7 +37,9 @@ def minio_endpoint(tmp_path_factory):
 
 def _env_with_new_bucket(monkeypatch, server: str, url: str, credentials: dict) -> dict:
     """Env for boto3 (this process and children) pointing at `url`; a fresh bucket."""
-    env = {**credentials, "AWS_ENDPOINT_URL": url}
+    # No node copy: these tests are about what restores read from the store (its GETs, its corrupt
+    # objects, its outages); tests/storage/test_node_copy_s3.py turns it on.
+    env = {**credentials, "AWS_ENDPOINT_URL": url, "KUBETRAIN_NODE_COPY_MAX_BYTES": "0"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):

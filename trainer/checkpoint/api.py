@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import torch
 
 from trainer import contract, dist
+from trainer.checkpoint import node_copy
 from trainer.checkpoint.agreement import StopAgreement
 from trainer.checkpoint.config import COORD_TIMEOUT_S, CheckpointConfig, CheckpointRun
 from trainer.checkpoint.notices import SupervisorNotices
@@ -53,7 +54,8 @@ class Checkpointer:
                  run_id: str | None = None, every_steps: int | None = None, every_seconds: float | None = None,
                  keep: int | None = None, async_upload: bool = True, max_failures: int | None = None,
                  warm_start_from: str | None = None, warm_start_optimizer: bool | None = None,
-                 storage_timeout: float | None = None, total_steps: int | None = None) -> None:
+                 storage_timeout: float | None = None, node_copy_max_bytes: int | None = None,
+                 node_copy_dir: str | None = None, total_steps: int | None = None) -> None:
         if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
                                         or total_steps < 1):
             raise CheckpointError(f"total_steps must be a whole number >= 1, got {total_steps!r}")
@@ -61,7 +63,8 @@ class Checkpointer:
                                                 every_seconds=every_seconds, keep=keep, max_failures=max_failures,
                                                 storage_timeout=storage_timeout,
                                                 warm_start_from=warm_start_from,
-                                                warm_start_optimizer=warm_start_optimizer)
+                                                warm_start_optimizer=warm_start_optimizer,
+                                                node_copy_max_bytes=node_copy_max_bytes, node_copy_dir=node_copy_dir)
         if int(os.environ.get("WORLD_SIZE") or 1) > 1 and not dist.initialized():
             raise CheckpointError("WORLD_SIZE > 1 but torch.distributed is not initialized: call "
                                   "torch.distributed.init_process_group() before creating the Checkpointer, or every "
@@ -77,7 +80,10 @@ class Checkpointer:
         self.rank, self.world_size = dist.rank(), dist.world_size()
         self.run = CheckpointRun(config=self.config, storage=self.storage, run_uri=self.run_uri, rank=self.rank,
                                  world_size=self.world_size, control_group=dist.new_gloo_group(COORD_TIMEOUT_S),
-                                 commit_group=dist.new_gloo_group(COORD_TIMEOUT_S))
+                                 commit_group=dist.new_gloo_group(COORD_TIMEOUT_S),
+                                 node=node_copy.for_run(self.run_uri, base=self.config.node_copy_dir,
+                                                        max_bytes=self.config.node_copy_max_bytes,
+                                                        store_is_local=self.storage.is_local))
         control_dir = os.environ.get(contract.ENV_CONTROL_DIR) or None
         self._notices = SupervisorNotices(control_dir, self.rank)
         self._agreement = StopAgreement(self.run.control_group, control_dir)

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from trainer import settings
+from trainer.checkpoint.node_copy import NodeCopy
 from trainer.errors import CheckpointError
 from trainer.storage import Storage
 
@@ -33,6 +34,9 @@ class CheckpointConfig:
     #: When the run has no checkpoint yet: a run folder URI, or WARM_START_LATEST (see restore()).
     warm_start_from: str | None = _default("warm_start_from")
     warm_start_optimizer: bool = _default("warm_start_optimizer")
+    #: This node's copy of the newest committed step (node_copy.py): its folder (None: in the spool), its bound.
+    node_copy_dir: str | None = _default("node_copy_dir")
+    node_copy_max_bytes: int = _default("node_copy_max_bytes")
     max_failures: int = 3
 
     def __post_init__(self) -> None:
@@ -62,3 +66,5 @@ class CheckpointRun:
     world_size: int
     control_group: Any
     commit_group: Any
+    #: Where this rank keeps and first looks for the newest committed step's files; None: off.
+    node: NodeCopy | None = None

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from trainer import contract, dist
-from trainer.checkpoint import handoff, layout, prefetch
+from trainer.checkpoint import handoff, layout, node_copy, prefetch
 from trainer.checkpoint.config import COORD_TIMEOUT_S, CheckpointRun
+from trainer.checkpoint.node_copy import NodeCopy
 from trainer.errors import StorageConfigError, StorageError, one_line
 from trainer.storage import FileInfo, Storage, file_info, join, spool_dir
 
@@ -40,6 +41,20 @@ class Loaded:
     shared: str | None = None
     #: The number of ranks that saved it, when not this run's (trainer/checkpoint/resize.py).
     saved_world_size: int | None = None
+    #: Where each of this rank's files came from (node_copy.SOURCE, the store's URI, ...): restore's log line.
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: This rank's verified files for the node copy (incoming or already kept): kept once the ranks agree.
+    staged: list[tuple[str | None, FileInfo]] = dataclasses.field(default_factory=list)
+
+    def describe_sources(self) -> str:
+        """"the node copy", "s3://b/ckpts/run", or each source with its files when there were several."""
+        by: dict[str, list[str]] = {}
+        for name, source in self.sources.items():
+            by.setdefault(source, []).append(name)
+        if len(by) == 1:
+            return next(iter(by))
+        return " and ".join(f"{source} ({', '.join(sorted(names))})" for source, names in sorted(by.items())) \
+            or "no files of its own"
 
 
 class Corrupt(Exception):
@@ -88,21 +103,23 @@ def try_load(run: CheckpointRun, step: int, *, run_uri: str | None = None, stora
              per_rank: bool = True, shared: str | None = None) -> tuple[Loaded, "tuple[StepVerdict, str] | None"]:
     """Fetch and verify this rank's files of `step`; (loaded, None) or (partial, (verdict, reason)).
 
-    Another run's folder for a warm start: `run_uri` and its `storage`, without per-rank state.
-    `shared`: the node's handoff prefix; local rank 0 then fetches the replicated file for all.
+    Another run's folder for a warm start: `run_uri` and its `storage`, without per-rank state (and
+    without the node copy, which holds this run's files). `shared`: the node's handoff prefix; local
+    rank 0 then fetches the replicated file for all.
     """
     loaded = Loaded(step=step, replicated=None, per_rank=None, dcp_dir=None,
                     shared=f"{shared}{contract.step_dir_name(step)}-{layout.REPLICATED_FILE}" if shared else None)
+    own = run_uri is None or run_uri == run.run_uri
     failure = _load_into(run, loaded, join(run_uri or run.run_uri, contract.step_dir_name(step)),
-                         storage or run.storage, per_rank)
+                         storage or run.storage, per_rank, run.node if own else None)
     if failure is not None and loaded.shared is not None and dist.local_rank() == 0:
         # The node's other ranks may be waiting for it; they must judge the step as this rank did.
         handoff.publish_failure(loaded.shared, f"{failure[0].name}\n{failure[1]}")
     return loaded, failure
 
 
-def _load_into(run: CheckpointRun, loaded: Loaded, step_uri: str, storage: Storage, per_rank: bool
-               ) -> "tuple[StepVerdict, str] | None":
+def _load_into(run: CheckpointRun, loaded: Loaded, step_uri: str, storage: Storage, per_rank: bool,
+               node: NodeCopy | None) -> "tuple[StepVerdict, str] | None":
     """try_load's work: fill `loaded`; None, or what this rank found wrong and why."""
     step = loaded.step
     unusable = StepVerdict.UNUSABLE
@@ -116,14 +133,15 @@ def _load_into(run: CheckpointRun, loaded: Loaded, step_uri: str, storage: Stora
             return unusable, f"manifest.json is invalid: {e}"
         if layout.REPLICATED_FILE in manifest.files:
             loaded.replicated = _fetch_replicated(step_uri, manifest.files[layout.REPLICATED_FILE], storage,
-                                                  loaded.shared)
+                                                  loaded, node)
         own_file = contract.rank_file(run.rank)
         if per_rank and manifest.world_size != run.world_size:
             loaded.saved_world_size = manifest.world_size
         if not per_rank:
             pass  # a warm start takes no RNG streams or data position from another run
         elif own_file in manifest.files:
-            loaded.per_rank = fetch_verified(storage, step_uri, own_file, manifest.files[own_file])
+            loaded.per_rank = fetch_verified(storage, step_uri, own_file, manifest.files[own_file],
+                                             into=loaded, node=node)
         elif manifest.world_size != run.world_size:
             pass  # a rank that did not exist then: Trainables.apply seeds it (resize.py)
         else:
@@ -132,7 +150,7 @@ def _load_into(run: CheckpointRun, loaded: Loaded, step_uri: str, storage: Stora
             loaded.dcp_dir = tempfile.mkdtemp(dir=spool_dir(), prefix=f"dcp-load-r{run.rank}-")
             for name, info in manifest.files.items():
                 if name.startswith(layout.SHARDED_DIR + "/"):
-                    fetch_verified(storage, step_uri, name, info,
+                    fetch_verified(storage, step_uri, name, info, into=loaded, node=node,
                                    copy_to=os.path.join(loaded.dcp_dir, name.split("/", 1)[1]))
         return None
     except Corrupt as e:
@@ -148,38 +166,58 @@ def _load_into(run: CheckpointRun, loaded: Loaded, step_uri: str, storage: Stora
         return read_failure_verdict(e), f"{type(e).__name__}: {one_line(str(e))}"
 
 
-def _fetch_replicated(step_uri: str, expected: FileInfo, storage: Storage, shared: str | None) -> Any:
-    """The replicated state: the supervisor's prefetched copy, fetched by this rank, or through the
-    node's handoff at `shared`."""
+def _fetch_replicated(step_uri: str, expected: FileInfo, storage: Storage, loaded: Loaded,
+                      node: NodeCopy | None) -> Any:
+    """The replicated state: the supervisor's prefetched copy, fetched by this rank (the node copy first),
+    or through the node's handoff at `loaded.shared`."""
+    name, shared = layout.REPLICATED_FILE, loaded.shared
     ready = prefetch.prefetched(expected.sha256, os.environ, COORD_TIMEOUT_S)
     if ready is not None:
+        loaded.sources[name] = f"{storage.uri} (the supervisor's prefetch)"
+        if node is not None and (shared is None or dist.local_rank() == 0):
+            loaded.staged.append((node_copy.stage(node, ready), expected))
         return load_own(ready)
     if shared is None:
-        return fetch_verified(storage, step_uri, layout.REPLICATED_FILE, expected)
+        return fetch_verified(storage, step_uri, name, expected, into=loaded, node=node)
     if dist.local_rank() != 0:
+        loaded.sources[name] = "local rank 0's copy"
         return load_own(handoff.wait_for(shared, COORD_TIMEOUT_S))
-    fetch_verified(storage, step_uri, layout.REPLICATED_FILE, expected,
+    fetch_verified(storage, step_uri, name, expected, into=loaded, node=node,
                    publish=lambda local: handoff.publish(local, shared))
     return load_own(shared)
 
 
 def fetch_verified(storage: Storage, step_uri: str, name: str, expected: FileInfo, copy_to: str | None = None,
-                   publish: Any = None) -> Any:
-    """Fetch `name`, check it against the manifest; then copy it to `copy_to`, hand it to
-    `publish(local_path)`, or (neither given) return it loaded."""
+                   publish: Any = None, *, into: Loaded | None = None, node: NodeCopy | None = None) -> Any:
+    """Fetch `name` (from the node copy when it holds it verified, else the store), check it against the
+    manifest; then copy it to `copy_to`, hand it to `publish(local_path)`, or (neither given) return it
+    loaded. `into`: where to record its source and, with a node copy, the file to keep there."""
+    if node is not None and (kept := node_copy.verified(node, expected, name)) is not None:
+        if into is not None:
+            into.sources[name] = node_copy.SOURCE
+            into.staged.append((kept, expected))
+        return _use(kept, copy_to, publish)
     with storage.fetch(join(step_uri, name)) as local:
         got = file_info(local)
         if got.size != expected.size:
             raise Corrupt(f"{name} has {got.size} bytes, the manifest says {expected.size} (truncated?)")
         if got.sha256 != expected.sha256:
             raise Corrupt(f"{name} fails its sha256 check (corrupt)")
-        if copy_to is not None:
-            shutil.copyfile(local, copy_to)
-            return None
-        if publish is not None:
-            publish(local)
-            return None
-        return load_own(local)
+        if into is not None:
+            into.sources[name] = storage.uri
+            if node is not None:  # a link while the fetched file exists (the spool): no copy
+                into.staged.append((node_copy.stage(node, local), expected))
+        return _use(local, copy_to, publish)
+
+
+def _use(local: str, copy_to: str | None, publish: Any) -> Any:
+    if copy_to is not None:
+        shutil.copyfile(local, copy_to)
+        return None
+    if publish is not None:
+        publish(local)
+        return None
+    return load_own(local)
 
 
 def discard(loaded: Loaded | None) -> None:
@@ -187,6 +225,8 @@ def discard(loaded: Loaded | None) -> None:
     so every local rank is done reading the handoff file."""
     if loaded is None:
         return
+    node_copy.drop(p for p, _ in loaded.staged)  # what keep() did not take (a step not agreed on)
+    loaded.staged.clear()
     if loaded.dcp_dir is not None:
         shutil.rmtree(loaded.dcp_dir, ignore_errors=True)
     if loaded.shared is not None and dist.local_rank() == 0:

@@ -33,21 +33,15 @@ import time
 from typing import Mapping
 
 from trainer import contract
-from trainer.checkpoint import handoff, layout
+from trainer.checkpoint import handoff, layout, node_copy as nc
 from trainer.errors import one_line
-from trainer.processes import pid_namespace, start_time
+from trainer.processes import owner_tag, pid_namespace, start_time
 from trainer.storage import file_info, join, open_storage, spool_dir
 
 log = logging.getLogger("kubetrain.prefetch")
 
 PENDING = ".pending"
 FOLDER_PREFIX = "kubetrain-prefetch-"
-
-
-def owner_tag(pid: int | None = None) -> str:
-    """`<pid namespace>-<pid>-<start time>`: the process that owns a prefetch folder, for good."""
-    pid = os.getpid() if pid is None else pid
-    return f"{pid_namespace()}-{pid}-{start_time(pid) or 0}"
 
 
 def parse_owner(name: str) -> tuple[str, int, int] | None:
@@ -83,8 +77,10 @@ def sweep_spool(spool: str) -> list[str]:
 class Prefetch:
     """The supervisor's side: `start()` before torchrun, `close()` after it."""
 
-    def __init__(self, uri: str, run_id: str) -> None:
+    def __init__(self, uri: str, run_id: str, *, node_copy_dir: str | None = None,
+                 node_copy_max_bytes: int = 0) -> None:
         self.uri, self.run_id = uri, run_id
+        self.node_copy = (node_copy_dir, node_copy_max_bytes)
         self.dir: str | None = None
 
     def start(self) -> str | None:
@@ -112,7 +108,7 @@ class Prefetch:
     def _run(self) -> None:
         assert self.dir is not None
         try:
-            fetched = fetch_latest(self.uri, self.run_id, self.dir)
+            fetched = fetch_latest(self.uri, self.run_id, self.dir, node_copy=self.node_copy)
             if fetched:
                 log.info("prefetched %s", fetched)
         except Exception as e:  # restore fetches for itself; a prefetch only ever saves time
@@ -124,14 +120,18 @@ class Prefetch:
                 pass
 
 
-def fetch_latest(uri: str, run_id: str, into: str) -> str | None:
+def fetch_latest(uri: str, run_id: str, into: str, *,
+                 node_copy: tuple[str | None, int] = (None, 0)) -> str | None:
     """Download the newest committed step's replicated file into `into`, named by its sha256, once verified.
 
-    What was fetched, in words; None when there is nothing to fetch.
+    What was fetched, in words; None when there is nothing to fetch. Not when the node copy
+    (`node_copy`: its folder and bound) holds a file of that size and sha256: the rank that
+    loads it verifies it, and reads the store itself if it fails.
     """
     t0 = time.monotonic()
     storage = open_storage(uri)
     run_uri = join(storage.uri, run_id)
+    node = nc.for_run(run_uri, base=node_copy[0], max_bytes=node_copy[1], store_is_local=storage.is_local)
     step = layout.parse_latest(storage.read_small(join(run_uri, contract.LATEST_NAME)))
     if step is None:
         return None
@@ -142,6 +142,9 @@ def fetch_latest(uri: str, run_id: str, into: str) -> str | None:
     expected = layout.manifest_from_bytes(raw, expect_step=step).files.get(layout.REPLICATED_FILE)
     if expected is None:
         return None  # a sharded checkpoint: every rank reads its own part
+    if node is not None and nc.find(node, expected) is not None:
+        log.info("no prefetch: %s/%s is in the node copy", contract.step_dir_name(step), layout.REPLICATED_FILE)
+        return None
     with storage.fetch(join(step_uri, layout.REPLICATED_FILE)) as local:
         if file_info(local) != expected:
             raise ValueError(f"{contract.step_dir_name(step)}/{layout.REPLICATED_FILE} does not match its manifest")

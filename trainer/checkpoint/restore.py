@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable
 
 from trainer import contract, dist
-from trainer.checkpoint import layout
+from trainer.checkpoint import layout, node_copy
 from trainer.checkpoint.config import CheckpointRun
 from trainer.checkpoint.loader import Loaded, StepVerdict, discard, handoff_prefix, try_load
 from trainer.errors import CheckpointError, StorageConfigError, StorageError, one_line
@@ -147,6 +147,11 @@ class Restorer:
             agreed = StepVerdict(agreed)
             if agreed is StepVerdict.OK:
                 wait.reset()
+                if run.node is not None and run_uri == run.run_uri:
+                    # Every rank is done reading: what this one fetched is now the node's newest step.
+                    node_copy.keep(run.node, step, loaded.staged)
+                    loaded.staged.clear()
+                log.info("restore: rank %d: step %d from %s", run.rank, step, loaded.describe_sources())
                 return loaded
             discard(loaded)
             if failure is not None:

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from trainer import contract, dist
-from trainer.checkpoint import fault_hooks, layout, state as st
+from trainer.checkpoint import fault_hooks, layout, node_copy, state as st
 from trainer.checkpoint.config import CheckpointRun
 from trainer.checkpoint.objects import Trainables
 from trainer.checkpoint.sweep import remove_leftover_temps
@@ -155,19 +155,21 @@ class Saver:
         step_uri = join(run.run_uri, contract.step_dir_name(job.step))
         began = time.monotonic()
         upload_s, nbytes = 0.0, 0
+        #: This rank's files on their way into the node copy: kept once the step commits, else dropped.
+        staged: list[tuple[str | None, FileInfo]] = []
         try:
             fault_hooks.injected_outage()
             files: dict[str, FileInfo] = {}
             # The small rank file first: once it landed, a listing shows the step folder, so a kill
             # in the big upload after it leaves an open upload the next start can find on a server
             # that lists uploads only by exact key (MinIO; sweep.files_a_cut_save_may_have_open).
-            files[contract.rank_file(run.rank)] = run.storage.write_file(
-                join(step_uri, contract.rank_file(run.rank)), lambda f: torch.save(job.per_rank, f))
+            files[contract.rank_file(run.rank)] = self._write(
+                step_uri, contract.rank_file(run.rank), lambda f: torch.save(job.per_rank, f), staged)
             if job.replicated is not None:
-                files[layout.REPLICATED_FILE] = run.storage.write_file(
-                    join(step_uri, layout.REPLICATED_FILE), lambda f: torch.save(job.replicated, f))
+                files[layout.REPLICATED_FILE] = self._write(
+                    step_uri, layout.REPLICATED_FILE, lambda f: torch.save(job.replicated, f), staged)
             if job.sharded is not None:
-                files.update(self._write_sharded(step_uri, job.sharded))
+                files.update(self._write_sharded(step_uri, job.sharded, staged))
             upload_s, nbytes = time.monotonic() - began, sum(f.size for f in files.values())
             mine: tuple[str, Any] = ("ok", files)
         except StorageConfigError as e:  # the bucket or the credentials: no later save can succeed either
@@ -185,6 +187,10 @@ class Saver:
                        else self._commit(job.step, gathered))
         outcome = dist.broadcast_object(outcome, run.commit_group)
         if outcome[0] == "ok":
+            if run.node is not None:
+                # Here, before this thread ends: the next save (whose commit lets other ranks prune
+                # this step) starts only after it (node_copy.keep).
+                node_copy.keep(run.node, job.step, staged)
             self.failures, self.last_error = 0, None
             self.last_committed = job.step
             if run.rank == 0:
@@ -192,6 +198,7 @@ class Saver:
                          time.monotonic() - job.started)
                 self._on_commit(job.step)
         else:
+            node_copy.drop(p for p, _ in staged)
             self.failures += 1
             if outcome[0] == "permanent":
                 self.permanent = outcome[1]
@@ -255,7 +262,23 @@ class Saver:
             fault_hooks.kill_point("prune", newest)
             storage.remove_tree(step_uri)
 
-    def _write_sharded(self, step_uri: str, state: Any) -> dict[str, FileInfo]:
+    def _write(self, step_uri: str, name: str, write: Callable[[Any], None],
+               staged: list[tuple[str | None, FileInfo]]) -> FileInfo:
+        """Upload one file; with a node copy, the same bytes also go to an incoming file of it (`staged`)."""
+        node = self.run.node
+        if node is None:
+            return self.run.storage.write_file(join(step_uri, name), write)
+        attempts: list[str] = []
+        try:
+            info = self.run.storage.write_file(join(step_uri, name), node_copy.teed(node, write, attempts))
+        except BaseException:
+            node_copy.drop(attempts)
+            raise
+        staged.append((node_copy.last_complete(attempts), info))
+        return info
+
+    def _write_sharded(self, step_uri: str, state: Any, staged: list[tuple[str | None, FileInfo]]
+                       ) -> dict[str, FileInfo]:
         """Every rank's shards through torch.distributed.checkpoint, staged locally, then uploaded."""
         import torch.distributed.checkpoint as dcp
 
@@ -271,8 +294,10 @@ class Saver:
                     with open(src, "rb") as r:
                         shutil.copyfileobj(r, f, 8 << 20)
 
-                out[f"{layout.SHARDED_DIR}/{name}"] = self.run.storage.write_file(
+                out[f"{layout.SHARDED_DIR}/{name}"] = info = self.run.storage.write_file(
                     join(step_uri, layout.SHARDED_DIR, name), copy)
+                if self.run.node is not None:  # the staged bytes are the node copy's: a link, no copy
+                    staged.append((node_copy.stage(self.run.node, src), info))
             return out
         finally:
             shutil.rmtree(local, ignore_errors=True)

@@ -51,6 +51,9 @@ ENV_CONTROL_DIR = "KUBETRAIN_CONTROL_DIR"
 #: Set by the supervisor for its workers: the folder where it prefetches the newest
 #: checkpoint's replicated state while they start (trainer/checkpoint/prefetch.py).
 ENV_PREFETCH_DIR = "KUBETRAIN_PREFETCH_DIR"
+#: The node copy of the newest committed step (trainer/checkpoint/node_copy.py): its folder, its bound.
+ENV_NODE_COPY_DIR = "KUBETRAIN_NODE_COPY_DIR"
+ENV_NODE_COPY_MAX_BYTES = "KUBETRAIN_NODE_COPY_MAX_BYTES"
 #: Fault injection for `launch chaos`: a folder whose files make the runtime misbehave on
 #: purpose (FAULT_* below). Unset in production; read only when set.
 ENV_FAULTS_DIR = "KUBETRAIN_FAULTS_DIR"
@@ -134,6 +137,11 @@ DEFAULT_CHECKPOINT_DIR = "checkpoints"  # local runs, relative to the working di
 #: Long enough to ride out an object store's brownout or a throttling burst; short enough that a
 #: real outage gives the pod back to the operator (exit INFRA, retried) instead of holding GPUs.
 DEFAULT_STORAGE_TIMEOUT = 300.0
+#: On by default: it is what makes an in-place restart's restore a local read. 8 GiB holds the state of
+#: the single-node runs in-place restarts are for (a 1B-parameter model's bf16 weights and more) while
+#: staying a small share of a node's local disk; a larger state is not kept (restore reads the store)
+#: until the flag is raised for a volume sized for it.
+DEFAULT_NODE_COPY_MAX_BYTES = 8 << 30
 
 #: Seconds of the grace period kept back for the supervisor itself: after the
 #: workers' deadline it still needs to signal torchrun and exit.

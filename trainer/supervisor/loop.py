@@ -78,7 +78,8 @@ class Supervisor:
         # Light (no torch): the download overlaps the ranks' start; see checkpoint/prefetch.py.
         from trainer.checkpoint.prefetch import Prefetch
 
-        prefetch = Prefetch(self.cfg.checkpoint_uri, self.cfg.run_id)
+        prefetch = Prefetch(self.cfg.checkpoint_uri, self.cfg.run_id, node_copy_dir=self.cfg.node_copy_dir,
+                            node_copy_max_bytes=self.cfg.node_copy_max_bytes)
         poller = None
         if self.cfg.preemption_url:
             from trainer.supervisor.preemption import NoticePoller
