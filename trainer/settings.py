@@ -102,10 +102,11 @@ SETTINGS: tuple[Setting, ...] = (
             "in-place restart; a new pod where the folder survives, a hostPath) reads them instead of the store, "
             "once their sha256 matches the manifest (default: kubetrain-node-copy in the spool)",
             checkpoint="node_copy_dir", to_workers=True),
-    Setting("node_copy_max_bytes", "--node-copy-max-bytes", contract.ENV_NODE_COPY_MAX_BYTES, int,
-            contract.DEFAULT_NODE_COPY_MAX_BYTES,
-            "the node copy's bound: a step's files beyond it are not kept (0: off; a local --checkpoint folder "
-            "never has one)", minimum=0, checkpoint="node_copy_max_bytes", to_workers=True),
+    Setting("node_copy_max_bytes", "--node-copy-max-bytes", contract.ENV_NODE_COPY_MAX_BYTES, int, None,
+            "the node copy's bound: a step's files beyond it are not kept (default: "
+            f"{contract.DEFAULT_NODE_COPY_MAX_BYTES >> 30} GiB where something on the node reads it back, i.e. with "
+            "--in-place-restarts or --node-copy-dir, else off; 0: off; a local --checkpoint folder never has one)",
+            minimum=0, checkpoint="node_copy_max_bytes", to_workers=True),
     Setting("grace_seconds", "--grace-seconds", contract.ENV_GRACE_SECONDS, float, contract.DEFAULT_GRACE_SECONDS,
             "from SIGTERM to the kubelet's SIGKILL; the launcher sets the pod's terminationGracePeriodSeconds from it",
             minimum=_GRACE_MIN, to_workers=True),

@@ -78,12 +78,14 @@ class Checkpointer:
         self.storage = open_storage(self.config.uri)
         self.run_uri = join(self.storage.uri, self.config.run_id)
         self.rank, self.world_size = dist.rank(), dist.world_size()
+        # Under the supervisor the bound is set (its in-place restarts read the copy back); used directly,
+        # a --node-copy-dir is what asks for one.
+        node_bytes = contract.node_copy_bound(self.config.node_copy_max_bytes, read_back=bool(self.config.node_copy_dir))
         self.run = CheckpointRun(config=self.config, storage=self.storage, run_uri=self.run_uri, rank=self.rank,
                                  world_size=self.world_size, control_group=dist.new_gloo_group(COORD_TIMEOUT_S),
                                  commit_group=dist.new_gloo_group(COORD_TIMEOUT_S),
                                  node=node_copy.for_run(self.run_uri, base=self.config.node_copy_dir,
-                                                        max_bytes=self.config.node_copy_max_bytes,
-                                                        store_is_local=self.storage.is_local))
+                                                        max_bytes=node_bytes, store_is_local=self.storage.is_local))
         control_dir = os.environ.get(contract.ENV_CONTROL_DIR) or None
         self._notices = SupervisorNotices(control_dir, self.rank)
         self._agreement = StopAgreement(self.run.control_group, control_dir)

@@ -36,7 +36,8 @@ class CheckpointConfig:
     warm_start_optimizer: bool = _default("warm_start_optimizer")
     #: This node's copy of the newest committed step (node_copy.py): its folder (None: in the spool), its bound.
     node_copy_dir: str | None = _default("node_copy_dir")
-    node_copy_max_bytes: int = _default("node_copy_max_bytes")
+    #: None (unset): off; the supervisor sets it where something reads it back (torchrun_command.node_copy_bytes).
+    node_copy_max_bytes: int | None = _default("node_copy_max_bytes")
     max_failures: int = 3
 
     def __post_init__(self) -> None:

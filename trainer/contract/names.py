@@ -137,11 +137,21 @@ DEFAULT_CHECKPOINT_DIR = "checkpoints"  # local runs, relative to the working di
 #: Long enough to ride out an object store's brownout or a throttling burst; short enough that a
 #: real outage gives the pod back to the operator (exit INFRA, retried) instead of holding GPUs.
 DEFAULT_STORAGE_TIMEOUT = 300.0
-#: On by default: it is what makes an in-place restart's restore a local read. 8 GiB holds the state of
-#: the single-node runs in-place restarts are for (a 1B-parameter model's bf16 weights and more) while
-#: staying a small share of a node's local disk; a larger state is not kept (restore reads the store)
-#: until the flag is raised for a volume sized for it.
+#: The node copy's bound where it is on (node_copy_bound). 8 GiB holds the state of the single-node
+#: runs in-place restarts are for (a 1B-parameter model's bf16 weights and more) while staying a small
+#: share of a node's local disk; a larger state is not kept (restore reads the store) until the flag
+#: is raised for a volume sized for it.
 DEFAULT_NODE_COPY_MAX_BYTES = 8 << 30
+
+
+def node_copy_bound(max_bytes: int | None, *, read_back: bool) -> int:
+    """The node copy's bound: the one asked for, else DEFAULT_NODE_COPY_MAX_BYTES where something on
+    the node reads it back (`read_back`: in-place restarts, or a --node-copy-dir that outlives the pod),
+    else 0 (off). Without a reader it is only a second disk write per save, and ephemeral storage a
+    pod may be evicted for."""
+    if max_bytes is not None:
+        return max_bytes
+    return DEFAULT_NODE_COPY_MAX_BYTES if read_back else 0
 
 #: Seconds of the grace period kept back for the supervisor itself: after the
 #: workers' deadline it still needs to signal torchrun and exit.

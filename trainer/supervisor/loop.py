@@ -22,7 +22,7 @@ from trainer.supervisor.classify import Outcome, classify
 from trainer.control_folder import (Committed, Preempted, Progress, RankError, StopRequest, TorchrunResult,
                                     clear_attempt)
 from trainer.supervisor.in_place import budget_spent, restart_in_place, single_node
-from trainer.supervisor.torchrun_command import torchrun_args, torchrun_shutdown_timeout, worker_env
+from trainer.supervisor.torchrun_command import node_copy_bytes, torchrun_args, torchrun_shutdown_timeout, worker_env
 from trainer.supervisor.watchdog import describe_stall, stalled_ranks
 
 log = logging.getLogger("kubetrain.supervisor")
@@ -79,7 +79,7 @@ class Supervisor:
         from trainer.checkpoint.prefetch import Prefetch
 
         prefetch = Prefetch(self.cfg.checkpoint_uri, self.cfg.run_id, node_copy_dir=self.cfg.node_copy_dir,
-                            node_copy_max_bytes=self.cfg.node_copy_max_bytes)
+                            node_copy_max_bytes=node_copy_bytes(self.cfg))
         poller = None
         if self.cfg.preemption_url:
             from trainer.supervisor.preemption import NoticePoller

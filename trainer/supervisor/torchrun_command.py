@@ -40,6 +40,13 @@ def torchrun_args(cfg: RunConfig, env: Mapping[str, str]) -> list[str]:
     return args + ["-m", "trainer.worker", cfg.script, *cfg.script_args]
 
 
+def node_copy_bytes(cfg: RunConfig) -> int:
+    """The node copy's bound the ranks get (trainer/checkpoint/node_copy.py): on by default where an
+    in-place restart of these ranks reads it back."""
+    return contract.node_copy_bound(cfg.node_copy_max_bytes,
+                                    read_back=bool(cfg.in_place_restarts or cfg.node_copy_dir))
+
+
 def worker_env(cfg: RunConfig, base: Mapping[str, str], control_dir: str,
                prefetch_dir: str | None = None) -> dict[str, str]:
     """The environment of torchrun and its workers: ours on top of the pod's.
@@ -51,6 +58,7 @@ def worker_env(cfg: RunConfig, base: Mapping[str, str], control_dir: str,
     if prefetch_dir:
         env[contract.ENV_PREFETCH_DIR] = prefetch_dir
     env.update(to_worker_env(cfg))
+    env[contract.ENV_NODE_COPY_MAX_BYTES] = str(node_copy_bytes(cfg))
     env.update({contract.ENV_CONTROL_DIR: control_dir, "PYTHONUNBUFFERED": "1"})
     # torchrun sets this to 1 for several ranks anyway, with a banner; same value, no banner.
     env.setdefault("OMP_NUM_THREADS", "1")
