@@ -101,7 +101,6 @@ class FakeApi:
 
 def test_settled_pods_come_from_the_columns_and_metadata_and_the_rest_are_read_whole(monkeypatch):
     monkeypatch.setattr(k8s_pods, "PAGE", 2)
-    monkeypatch.setattr(k8s_pods, "ROWS_PAGE", 3)
     api = FakeApi()
     got = k8s_pods.status_pods(api, "ns", "j", "job-1", pytorchjob)
     records = [describe_pod(p) for p in got]
@@ -110,7 +109,7 @@ def test_settled_pods_come_from_the_columns_and_metadata_and_the_rest_are_read_w
                           "replica": "worker-0", "phase": "Running", "node": "n0", "restarts": 0, "deleting": False}
     assert records[3]["waiting"] == "CrashLoopBackOff" and records[3]["exit_code"] == 1
     tables = [c for c in api.calls if "as=Table" in c[1]]
-    assert len(tables) == 2 and all(c[2]["includeObject"] == "None" and c[2]["limit"] == 3 for c in tables)
+    assert len(tables) == 3 and all(c[2]["includeObject"] == "None" and c[2]["limit"] == 2 for c in tables)
     metadata = [c for c in api.calls if "as=PartialObjectMetadataList" in c[1]]
     assert len(metadata) == 3 and all(c[1].startswith(PROTOBUF) and c[2]["limit"] == 2 for c in metadata)
     assert [c[0].rsplit("/", 1)[-1] for c in api.calls if not c[0].endswith("/pods")] == ["j-worker-3", "j-worker-4"]
