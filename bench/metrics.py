@@ -52,7 +52,7 @@ METRICS: tuple[Metric, ...] = (
     Metric(id="gpu-stall", module="gpu_stall", s3=False, one_thread=False, default=False,
            summary="M1 with the state in CUDA memory (on the CPU without one)"),
     Metric(id="status-scale", module="status_scale", per_size=False, s3=False, one_thread=False, default=False,
-           summary="`launch status`/`list` at 128 and 512 kwok pods (needs KUBETRAIN_CLUSTER_BIN)"),
+           summary="`launch status`/`list` at 128 to 4,096 kwok pods (needs KUBETRAIN_CLUSTER_BIN)"),
 )
 
 

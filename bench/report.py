@@ -100,9 +100,17 @@ def _gpu_stall(r: dict) -> list[str]:
 
 
 def _status_scale(r: dict) -> list[str]:
-    out = [f"{'pods':>5} {'status':>8} {'-o json':>8} {'list':>6} {'--help':>7} lines"]
-    out += [f"{x['pods']:>5} {x['status_s']:>7}s {x['status_json_s']:>7}s {x['list_s']:>5}s {x['launch_help_s']:>6}s "
-            f"{x['status_lines']}" for x in r["results"]]
+    base = any("baseline_status_s" in x for x in r["results"])
+    out = [f"{'pods':>5} {'status':>8} {'-o json':>8} {'list':>6} {'--help':>7} lines" +
+           (f" {'baseline':>9} {'-o json':>8} {'new/base':>8}" if base else "") + "  load before/after (1 min)"]
+    for x in r["results"]:
+        line = (f"{x['pods']:>5} {x['status_s']:>7}s {x['status_json_s']:>7}s {x['list_s']:>5}s "
+                f"{x['launch_help_s']:>6}s {x['status_lines']:>5}")
+        if base and "baseline_status_s" in x:
+            line += (f" {x['baseline_status_s']:>8}s {x['baseline_status_json_s']:>7}s "
+                     f"{x['status_s'] / x['baseline_status_s']:>8.2f}")
+        loads = [x.get("load_before"), x.get("load_after")]
+        out.append(line + "  " + "/".join(str(lo[0]) if lo else "?" for lo in loads))
     return out
 
 

@@ -1,7 +1,7 @@
-"""`launch status` and `launch list` at 128, 512 and 4,096 pods, against the cluster tier's control plane.
+"""`launch status` and `launch list` at 128, 512, 2,048 and 4,096 pods, against the cluster tier's control plane.
 
     KUBETRAIN_CLUSTER_BIN=... python -m bench status-scale
-    (KUBETRAIN_BENCH_PODS=128,512,4096 and KUBETRAIN_BENCH_TRIALS=3 by default)
+    (KUBETRAIN_BENCH_PODS=128,512,2048,4096 and KUBETRAIN_BENCH_TRIALS=3 by default)
 
 Starts the cluster tier (tests/cluster/conftest.py: etcd, kube-apiserver, controller-manager,
 scheduler, kwok, the training operator), adds kwok nodes of 8 GPUs for each size, submits a
@@ -9,7 +9,9 @@ job of that many one-GPU pods named "held" (kwok keeps them Running), waits unti
 and times `launch status JOB`, `launch status JOB -o json` and `launch list` as the user
 runs them: a fresh `python -m launcher.cli` process each, median of the trials, and
 `launch --help` beside them; with KUBETRAIN_BENCH_BASELINE=<an older checkout> its `status`
-too, against the same pods. It measures; it asserts nothing about times.
+too, against the same pods. Each trial runs every command once, so a baseline and ours see
+the same swings of a shared machine's load; each size records the load average before and
+after its trials. It measures; it asserts nothing about times.
 
 The control plane is the cluster tier's pytest fixture, so `run` starts pytest on this file
 in a child process, which collects `bench_status_at_scale`: the bench itself imports nothing
@@ -29,7 +31,7 @@ from bench.context import REPO, Context
 
 #: A checkout of an earlier launcher (a `git worktree` of main, say): its `status` is timed beside ours, same cluster.
 BASELINE = os.environ.get("KUBETRAIN_BENCH_BASELINE")
-SIZES = [int(s) for s in os.environ.get("KUBETRAIN_BENCH_PODS", "128,512,4096").split(",")]
+SIZES = [int(s) for s in os.environ.get("KUBETRAIN_BENCH_PODS", "128,512,2048,4096").split(",")]
 TRIALS = int(os.environ.get("KUBETRAIN_BENCH_TRIALS", "3"))
 
 
@@ -66,16 +68,19 @@ def bench_status_at_scale(operator_cluster, capsys, monkeypatch):
             if BASELINE:
                 runs += [("baseline_status", ["status", "held", "-n", ns], BASELINE),
                          ("baseline_status_json", ["status", "held", "-n", ns, "-o", "json"], BASELINE)]
-            for key, argv, cwd in runs:
-                times, out = [], ""
-                for _ in range(TRIALS):
+            row["load_before"] = [round(x, 2) for x in os.getloadavg()]
+            times: dict[str, list[float]] = {key: [] for key, _, _ in runs}
+            for _ in range(TRIALS):  # interleaved: each trial runs every command once
+                for key, argv, cwd in runs:
                     took, out = _time(argv, operator_cluster, cwd)
-                    times.append(took)
-                row[key + "_s"] = round(statistics.median(times), 2)
-                row[key + "_all_s"] = [round(t, 2) for t in times]
-                if key in ("status", "baseline_status"):
-                    row[key + "_lines"] = len(out.splitlines())
-                    row[key + "_head"] = out.splitlines()[:3]
+                    times[key].append(took)
+                    if key in ("status", "baseline_status"):
+                        row[key + "_lines"] = len(out.splitlines())
+                        row[key + "_head"] = out.splitlines()[:3]
+            for key, _, _ in runs:
+                row[key + "_s"] = round(statistics.median(times[key]), 2)
+                row[key + "_all_s"] = [round(t, 2) for t in times[key]]
+            row["load_after"] = [round(x, 2) for x in os.getloadavg()]
             baseline, _ = _time(["--help"], operator_cluster)
             row["launch_help_s"] = round(baseline, 2)
             with open(os.environ["KUBETRAIN_BENCH_OUT"], "a") as f:  # pytest imports this file anew: no shared list

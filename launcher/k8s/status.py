@@ -1,8 +1,8 @@
 """What `launch status` (and chaos) read from the cluster, as the API served it: no summarising here.
 
-One read of the job, its pods in the Table form (launcher/k8s/pods.py), one list call per kind
-of event, one log, a TrainJob's JobSet, and Kueue's Workload for a queued job
-(launcher/k8s/kueue.py). launcher/status/build.py makes a JobStatus of the `StatusReads`.
+One read of the job, its pods (launcher/k8s/pods.py: the Table's columns, their metadata in
+protobuf), one list call per kind of event, one log, a TrainJob's JobSet, and Kueue's Workload
+for a queued job (launcher/k8s/kueue.py). launcher/status/build.py makes a JobStatus of the `StatusReads`.
 """
 
 from __future__ import annotations

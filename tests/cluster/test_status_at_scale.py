@@ -30,13 +30,18 @@ def test_a_fresh_128_pod_job_shows_0_restarts_a_summary_and_no_pod_table(api, ca
                               "--gpu-type", SCALE_GPU_PRODUCT)
         assert code == 0, err
         try:
-            wait_running(api.core, ns, "held", PODS)
+            running = wait_running(api.core, ns, "held", PODS)
             code, out, err = launch(capsys, "status", "held", "-n", ns, "-o", "json")
             assert code == 0, err
             doc = json.loads(out)
             assert doc["restarts"] == 0 and doc["restarts_by_pod"] == {}, doc["restarts_by_pod"]
             assert doc["retries_left"] == contract_backoff(api, ns)
             assert len(doc["pods"]) == PODS
+            # Settled pods come from the Table's columns and their protobuf metadata (launcher/k8s/pods.py):
+            # each as the API has it.
+            assert {p["pod"]: (p["uid"], p["node"]) for p in doc["pods"]} == {
+                p.metadata.name: (p.metadata.uid, p.spec.node_name) for p in running}
+            assert {p["replica"] for p in doc["pods"]} == {"master-0", *(f"worker-{i}" for i in range(PODS - 1))}
 
             code, out, err = launch(capsys, "status", "held", "-n", ns)
             lines = out.splitlines()
