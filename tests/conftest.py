@@ -28,7 +28,8 @@ def xdist_group_of(nodeid: str) -> str:
     return path
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into the node ids
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.nodeid)))
+def pytest_itemcollected(item):
+    # As each test is collected: xdist's pytest_collection_modifyitems, which turns the marks into the
+    # node ids its scheduler groups by, runs before a conftest's (tryfirst or not), so marks added there
+    # came too late and every test was scheduled on its own.
+    item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.nodeid)))
