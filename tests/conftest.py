@@ -18,9 +18,9 @@ _WHOLE_TIERS = ("cluster", "node")
 
 
 def xdist_group_of(nodeid: str) -> str:
-    """The unit of work one pytest-xdist worker takes (scripts/test runs `--dist loadgroup`): a tier
-    that starts a control plane, else the test's module, so a module-scoped fixture (a reference run,
-    an S3 server per parameter) is set up once rather than once per worker."""
+    """The unit of work one pytest-xdist worker takes (scripts/test runs two): a tier that starts a
+    control plane, else the test's module, so a module-scoped fixture (a reference run, an S3 server
+    per parameter) is set up once rather than once per worker."""
     path = nodeid.split("::", 1)[0]
     parts = path.split("/")
     if len(parts) > 2 and parts[0] == "tests" and parts[1] in _WHOLE_TIERS:
@@ -28,8 +28,19 @@ def xdist_group_of(nodeid: str) -> str:
     return path
 
 
-def pytest_itemcollected(item):
-    # As each test is collected: xdist's pytest_collection_modifyitems, which turns the marks into the
-    # node ids its scheduler groups by, runs before a conftest's (tryfirst or not), so marks added there
-    # came too late and every test was scheduled on its own.
-    item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.nodeid)))
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # without pytest-xdist the tests run in one process, and this hook is unknown
+    pass
+else:
+    class _TierScheduling(LoadScopeScheduling):
+        """xdist's loadscope with our units (xdist_group_of). Not `--dist loadgroup` and xdist_group
+        marks: xdist 3.8.0 groups by a suffix it writes to item._nodeid, which pytest 9.2 no longer
+        reads (node ids live in item._id), so every test was scheduled alone: the node tier started
+        twice on one containerd socket and the cluster tier twice."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group_of(nodeid)
+
+    def pytest_xdist_make_scheduler(config, log):
+        return _TierScheduling(config, log)
