@@ -21,9 +21,11 @@ pytestmark = pytest.mark.storage
 
 @pytest.fixture
 def node_copy_on(s3_env, monkeypatch, tmp_path):
-    """The node copy on, in this test's spool (the conftest turns it off for the other storage tests)."""
-    monkeypatch.delenv("KUBETRAIN_NODE_COPY_MAX_BYTES")
-    s3_env["env"].pop("KUBETRAIN_NODE_COPY_MAX_BYTES")
+    """The node copy on, in this test's spool (the conftest turns it off for the other storage tests).
+    Set, as the supervisor sets it under --in-place-restarts: unset, a bare Checkpointer keeps none."""
+    on = str(contract.DEFAULT_NODE_COPY_MAX_BYTES)
+    monkeypatch.setenv(contract.ENV_NODE_COPY_MAX_BYTES, on)
+    s3_env["env"][contract.ENV_NODE_COPY_MAX_BYTES] = on
     monkeypatch.setenv(contract.ENV_SPOOL_DIR, str(tmp_path / "spool"))
     s3_env["env"][contract.ENV_SPOOL_DIR] = str(tmp_path / "spool")
     return s3_env
