@@ -59,7 +59,8 @@ def build(reads: StatusReads, ledger: Ledger, now: datetime.datetime) -> JobStat
     restarts = sum(per_pod.values())
     causes = counting.restart_causes(job, job_events, pod_events, incarnations)
     log = counting.newest_commit(reads.log) if reads.log is not None else None
-    retries_left = counting.retries_left(backend.retry_limit(job), restarts, causes)
+    unplaced = counting.never_placed(incarnations, pods, pod_events)
+    retries_left = counting.retries_left(backend.retry_limit(job), restarts - unplaced, causes)
     spent = backend.restarts(reads.jobset)
     if spent is not None:
         # JobSet restarts every node at once and counts it; a pod replaced after exit 143 or a
@@ -72,8 +73,10 @@ def build(reads: StatusReads, ledger: Ledger, now: datetime.datetime) -> JobStat
     if admission is not None and admission.evictions and spent is None:
         # Each Kueue eviction suspends the job: its controller deletes every pod and makes them anew when
         # Kueue admits it again. Those recreations are Kueue's, not the pods' own exits: no retry spent.
+        # Pods still Pending when suspended are among both `freed` and `unplaced`: take them out once.
         freed = len(admission.evictions) * backend.expected_pods(job)
-        retries_left = counting.retries_left(backend.retry_limit(job), max(restarts - freed, 0), causes)
+        retries_left = counting.retries_left(backend.retry_limit(job), max(restarts - max(freed, unplaced), 0),
+                                             causes)
     if ledger.summary is not None and admission is not None:
         # A Kueue preemption reaches the runtime as a bare SIGTERM: the Workload says whose it was.
         ledger = Ledger(ledger.summary, ledger.unread,

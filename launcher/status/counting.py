@@ -70,6 +70,18 @@ def count_restarts(incarnations: dict[str, set[str]]) -> dict[str, int]:
     return {name: max(len(uids) - 1, 0) for name, uids in incarnations.items()}
 
 
+def never_placed(incarnations: dict[str, set[str]], pods: Sequence[dict], pod_events: Sequence[dict]) -> int:
+    """Incarnations gone without ever being placed on a node: they ran none of the job's code.
+
+    Such a pod was deleted while Pending, by no exit of its own, so no retry was spent on it. Seen on a
+    loaded machine after a NoExecute eviction: the operator's first replacement was deleted before the
+    scheduler placed it (no event names who), and the operator created a third.
+    """
+    current = {p["uid"] for p in pods}
+    placed = {e["uid"] for e in pod_events if e["reason"] == "Scheduled" and e.get("uid")}
+    return sum(1 for uids in incarnations.values() for u in uids if u not in current and u not in placed)
+
+
 def restart_causes(job: dict, job_events: Sequence[dict], pod_events: Sequence[dict],
                    incarnations: dict[str, set[str]]) -> list[dict]:
     """Each distinct reason a pod of the job ended early: its exit code's meaning, an eviction, a preemption.
@@ -118,7 +130,10 @@ def restart_causes(job: dict, job_events: Sequence[dict], pod_events: Sequence[d
 
 
 def retries_left(backoff: int | None, restarts: int, causes: Sequence[dict]) -> int | None:
-    """The operator's budget (backoffLimit) less the restarts that were the pods' own exits, not losses."""
+    """The operator's budget (backoffLimit) less the restarts that were the pods' own exits, not losses.
+
+    `restarts`: recreations of pods that ran (never_placed ones taken out by the caller).
+    """
     if backoff is None:
         return None
     losses = sum(c.get("count", 0) for c in causes if c.get("reason") not in NOT_A_LOSS)

@@ -115,6 +115,24 @@ def test_causes_count_losses_per_pod_uid_and_exits_only_from_this_job():
     assert ct.retries_left(3, 1, causes) == 3
 
 
+def test_a_replacement_deleted_before_it_was_placed_spends_no_retry():
+    # Events of a CI run: the taint-eviction controller deleted "a" (evicted) and then, by name, "b" while
+    # it was still Pending; the operator created "c". Two recreations, one loss, and "b" never ran.
+    j = job(workers=0)
+    pods = [pod("j-master-0", "c")]
+    pod_events = [ev("j-master-0", "a"),
+                  ev("j-master-0", None, reason="TaintManagerEviction", message="Marking for deletion"),
+                  ev("j-master-0", "b", reason="FailedScheduling"), ev("j-master-0", "c", reason="FailedScheduling"),
+                  ev("j-master-0", "c")]
+    inc = ct.pod_incarnations(j, pods, pod_events)
+    assert ct.count_restarts(inc)["j-master-0"] == 2
+    assert ct.never_placed(inc, pods, pod_events) == 1
+    causes = ct.restart_causes(j, [], pod_events, inc)
+    assert ct.retries_left(3, 2 - 1, causes) == 3
+    # The pod that is there now counts as placed whether or not it is yet: it is not gone.
+    assert ct.never_placed(inc, pods, pod_events[:-1]) == 1
+
+
 def test_summary_first_then_only_unhealthy_pods():
     pods = [pod("j-master-0", "m")] + [pod(f"j-worker-{i}", f"w{i}") for i in range(11)]
     pods[5] = pod("j-worker-4", "w4", phase="Pending", node=None,
