@@ -16,11 +16,11 @@ from typing import Mapping
 
 from launcher import backends
 from launcher.k8s.status import StatusReads
-from launcher.records import create_failures, describe_pod, event_record
+from launcher.records import create_failures, describe_pod, event_record, parse_time
 from launcher.status import admission as kueue_admission
 from launcher.status import counting, evictions
 from launcher.status import ledger as restart_ledger
-from launcher.status.model import Cause, Condition, Event, JobStatus, Ledger, PodStatus, Progress
+from launcher.status.model import Cause, Condition, Event, JobStatus, Ledger, PodStatus, Progress, TrainerProgress
 
 
 def _restart_events(job_events: list[dict]) -> tuple[Event, ...]:
@@ -38,6 +38,16 @@ def _pod(p: dict, restarts: int, progress: tuple[int | None, int | None] | None)
                      restarts=restarts, deleting=p["deleting"], unschedulable=p.get("unschedulable"),
                      waiting=p.get("waiting"), exit_code=p.get("exit_code"),
                      progress=progress)
+
+
+def trainer_progress(job: dict) -> TrainerProgress | None:
+    """A TrainJob's `status.trainerStatus` (the progress its runtime posts), None where there is none."""
+    t = (job.get("status") or {}).get("trainerStatus")
+    if not t:
+        return None
+    metrics = {m["name"]: str(m.get("value", "")) for m in t.get("metrics") or [] if m.get("name")}
+    return TrainerProgress(percent=t.get("progressPercentage"), eta_seconds=t.get("estimatedRemainingSeconds"),
+                           metrics=metrics, updated=parse_time(t.get("lastUpdatedTime")))
 
 
 def pod_recreations(job: dict, pods: list[dict], pod_events: list[dict]) -> int:
@@ -96,5 +106,5 @@ def build(reads: StatusReads, ledger: Ledger, now: datetime.datetime) -> JobStat
         restarts=restarts, restarts_by_pod={k: v for k, v in per_pod.items() if v}, retries_left=retries_left,
         causes=tuple(_cause(c) for c in causes), create_failures=tuple(create_failures(job_events)),
         progress=Progress(**log) if log is not None else Progress(), events=_restart_events(job_events),
-        ledger=ledger, admission=admission, now=now)
+        ledger=ledger, admission=admission, now=now, trainer=trainer_progress(job))
 

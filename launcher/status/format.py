@@ -11,6 +11,7 @@ from typing import Sequence
 
 from launcher.records import age, natural_key
 from launcher.status.model import JobStatus, PodStatus
+from launcher.status.timeline import duration
 
 def head_line(s: JobStatus) -> str:
     """`ns/name: State  (restarts N, M retries left)`; a state that lags its running pods says both."""
@@ -45,7 +46,32 @@ def summary_lines(s: JobStatus) -> list[str]:
         if progress.preempted_at is not None:
             text += f"; preempted at step {progress.preempted_at}"
         lines.append(text)
+    if s.trainer is not None:
+        lines.append("  trainer   " + trainer_line(s))
     return lines
+
+
+def trainer_line(s: JobStatus) -> str:
+    """What the runtime last posted to the TrainJob: `42% (step 126 of 300), 1m40s left; committed 120; posted 3s ago`."""
+    t = s.trainer
+    assert t is not None
+    m = t.metrics
+    parts = []
+    if t.percent is not None:
+        steps = f" (step {m['step']} of {m['total_steps']})" if "step" in m and "total_steps" in m else ""
+        parts.append(f"{t.percent}%{steps}")
+    elif "step" in m:
+        parts.append(f"step {m['step']}")
+    if t.eta_seconds is not None:
+        parts[-1:] = [", ".join(parts[-1:] + [f"{duration(t.eta_seconds)} left"])]
+    if "last_committed_step" in m:
+        parts.append(f"committed {m['last_committed_step']}")
+    if "goodput" in m:
+        parts.append(f"goodput {m['goodput']}")
+    if t.updated is not None:
+        parts.append(f"posted {age(t.updated, s.now)} ago")
+    return "; ".join(parts) or "posted nothing yet"
+
 
 
 def pod_rows(pods: Sequence[PodStatus], *, all_pods: bool) -> list[list[str]]:

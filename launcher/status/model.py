@@ -102,6 +102,16 @@ class Ledger:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainerProgress:
+    """A TrainJob's `status.trainerStatus`: what the runtime last posted to Kubeflow Trainer (v2.3+)."""
+
+    percent: int | None
+    eta_seconds: int | None
+    metrics: Mapping[str, str]  # name -> value, as posted (trainer/trainjob_status.py names them)
+    updated: datetime.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
 class JobStatus:
     name: str
     namespace: str
@@ -121,6 +131,7 @@ class JobStatus:
     ledger: Ledger
     admission: Admission | None
     now: datetime.datetime
+    trainer: TrainerProgress | None = None  # a TrainJob whose runtime posts progress (TrainJobStatus gate)
 
     @property
     def running(self) -> int:
@@ -174,4 +185,10 @@ def doc(s: JobStatus) -> dict[str, Any]:
             "committed_at": s.progress.at.isoformat() if s.progress.at else None,
             "events": [dataclasses.asdict(e) for e in s.events],
             "ledger": ledger.doc(led.summary, led.by_kueue) if led.summary is not None else {"not_shown": led.unread},
-            **({"admission": admission.doc(s.admission)} if s.admission is not None else {})}
+            **({"admission": admission.doc(s.admission)} if s.admission is not None else {}),
+            **({"trainer_status": _trainer_doc(s.trainer)} if s.trainer is not None else {})}
+
+
+def _trainer_doc(t: TrainerProgress) -> dict[str, Any]:
+    return {"progress_percent": t.percent, "eta_seconds": t.eta_seconds, "metrics": dict(t.metrics),
+            "updated": t.updated.isoformat() if t.updated else None}

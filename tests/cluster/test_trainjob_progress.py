@@ -10,12 +10,14 @@ Without the gate (a PyTorchJob pod, test_operator_runs_the_runtime.py) nothing i
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from tests.cluster import trainer_v2
 from tests.cluster.pod_runner import RUN_FOR_REAL
+from tests.cluster.test_launcher_against_apiserver import launch
 from tests.cluster.test_operator_runs_our_jobs import api, wait  # noqa: F401 (api: the fixture)
 from tests.cluster.test_operator_runs_the_runtime import CLAIM, latest_file, real_namespace
 from tests.helpers import EXAMPLE
@@ -36,7 +38,7 @@ def metrics(status: dict) -> dict[str, str]:
 
 
 def test_node_0_posts_progress_and_the_last_committed_step_into_the_trainjob_status(
-        api, trainjob_cluster, pod_runner):
+        api, trainjob_cluster, pod_runner, capsys):
     if not trainer_v2.can_isolate():
         pytest.skip("the Trainer's status server needs a mount namespace of its own here (unshare --mount)")
     from kubernetes.client.exceptions import ApiException
@@ -83,6 +85,13 @@ def test_node_0_posts_progress_and_the_last_committed_step_into_the_trainjob_sta
         log = next(pod_runner.log_dir.glob(f"{RUN_FOR_REAL}-node-0-0-*.log")).read_text()
         assert "trainjob status: posting progress to https://127.0.0.1:" in log, log
         assert "cannot post" not in log, log
+        # `launch status` shows what was posted, in its text and its JSON.
+        code, out, err = launch(capsys, "status", RUN_FOR_REAL, "-n", ns)
+        assert code == 0, err
+        assert f"  trainer   100% (step {STEPS} of {STEPS}), 0s left; committed {STEPS}; goodput " in out, out
+        doc = json.loads(launch(capsys, "status", RUN_FOR_REAL, "-n", ns, "-o", "json")[1])
+        assert doc["trainer_status"]["progress_percent"] == 100, doc
+        assert doc["trainer_status"]["metrics"]["last_committed_step"] == str(STEPS), doc
         print(f"\ntrainerStatus seen {len(seen)} times over {took:.0f}s:")
         for s in seen:
             print(f"  {s}")

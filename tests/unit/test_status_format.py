@@ -43,11 +43,13 @@ def typed(p: dict) -> PodStatus:
                      restarts=0, deleting=False, unschedulable=p.get("unschedulable"))
 
 
-def status(pods, expected, restarts=0, left=None, causes=(), progress=Progress(), now=T0, state="Running"):
+def status(pods, expected, restarts=0, left=None, causes=(), progress=Progress(), now=T0, state="Running",
+           trainer=None):
     return JobStatus(name="j", namespace="ns", uid="u", state=state, conditions=(), replicas={},
                      expected_pods=expected, pods=tuple(typed(p) for p in pods), restarts=restarts,
                      restarts_by_pod={}, retries_left=left, causes=tuple(causes), create_failures=(),
-                     progress=progress, events=(), ledger=Ledger(None, "none"), admission=None, now=now)
+                     progress=progress, events=(), ledger=Ledger(None, "none"), admission=None, now=now,
+                     trainer=trainer)
 
 
 def test_natural_order():
@@ -131,6 +133,26 @@ def test_a_replacement_deleted_before_it_was_placed_spends_no_retry():
     assert ct.retries_left(3, 2 - 1, causes) == 3
     # The pod that is there now counts as placed whether or not it is yet: it is not gone.
     assert ct.never_placed(inc, pods, pod_events[:-1]) == 1
+
+
+def test_a_trainjobs_posted_progress_is_a_line_of_the_summary_and_a_key_of_the_json():
+    from launcher.status import build
+    from launcher.status.model import doc
+
+    posted = {"progressPercentage": 42, "estimatedRemainingSeconds": 100, "lastUpdatedTime": "2026-01-01T12:00:00Z",
+              "metrics": [{"name": "step", "value": "126"}, {"name": "total_steps", "value": "300"},
+                          {"name": "last_committed_step", "value": "120"}, {"name": "goodput", "value": "0.950"}]}
+    trainer = build.trainer_progress({"status": {"trainerStatus": posted}})
+    s = status([pod("j-node-0-0", "a")], 1, trainer=trainer, now=at(3))
+    assert st.summary_lines(s)[-1] == "  trainer   42% (step 126 of 300), 100s left; committed 120; goodput 0.950; posted 3s ago"
+    assert doc(s)["trainer_status"] == {"progress_percent": 42, "eta_seconds": 100, "updated": "2026-01-01T12:00:00+00:00",
+                                        "metrics": {"step": "126", "total_steps": "300", "last_committed_step": "120",
+                                                    "goodput": "0.950"}}
+    # Before the script declares a total: the step alone. A PyTorchJob has no trainerStatus: no line, no key.
+    early = build.trainer_progress({"status": {"trainerStatus": {"metrics": [{"name": "step", "value": "7"}]}}})
+    assert st.trainer_line(status([], 1, trainer=early)) == "step 7"
+    assert build.trainer_progress({"status": {"conditions": []}}) is None
+    assert "trainer_status" not in doc(status([], 1))
 
 
 def test_summary_first_then_only_unhealthy_pods():
