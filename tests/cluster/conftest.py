@@ -196,8 +196,11 @@ def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
-def webhook_certs(d) -> dict[str, bytes]:
-    """A CA and a serving cert for the operator's webhook: ca.crt, ca.key, tls.crt, tls.key (PEM)."""
+def webhook_certs(d, *dns_names: str) -> dict[str, bytes]:
+    """A CA and a serving cert for the operator's webhook: ca.crt, ca.key, tls.crt, tls.key (PEM).
+
+    dns_names: more names the serving cert is for (the Trainer's status Service, where pods call it by name).
+    """
     d.mkdir(parents=True, exist_ok=True)
     # PKCS#1 keys ("-traditional"): the rotator parses ca.key with x509.ParsePKCS1PrivateKey.
     _openssl("genrsa", "-traditional", "-out", str(d / "ca.key"), "2048")
@@ -205,7 +208,8 @@ def webhook_certs(d) -> dict[str, bytes]:
              "-addext", f"subjectAltName=DNS:{WEBHOOK_CA_NAME}", "-out", str(d / "ca.crt"))
     _openssl("genrsa", "-traditional", "-out", str(d / "tls.key"), "2048")
     _openssl("req", "-new", "-key", str(d / "tls.key"), "-subj", f"/CN={WEBHOOK_DNS_NAME}", "-out", str(d / "tls.csr"))
-    (d / "ext.cnf").write_text(f"subjectAltName=DNS:{WEBHOOK_DNS_NAME},IP:127.0.0.1\n"
+    names = "".join(f",DNS:{n}" for n in dns_names)
+    (d / "ext.cnf").write_text(f"subjectAltName=DNS:{WEBHOOK_DNS_NAME}{names},IP:127.0.0.1\n"
                                "extendedKeyUsage=serverAuth\n")
     _openssl("x509", "-req", "-in", str(d / "tls.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
              "-CAcreateserial", "-days", "365", "-extfile", str(d / "ext.cnf"), "-out", str(d / "tls.crt"))

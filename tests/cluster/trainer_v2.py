@@ -74,6 +74,10 @@ WEBHOOK_CONFIGS = {"trainer": "kubetrain-test-trainer", "jobset": "kubetrain-tes
 #: the operator's namespace (cert.GetOperatorNamespace()) into each TrainJob's <name>-tls-config ConfigMap.
 OPERATOR_NAMESPACE, WEBHOOK_SECRET = "kubeflow-system", "kubeflow-trainer-webhook-cert"
 STATUS_GATE = "TrainJobStatus"
+#: The Service the status plugin names in each pod's KUBEFLOW_TRAINER_SERVER_URL (certManagement's
+#: webhookServiceName default): https://<it>.<operator namespace>.svc:<statusServer.port>/...
+STATUS_SERVICE = "kubeflow-trainer-controller-manager"
+STATUS_DNS_NAME = f"{STATUS_SERVICE}.{OPERATOR_NAMESPACE}.svc"
 #: Read by the status server, fixed in Trainer v2.3.0 (pkg/util/cert certDir, pkg/statusserver/auth.go).
 FIXED_CERT_DIR = "/tmp/k8s-webhook-server/serving-certs"
 FIXED_RUN_DIR = "/var/run"  # .../secrets/kubernetes.io/serviceaccount/{token,namespace} below it
@@ -119,6 +123,25 @@ def install_status_secret(core, ca: bytes) -> None:
                          (core.create_namespaced_secret, (OPERATOR_NAMESPACE, {
                              "metadata": {"name": WEBHOOK_SECRET},
                              "data": {"ca.crt": base64.b64encode(ca).decode()}}))):
+        try:
+            create(*args)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
+
+def expose_status_server(core, discovery, ip: str, port: int) -> None:
+    """STATUS_SERVICE as a headless Service with one endpoint, ip:port (the controller runs out of cluster)."""
+    from kubernetes.client.exceptions import ApiException
+
+    ports = [{"name": "status", "port": port, "protocol": "TCP"}]
+    for create, args in (
+            (core.create_namespaced_service, (OPERATOR_NAMESPACE, {
+                "metadata": {"name": STATUS_SERVICE}, "spec": {"clusterIP": "None", "ports": ports}})),
+            (discovery.create_namespaced_endpoint_slice, (OPERATOR_NAMESPACE, {
+                "metadata": {"name": STATUS_SERVICE, "labels": {"kubernetes.io/service-name": STATUS_SERVICE}},
+                "addressType": "IPv4", "ports": ports,
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}]}))):
         try:
             create(*args)
         except ApiException as e:
@@ -304,13 +327,17 @@ def wait_ready(port: int, proc: subprocess.Popen, what: str, timeout: float = 12
 
 
 def start(bin_dir: str, kubeconfig: str, d, certs: dict[str, bytes], api_client, *,
-          status_gate: bool = True) -> list[subprocess.Popen]:
+          status_ip: str | None = None) -> list[subprocess.Popen]:
     """CRDs, webhooks, both controllers (ready), our ClusterTrainingRuntime; returns the processes.
 
     d: a folder for configs, certs and the logs (jobset.log, trainer.log).
     certs: ca.crt, tls.crt, tls.key (PEM) for 127.0.0.1.
-    status_gate: TrainJobStatus on where can_isolate(); its token check needs the API server's first
-    --service-account-issuer to be its own https URL, as the cluster tier's kube-apiserver has it.
+    The TrainJobStatus gate is on where can_isolate(): its token check needs the API server's first
+    --service-account-issuer to be its own https URL, as both tiers' kube-apiservers have it.
+    status_ip: where pods reach this machine (the node tier's node IP): STATUS_SERVICE is made a headless
+    Service whose one endpoint is the status server there, so that the pods' cluster DNS resolves the
+    URL the plugin gives them (certs must then be for STATUS_DNS_NAME too). Without it the pod runner
+    calls 127.0.0.1.
     """
     from kubernetes import client
 
@@ -325,9 +352,12 @@ def start(bin_dir: str, kubeconfig: str, d, certs: dict[str, bytes], api_client,
     admission = client.AdmissionregistrationV1Api(api_client)
     ports = {k: free_port() for k in ("jobset_webhook", "jobset_probe", "trainer_webhook", "trainer_probe",
                                       "trainer_status")}
-    status = status_gate and can_isolate()
+    status = can_isolate()
     if status:
         install_status_secret(client.CoreV1Api(api_client), certs["ca.crt"])
+        if status_ip is not None:
+            expose_status_server(client.CoreV1Api(api_client), client.DiscoveryV1Api(api_client), status_ip,
+                                 ports["trainer_status"])
     install_webhooks(admission, certs["ca.crt"], ports["jobset_webhook"], ports["trainer_webhook"])
     env = {**os.environ, "KUBECONFIG": kubeconfig}
     procs = []

@@ -330,6 +330,9 @@ class Node:
             f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
             "--authorization-mode=RBAC", f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
+            # The first issuer signs: this API server's own URL, where the Trainer's status server (a host
+            # process) reads the OIDC discovery document that verifies the pods' projected tokens.
+            f"--service-account-issuer=https://{NODE_IP}:{self.api_port}",
             "--service-account-issuer=https://kubernetes.default.svc", f"--service-cluster-ip-range={SERVICE_RANGE}",
             "--enable-priority-and-fairness=false", "--kubelet-preferred-address-types=InternalIP"])
         self.kubeconfig = str(d / "kubeconfig")
@@ -519,11 +522,10 @@ state = "{STATE / 'state'}"
 
         api_client = kconfig.new_client_from_config(config_file=self.kubeconfig)
         d = self.workdir / "trainer-v2"
-        # The gate off: with it on, the controller's token check needs this API server's issuer to be its
-        # own URL (the cluster tier's is), else it exits "issuer URL ... did not match"; progress is shown
-        # in the cluster tier (tests/cluster/test_trainjob_progress.py).
-        self.trainer_v2 = trainer_v2.start(self.bin_dir, self.kubeconfig, d, webhook_certs(d / "webhook"), api_client,
-                                           status_gate=False)
+        # The TrainJobStatus gate on: node 0's pod calls the status server by its Service name, which
+        # CoreDNS resolves to this host, with a projected token the server verifies against this API server.
+        certs = webhook_certs(d / "webhook", trainer_v2.STATUS_DNS_NAME)
+        self.trainer_v2 = trainer_v2.start(self.bin_dir, self.kubeconfig, d, certs, api_client, status_ip=NODE_IP)
         with open(PIDS, "a") as f:
             f.writelines(f"{p.pid} {p.args[0]}\n" for p in self.trainer_v2)
 

@@ -387,6 +387,14 @@ def test_a_trainjob_trains_in_real_containers_and_a_deleted_node_is_a_free_preem
     assert final_digest(log) == local_digest(60, ranks=2), log[-4000:]
     resumed = contract.parse_runtime_log(log.splitlines())["resumed_from"]
     assert resumed is not None and resumed >= 5, log[-3000:]
+    # The Trainer's TrainJobStatus gate is on (tests/node/machine.py): under Pod Security `restricted`, node 0
+    # posted its progress with the projected token, by the Service name the plugin gave it, to the end.
+    from tests.cluster.trainer_v2 import STATUS_DNS_NAME
+
+    assert f"trainjob status: posting progress to https://{STATUS_DNS_NAME}:" in log, log[-3000:]
+    assert "cannot post" not in log, log[-3000:]
     doc = json.loads(launch(capsys, "status", name, "-n", ns, "-o", "json")[1])
+    trainer = doc["trainer_status"]
+    assert trainer["progress_percent"] == 100 and trainer["metrics"]["last_committed_step"] == "60", doc
     assert (doc["state"], doc["restarts"], doc["retries_left"]) == ("Succeeded", 0, 3), doc
     assert doc["restarts_by_pod"] == {f"{name}-node-0-0": 1, f"{name}-node-0-1": 1}, doc
