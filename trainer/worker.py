@@ -59,15 +59,48 @@ def _failed_workers_signal(tb: Any) -> int | None:
     return None
 
 
+#: How long a rank waits for a DataLoader worker it lost mid-handover to be reaped (see _dead_loader_signal).
+LOADER_REAP_WAIT_S = 2.0
+
+
+def _dead_loader_signal(exc: BaseException, wait_s: float = LOADER_REAP_WAIT_S) -> int | None:
+    """The signal that ended a DataLoader worker when `exc` is the rank's half of that worker's death.
+
+    A worker killed while the rank unpickles its batch (its tensors arrive as file descriptors the
+    worker serves) makes the rank's read fail with a connection error, raised as is by torch's
+    _try_get_data when, at that instant, the dying worker is not yet reaped: it names no worker.
+    The iterator in that frame has the workers; one reaped within `wait_s` with exitcode -N is it.
+    """
+    if not isinstance(exc, (ConnectionError, EOFError, FileNotFoundError)):
+        return None
+    tb, workers = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_try_get_data":
+            workers = getattr(tb.tb_frame.f_locals.get("self"), "_workers", None)
+        tb = tb.tb_next
+    if not workers:
+        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        for w in workers:
+            code = getattr(w, "exitcode", None)
+            if isinstance(code, int) and code < 0:
+                return -code
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
 def loader_worker_signal(exc: BaseException) -> int | None:
     """The signal that killed one of this rank's DataLoader workers, when that is what `exc` says.
 
     A loader worker killed by a signal (the OOM killer, a node's pressure) is the machine's doing,
     not the script's: the rank exits 128+N like a killed rank, and the operator retries it. torch
-    reports it in one of two words, by which of its checks saw the death first; both count.
+    reports it in one of two words, by which of its checks saw the death first; both count, and so
+    does a connection error from the worker's half of a batch handover (_dead_loader_signal).
     """
     if not isinstance(exc, RuntimeError):
-        return None
+        return _dead_loader_signal(exc)
     if _LOADER_EXITED_RE.search(str(exc)):
         return _failed_workers_signal(exc.__traceback__)
     m = _LOADER_KILLED_RE.search(str(exc))

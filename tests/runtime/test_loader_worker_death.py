@@ -48,3 +48,34 @@ def test_a_worker_death_seen_as_exited_unexpectedly_is_still_its_signal():
     sig = loader_worker_signal(info.value)
     assert sig == signal.SIGKILL and contract.ExitCode.for_signal(sig) == 137
     del it, torch
+
+
+def test_a_worker_killed_while_handing_over_a_tensor_batch_is_still_its_signal():
+    import torch
+    from torch.utils.data import DataLoader
+
+    # A tensor batch goes by file descriptor, served by the worker: reading one the dead worker queued
+    # fails with a connection error. torch raises that error as is when its check finds no dead worker,
+    # which happens when the worker is not yet reaped at that instant (seen under load). Here that
+    # instant is made certain: the check is told the worker lives; the wrapper must still find its signal.
+    it = iter(DataLoader(torch.arange(64, dtype=torch.float32).view(64, 1), batch_size=1, num_workers=1,
+                         prefetch_factor=1))
+    next(it)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler off: only the queue check remains
+    (worker,) = it._workers
+    deadline = time.monotonic() + 30
+    while it._data_queue.empty():  # the next batch is queued (its tensor still the worker's to hand over)
+        assert time.monotonic() < deadline, "the worker queued no batch"
+        time.sleep(0.05)
+    worker.is_alive = lambda: True
+    os.kill(worker.pid, signal.SIGKILL)
+    while not _zombie(worker.pid):
+        assert time.monotonic() < deadline, "the worker did not die"
+        time.sleep(0.05)
+    with pytest.raises((ConnectionError, EOFError, FileNotFoundError)) as info:
+        next(it)
+    sig = loader_worker_signal(info.value)
+    assert sig == signal.SIGKILL and contract.ExitCode.for_signal(sig) == 137, repr(info.value)
+    # Any other connection error is the script's: no DataLoader frame, no signal.
+    assert loader_worker_signal(ConnectionResetError("peer gone")) is None
+    del it, worker, torch
