@@ -13,6 +13,7 @@ import re
 
 import pytest
 
+from launcher.records import parse_time
 from tests.cluster.test_launcher_against_apiserver import launch
 from tests.cluster.test_operator_runs_our_jobs import wait
 from tests.helpers import EXAMPLE, FIXTURES, run
@@ -177,6 +178,89 @@ def test_deleting_the_master_pod_commits_exits_143_and_the_job_resumes_bit_ident
 def test_deleting_a_worker_pod_commits_exits_143_and_the_job_resumes_bit_identical(
         api, node, capsys, restricted_namespace, local_digest):
     _delete_and_resume(api, node, capsys, restricted_namespace, "worker", local_digest)
+
+
+def _rank_pids(pod: str, rank: int) -> list[int]:
+    """Host PIDs of the rank processes of `pod` with this RANK (a container's processes are this machine's)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"trainer.worker" not in f.read():
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:  # gone meanwhile
+            continue
+        if env.get(b"HOSTNAME") == pod.encode() and env.get(b"RANK") == str(rank).encode():
+            found.append(int(entry))
+    return found
+
+
+def _first_resume_after(log: str, after: float) -> tuple[float, int] | None:
+    """(time, step) of the first "resuming after step" line the kubelet logged after `after` (epoch s)."""
+    for line in log.splitlines():
+        stamp, _, text = line.partition(" ")
+        m = re.search(r"resuming after step (\d+)", text)
+        if m:
+            t = parse_time(stamp).timestamp()
+            if t > after:
+                return t, int(m.group(1))
+    return None
+
+
+def test_a_killed_rank_in_a_real_pod_restarts_in_place_and_costs_no_pod(
+        api, node, capsys, restricted_namespace, local_digest):
+    """`--in-place-restarts 1` on a real kubelet: rank 1 SIGKILLed (as the OOM killer would) is restarted by the
+    runtime inside the same container, which the kubelet never restarts; then the pod deleted is replaced as
+    before. Both recoveries' times (fault to the resume line) are printed, not asserted: BENCHMARKS.md."""
+    import signal
+    import time
+
+    ns, name = restricted_namespace, "inplace"
+    folder = local_volume(api, node, ns)
+    code, _, err = launch(capsys, EXAMPLE, "--nodes", "1", "--nproc", "2", "--image", node.image, "-n", ns,
+                          "--name", name, "--checkpoint-every-steps", "5", "--in-place-restarts", "1",
+                          "--pvc", f"{CLAIM}:/checkpoints", "--checkpoint", "/checkpoints", "--grace-seconds", "60",
+                          "--clean-pod-policy", "None", "--", *SCRIPT_ARGS, "--steps", "120", "--step-sleep", "0.2")
+    assert code == 0, err
+    latest = os.path.join(folder, name, contract.LATEST_NAME)
+    wait(lambda: os.path.exists(latest), 300, "a committed checkpoint", explain(api, node, ns))
+    pod = wait(running_pod(api, ns, name, "master"), 60, "the running pod")
+    pids = wait(lambda: _rank_pids(pod.metadata.name, 1), 60, "rank 1's process")
+    killed_at = time.time()
+    os.kill(pids[0], signal.SIGKILL)
+
+    def log() -> str:
+        return api.core.read_namespaced_pod_log(pod.metadata.name, ns, container=contract.CONTAINER_NAME,
+                                                timestamps=True)
+
+    in_place = wait(lambda: _first_resume_after(log(), killed_at), 300, "the in-place resume", explain(api, node, ns))
+    text = log()
+    assert "restarting in place (1 of 1) after exit 137" in text, text[-3000:]
+    same = api.core.read_namespaced_pod(pod.metadata.name, ns)
+    assert same.metadata.uid == pod.metadata.uid and same.status.container_statuses[0].restart_count == 0, same.status
+
+    # Then a pod replacement, as without in-place restarts: SIGTERM, commit, 143, a new pod that resumes.
+    wait(lambda: int(open(latest).read().split()[-1]) > in_place[1], 300, "a commit after the in-place resume")
+    deleted_at = time.time()
+    api.core.delete_namespaced_pod(pod.metadata.name, ns)
+
+    def new_pod_resume():
+        new = running_pod(api, ns, name, "master")()
+        if new is None or new.metadata.uid == pod.metadata.uid:
+            return None
+        return _first_resume_after(api.core.read_namespaced_pod_log(
+            new.metadata.name, ns, container=contract.CONTAINER_NAME, timestamps=True), deleted_at)
+
+    replaced = wait(new_pod_resume, 300, "the new pod's resume", explain(api, node, ns))
+    wait(lambda: succeeded(api, ns, name), 420, "the job to succeed", explain(api, node, ns))
+    final = pod_log(api, ns, f"{name}-master-0")
+    assert final_digest(final) == local_digest(120, ranks=2), final[-4000:]
+    print(f"\nrecovery on a real kubelet, fault -> resume line: rank SIGKILL, in place {in_place[0] - killed_at:.1f} s; "
+          f"pod deleted, replaced {replaced[0] - deleted_at:.1f} s")
 
 
 def test_checkpoints_and_a_code_bundle_too_big_for_a_configmap_in_s3_from_real_pods(
