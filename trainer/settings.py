@@ -95,7 +95,8 @@ SETTINGS: tuple[Setting, ...] = (
             contract.DEFAULT_IN_PLACE_RESTARTS,
             "after a lost rank (killed by a signal, a hang, a killed DataLoader worker), start the ranks again in this "
             "process from the last committed step, up to N times, before exiting retryably for the cluster to replace "
-            "the pod; one node only (several nodes exit as before). Each is an attempt in the restart ledger and counts "
+            "the pod; every node of a static multi-node job restarts together (elastic jobs exit as before). Each is an "
+            "attempt in the restart ledger and counts "
             "toward --max-restarts (0: off)", minimum=0),
     Setting("node_copy_dir", "--node-copy-dir", contract.ENV_NODE_COPY_DIR, str, None,
             "where each rank keeps its files of the newest committed step, so that a restore on this node (an "

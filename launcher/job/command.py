@@ -48,8 +48,8 @@ def add_job_flags(p: argparse.ArgumentParser, *, name_help: str, local_help: str
     g.add_argument("--hang-timeout", type=float, default=None, help="exit retryably after this many seconds "
                    "without step progress (default off)")
     g.add_argument("--in-place-restarts", type=int, default=None, help="restart a lost rank (killed, hung) inside "
-                   "its pod from the last checkpoint up to N times before the pod is replaced; single-node jobs "
-                   "(default 0: off)")
+                   "its pod from the last checkpoint up to N times before the pod is replaced; every node restarts "
+                   "together; not for elastic jobs (default 0: off)")
     g.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics from each pod's "
                    "runtime on this port, named 'metrics' for a PodMonitor (default 0: off)")
     g.add_argument("--max-restarts", type=int, default=None,

@@ -120,3 +120,44 @@ def test_sigterm_during_an_in_place_restart_exits_143_without_starting_again(tmp
     *_, last = ledger(ckpt, "exp")
     assert last.in_place and last.stopping == "SIGTERM"
     assert_no_workers(result)
+
+
+def test_two_nodes_restart_in_place_together_on_the_next_generations_port(tmp_path, uninterrupted):
+    """Two supervisors as the operator runs two pods (MASTER_ADDR/PORT, PET_NNODES=2, PET_NODE_RANK), one
+    rank each: node 1's rank SIGKILLed, node 0's rank loses its peer; both restart in place and meet again
+    on the master's port + 1, and the run ends at the uninterrupted two-rank run's weights."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ckpt, result = str(tmp_path / "ckpt"), str(tmp_path / "result.json")
+    args = trainer_args(ckpt, result, "--in-place-restarts", "1") + ["--step-sleep", "0.03"]
+    args[args.index("--nproc-per-node") + 1] = "1"
+    procs, logs, controls = [], [], []
+    for node in (0, 1):
+        controls.append(str(tmp_path / f"control-{node}"))
+        logs.append(tmp_path / f"node-{node}.log")
+        procs.append(start(args, log_path=str(logs[-1]), env={
+            contract.ENV_CONTROL_DIR: controls[-1], "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "PET_NNODES": "2", "PET_NODE_RANK": str(node)}))
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(ckpt, "exp", "latest")), 180, "the first checkpoint")
+        wait_for(lambda: 1 in RankPid.live(controls[1]), 60, "rank 1's pid")
+        os.kill(RankPid.live(controls[1])[1], signal.SIGKILL)
+        assert [p.wait(300) for p in procs] == [0, 0], text(logs[0])[-3000:] + "\n--- node 1\n" + text(logs[1])[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    node0, node1 = text(logs[0]), text(logs[1])
+    assert "restarting in place (1 of 1) after exit 137: rank 1 was killed by SIGKILL" in node1, node1[-3000:]
+    assert "restarting in place (1 of 1) after exit" in node0 and "lost its peers" in node0, node0[-3000:]
+    resumed = read_json(result)
+    assert resumed["resumed_from"] is not None and resumed["sha256"] == uninterrupted["sha256"]
+    by_node = {}
+    for a in ledger(ckpt, "exp"):
+        by_node.setdefault(a.node_rank, []).append((a.code, a.in_place))
+    assert by_node[1][0][0] == 137 and by_node[1][1:] == [(0, True)], by_node
+    assert by_node[0][1:] == [(0, True)], by_node
+    assert_no_workers(result)

@@ -10,13 +10,14 @@ from trainer.contract import ExitCode
 from trainer.control_folder import (Committed, Preempted, Progress, RankError, RankPid, StopRequest,
                                     TorchrunResult, RankFailure, clear_attempt)
 from trainer.supervisor.classify import Outcome, classify
-from trainer.supervisor.in_place import budget_spent, restart_in_place, single_node
+from trainer.supervisor import RunConfig, torchrun_args
+from trainer.supervisor.in_place import IN_PLACE_RENDEZVOUS_TIMEOUT_S, budget_spent, restart_in_place, static_nodes
 
 LOST = Outcome(137, "rank 1 was killed by SIGKILL", rank_lost=True)
 
 
 def rule(outcome, **kw):
-    args = dict(stopping=False, single=True, used=0, budget=2) | kw
+    args = dict(stopping=False, static=True, used=0, budget=2) | kw
     return restart_in_place(outcome, **args)
 
 
@@ -27,11 +28,11 @@ def test_only_a_lost_rank_restarts_in_place_within_the_budget():
                   Outcome(ExitCode.CRASH_LOOP, "crash loop"), Outcome(ExitCode.PREEMPTED, "preempted"),
                   Outcome(ExitCode.INFRA, "storage kept failing"), Outcome(0, "finished")):
         assert not rule(never), never
-    assert not rule(LOST, stopping=True) and not rule(LOST, single=False) and not rule(LOST, budget=0)
+    assert not rule(LOST, stopping=True) and not rule(LOST, static=False) and not rule(LOST, budget=0)
     assert rule(LOST, used=1) and not rule(LOST, used=2)
-    assert budget_spent(LOST, stopping=False, single=True, used=2, budget=2)
-    assert not budget_spent(LOST, stopping=False, single=True, used=0, budget=0)  # off: no line
-    assert not budget_spent(Outcome(1, "raised"), stopping=False, single=True, used=2, budget=2)
+    assert budget_spent(LOST, stopping=False, static=True, used=2, budget=2)
+    assert not budget_spent(LOST, stopping=False, static=True, used=0, budget=0)  # off: no line
+    assert not budget_spent(Outcome(1, "raised"), stopping=False, static=True, used=2, budget=2)
 
 
 def test_classify_marks_what_a_fresh_torchrun_may_recover():
@@ -50,10 +51,21 @@ def test_classify_marks_what_a_fresh_torchrun_may_recover():
     assert not end(result=killed, stop_reason="SIGTERM", preempted=Preempted(5, 1.0)).rank_lost
 
 
-def test_one_node_is_what_torchrun_runs_standalone():
-    assert single_node({}) and single_node({"PET_NNODES": "1"})
-    assert not single_node({"PET_NNODES": "2"}) and not single_node({"PET_NNODES": "1:2"})
-    assert not single_node({"PET_NNODES": "1", "PET_RDZV_ENDPOINT": "host:1"})
+def test_one_node_or_a_static_set_of_nodes_restart_in_place_and_elastic_jobs_do_not():
+    assert static_nodes({}) and static_nodes({"PET_NNODES": "1"})
+    assert static_nodes({"PET_NNODES": "2", "MASTER_ADDR": "j-master-0", "RANK": "1"})
+    assert not static_nodes({"PET_NNODES": "1:2"})
+    assert not static_nodes({"PET_NNODES": "2", "PET_RDZV_ENDPOINT": "host:1", "PET_RDZV_BACKEND": "c10d"})
+
+
+def test_each_generation_of_a_static_job_meets_on_its_own_port_and_gives_up_on_absent_peers():
+    cfg = RunConfig(script="train.py")
+    env = {"MASTER_ADDR": "j-master-0", "MASTER_PORT": "23456", "PET_NNODES": "2", "RANK": "1"}
+    first, third = torchrun_args(cfg, env), torchrun_args(cfg, env, generation=2)
+    assert "--master-port=23456" in first and not any(a.startswith("--rdzv-conf") for a in first)
+    assert "--master-port=23458" in third and f"--rdzv-conf=timeout={IN_PLACE_RENDEZVOUS_TIMEOUT_S}" in third
+    # One node: torchrun's --standalone picks its own free port every time.
+    assert torchrun_args(cfg, {}, generation=1) == torchrun_args(cfg, {})
 
 
 def test_clearing_an_attempt_leaves_only_what_the_supervisor_owns(tmp_path):

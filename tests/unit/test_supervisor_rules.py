@@ -124,7 +124,7 @@ def test_every_prefix_of_every_torchrun_option_reaches_the_script_unchanged(env)
     options = [o for a in run.get_args_parser()._actions for o in a.option_strings]
     for word in _prefixes(options):
         script_args = (word, "3", f"{word}=5", word)
-        argv = torchrun_args(RunConfig(script="train.py", script_args=script_args), env)
+        argv = torchrun_args(RunConfig(script="train.py", script_args=script_args), env, generation=1)
         args = parse_torchrun_args(run.get_args_parser(), argv)
         assert (args.module, args.training_script) == (True, "trainer.worker"), word
         assert args.training_script_args == ["train.py", *script_args], word

@@ -21,7 +21,7 @@ from trainer.settings import RunConfig
 from trainer.supervisor.classify import Outcome, classify
 from trainer.control_folder import (Committed, Preempted, Progress, RankError, StopRequest, TorchrunResult,
                                     clear_attempt)
-from trainer.supervisor.in_place import budget_spent, restart_in_place, single_node
+from trainer.supervisor.in_place import budget_spent, restart_in_place, static_nodes
 from trainer.supervisor.torchrun_command import node_copy_bytes, torchrun_args, torchrun_shutdown_timeout, worker_env
 from trainer.supervisor.watchdog import describe_stall, stalled_ranks
 
@@ -200,7 +200,7 @@ class Supervisor:
     def _next_in_place(self, outcome: Outcome, last_step: int | None, control: str) -> Outcome | None:
         """Record the attempt's end and prepare the next one when it restarts in place (None); else the
         Outcome to exit with. The ledger's end of a restarted attempt is recorded here, the last one's by run()."""
-        rule = dict(stopping=self._stopping(), single=single_node(self.env), used=self.in_place_used,
+        rule = dict(stopping=self._stopping(), static=static_nodes(self.env), used=self.in_place_used,
                     budget=self.cfg.in_place_restarts)
         if not restart_in_place(outcome, **rule):
             if budget_spent(outcome, **rule):
@@ -244,7 +244,7 @@ class Supervisor:
                            "its ranks started; the next run resumes from the last committed step",
                            meaning=f"stopped ({self._stop_reason}), no checkpoint committed by this attempt")
         nproc = cfg.nproc_per_node or int(self.env.get("PET_NPROC_PER_NODE") or 1)
-        cmd = [sys.executable, "-m", "trainer.torchrun_main", *torchrun_args(cfg, self.env)]
+        cmd = [sys.executable, "-m", "trainer.torchrun_main", *torchrun_args(cfg, self.env, self.in_place_used)]
         log.info("starting %d rank(s) of %s; checkpoints in %s/%s", nproc, cfg.script, cfg.checkpoint_uri, cfg.run_id)
         # Own session: a terminal's Ctrl-C reaches only us, and we decide what the ranks see.
         self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control, prefetch_dir),

@@ -6,6 +6,7 @@ from typing import Mapping
 
 from trainer import contract
 from trainer.settings import RunConfig, to_worker_env
+from trainer.supervisor.in_place import IN_PLACE_RENDEZVOUS_TIMEOUT_S, rendezvous_port
 
 
 def torchrun_shutdown_timeout(grace_seconds: float) -> int:
@@ -13,13 +14,14 @@ def torchrun_shutdown_timeout(grace_seconds: float) -> int:
     return max(1, int(min(contract.SUPERVISOR_GRACE_RESERVE, grace_seconds) / 2))
 
 
-def torchrun_args(cfg: RunConfig, env: Mapping[str, str]) -> list[str]:
+def torchrun_args(cfg: RunConfig, env: Mapping[str, str], generation: int = 0) -> list[str]:
     """torchrun's arguments from our flags and the Kubeflow operator's environment.
 
     Elastic jobs (PET_RDZV_*) are left to torchrun, which reads PET_* itself.
     Static multi-node jobs get the master's address and port and the node rank: MASTER_ADDR/PORT
     from the training operator v1, PET_MASTER_ADDR/PORT from Kubeflow Trainer v2's Torch plugin
-    (a TrainJob's pods have no MASTER_ADDR).
+    (a TrainJob's pods have no MASTER_ADDR). `generation`: in-place restarts so far; after the
+    first, every node meets on the port and within the timeout in_place.py gives it.
     Anything else is one node: --standalone picks a free port on loopback.
     The script and its arguments come last, after `-m trainer.worker`: torchrun_main passes them on
     without letting torchrun's parser see them.
@@ -32,9 +34,11 @@ def torchrun_args(cfg: RunConfig, env: Mapping[str, str]) -> list[str]:
     if env.get("PET_RDZV_ENDPOINT") or env.get("PET_RDZV_BACKEND") or ":" in nnodes:
         pass
     elif master and nnodes != "1":
-        port = env.get("MASTER_PORT") or env.get("PET_MASTER_PORT") or 29500
+        port = int(env.get("MASTER_PORT") or env.get("PET_MASTER_PORT") or 29500)
         args += [f"--nnodes={nnodes}", f"--node-rank={env.get('PET_NODE_RANK') or env.get('RANK') or 0}",
-                 f"--master-addr={master}", f"--master-port={port}"]
+                 f"--master-addr={master}", f"--master-port={rendezvous_port(port, generation)}"]
+        if generation:
+            args.append(f"--rdzv-conf=timeout={IN_PLACE_RENDEZVOUS_TIMEOUT_S}")
     else:
         args += ["--standalone", "--nnodes=1"]
     return args + ["-m", "trainer.worker", cfg.script, *cfg.script_args]
