@@ -61,6 +61,11 @@ def _failed_workers_signal(tb: Any) -> int | None:
 
 #: How long a rank waits for a DataLoader worker it lost mid-handover to be reaped (see _dead_loader_signal).
 LOADER_REAP_WAIT_S = 2.0
+#: The DataLoader iterator's methods a handover error passes through (`self` there has `_workers`).
+_LOADER_FRAMES = frozenset({"_try_get_data", "_get_data"})
+#: With pin_memory=True the handover happens in torch's pin-memory thread, which dies of the same
+#: error; the rank then reads this (torch.utils.data.dataloader._get_data).
+_PIN_THREAD_DIED_RE = re.compile(r"^Pin memory thread exited unexpectedly")
 
 
 def _dead_loader_signal(exc: BaseException, wait_s: float = LOADER_REAP_WAIT_S) -> int | None:
@@ -68,14 +73,16 @@ def _dead_loader_signal(exc: BaseException, wait_s: float = LOADER_REAP_WAIT_S) 
 
     A worker killed while the rank unpickles its batch (its tensors arrive as file descriptors the
     worker serves) makes the rank's read fail with a connection error, raised as is by torch's
-    _try_get_data when, at that instant, the dying worker is not yet reaped: it names no worker.
+    _try_get_data when, at that instant, the dying worker is not yet reaped: it names no worker
+    (with pin_memory=True, the pin-memory thread dies of it and the rank reads that instead).
     The iterator in that frame has the workers; one reaped within `wait_s` with exitcode -N is it.
     """
-    if not isinstance(exc, (ConnectionError, EOFError, FileNotFoundError)):
+    pinning = isinstance(exc, RuntimeError) and _PIN_THREAD_DIED_RE.search(str(exc))
+    if not (pinning or isinstance(exc, (ConnectionError, EOFError, FileNotFoundError))):
         return None
     tb, workers = exc.__traceback__, None
     while tb is not None:
-        if tb.tb_frame.f_code.co_name == "_try_get_data":
+        if tb.tb_frame.f_code.co_name in _LOADER_FRAMES:
             workers = getattr(tb.tb_frame.f_locals.get("self"), "_workers", None)
         tb = tb.tb_next
     if not workers:
@@ -99,7 +106,7 @@ def loader_worker_signal(exc: BaseException) -> int | None:
     reports it in one of two words, by which of its checks saw the death first; both count, and so
     does a connection error from the worker's half of a batch handover (_dead_loader_signal).
     """
-    if not isinstance(exc, RuntimeError):
+    if not isinstance(exc, RuntimeError) or _PIN_THREAD_DIED_RE.search(str(exc)):
         return _dead_loader_signal(exc)
     if _LOADER_EXITED_RE.search(str(exc)):
         return _failed_workers_signal(exc.__traceback__)

@@ -84,6 +84,7 @@ def build(reads: StatusReads, ledger: Ledger, now: datetime.datetime) -> JobStat
         # Each Kueue eviction suspends the job: its controller deletes every pod and makes them anew when
         # Kueue admits it again. Those recreations are Kueue's, not the pods' own exits: no retry spent.
         # Pods still Pending when suspended are among both `freed` and `unplaced`: take them out once.
+        # An approximation: an unplaced replacement unrelated to the evictions is then not taken out.
         freed = len(admission.evictions) * backend.expected_pods(job)
         retries_left = counting.retries_left(backend.retry_limit(job), max(restarts - max(freed, unplaced), 0),
                                              causes)

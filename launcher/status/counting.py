@@ -16,6 +16,8 @@ from trainer import contract
 #: Events that a pod gets once, when it comes into being: the scheduler placing it or failing to.
 #: Every incarnation of a replica (the operator reuses the name) has its own UID on them.
 POD_BIRTH_REASONS = ("Scheduled", "FailedScheduling")
+#: Events that say a pod reached a node: the scheduler bound it, or its kubelet worked on it.
+PLACED_REASONS = frozenset({"Scheduled", "Pulling", "Pulled", "Created", "Started", "Killing", "BackOff"})
 
 #: Why a pod went away other than by exiting, by the reason of the event on the pod. The
 #: operator recreates it (same name); like a Job's disruptions, it does not spend the retry budget.
@@ -78,8 +80,12 @@ def never_placed(incarnations: dict[str, set[str]], pods: Sequence[dict], pod_ev
     scheduler placed it (no event names who), and the operator created a third.
     """
     current = {p["uid"] for p in pods}
-    placed = {e["uid"] for e in pod_events if e["reason"] == "Scheduled" and e.get("uid")}
-    return sum(1 for uids in incarnations.values() for u in uids if u not in current and u not in placed)
+    # Any sign of a node: the scheduler's placement, or the kubelet's work (an event can be dropped).
+    placed = {e["uid"] for e in pod_events if e["reason"] in PLACED_REASONS and e.get("uid")}
+    # Per replica, never more than its recreations: a first pod gone unplaced (a Pending worker a
+    # cleanup deleted) is no restart, so it must not cancel another replica's.
+    return sum(min(sum(1 for u in uids if u not in current and u not in placed), max(len(uids) - 1, 0))
+               for uids in incarnations.values())
 
 
 def restart_causes(job: dict, job_events: Sequence[dict], pod_events: Sequence[dict],

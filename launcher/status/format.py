@@ -73,7 +73,6 @@ def trainer_line(s: JobStatus) -> str:
     return "; ".join(parts) or "posted nothing yet"
 
 
-
 def pod_rows(pods: Sequence[PodStatus], *, all_pods: bool) -> list[list[str]]:
     """The per-pod table (unhealthy pods only unless all_pods), in natural order."""
     return [[p.replica, p.phase or "?", p.node or "-", str(p.restarts), p.problem or "-"]

@@ -123,9 +123,11 @@ def test_a_node_going_not_ready_evicts_and_the_pod_is_recreated_on_another_node(
                           "the pod to be evicted and recreated")
             assert second.spec.node_name not in (None, first.spec.node_name)
             status = status_with_eviction(capsys, ns)
-        # The operator may create the replacement twice: its first can be deleted while still Pending, by
-        # no event `launch status` reads. Such a pod never ran, so it spends no retry either.
-        assert status["state"] != "Failed" and status["retries_left"] == 3, status
+        # Not asserted here: retries_left. While a node goes NotReady the operator may create the replacement
+        # twice, its first deleted by no event `launch status` reads; here other nodes are free, so that
+        # first one may have been placed (and counts) before it went. Where it cannot be placed (the
+        # spot-node test above, one spot node, tainted) status takes it out, and the budget is asserted.
+        assert status["state"] != "Failed", status
 
 
 def client_cause(reason: str) -> str:

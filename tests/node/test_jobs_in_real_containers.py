@@ -473,12 +473,13 @@ def test_a_trainjob_trains_in_real_containers_and_a_deleted_node_is_a_free_preem
     assert resumed is not None and resumed >= 5, log[-3000:]
     # The Trainer's TrainJobStatus gate is on (tests/node/machine.py): under Pod Security `restricted`, node 0
     # posted its progress with the projected token, by the Service name the plugin gave it, to the end.
-    from tests.cluster.trainer_v2 import STATUS_DNS_NAME
+    from tests.cluster.trainer_v2 import STATUS_DNS_NAME, can_isolate
 
-    assert f"trainjob status: posting progress to https://{STATUS_DNS_NAME}:" in log, log[-3000:]
-    assert "cannot post" not in log, log[-3000:]
     doc = json.loads(launch(capsys, "status", name, "-n", ns, "-o", "json")[1])
-    trainer = doc["trainer_status"]
-    assert trainer["progress_percent"] == 100 and trainer["metrics"]["last_committed_step"] == "60", doc
+    if can_isolate():  # where the gate can be on (trainer_v2.start); the node tier runs as root, so here
+        assert f"trainjob status: posting progress to https://{STATUS_DNS_NAME}:" in log, log[-3000:]
+        assert "cannot post" not in log, log[-3000:]
+        trainer = doc["trainer_status"]
+        assert trainer["progress_percent"] == 100 and trainer["metrics"]["last_committed_step"] == "60", doc
     assert (doc["state"], doc["restarts"], doc["retries_left"]) == ("Succeeded", 0, 3), doc
     assert doc["restarts_by_pod"] == {f"{name}-node-0-0": 1, f"{name}-node-0-1": 1}, doc

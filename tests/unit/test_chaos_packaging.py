@@ -46,3 +46,36 @@ def test_other_errors_stay_the_users(exc):
 
 def test_signal_words_are_the_c_librarys():
     assert signal.strsignal(signal.SIGKILL) == "Killed"  # what torch's message carries (strsignal)
+
+
+class _Worker:
+    def __init__(self, exitcode):
+        self.exitcode = exitcode
+
+
+class _Iterator:
+    """Stands in for torch's _MultiProcessingDataLoaderIter: what the wrapper reads from its frame."""
+
+    def __init__(self, *codes):
+        self._workers = [_Worker(c) for c in codes]
+
+    def _get_data(self):
+        raise RuntimeError("Pin memory thread exited unexpectedly")
+
+
+def _raised(it):
+    try:
+        it._get_data()
+    except RuntimeError as e:
+        return e
+
+
+def test_a_pin_memory_thread_killed_by_a_dead_workers_handover_is_that_workers_signal():
+    from trainer.worker import _dead_loader_signal
+
+    # torch's pin-memory thread dies of the handover error a killed worker leaves (pin_memory=True, a GPU
+    # node's usual loader); the rank reads "Pin memory thread exited unexpectedly".
+    assert loader_worker_signal(_raised(_Iterator(None, -9))) == signal.SIGKILL
+    # No worker died (the thread's own fault): the user's, after the bounded wait.
+    assert _dead_loader_signal(_raised(_Iterator(None, 0)), wait_s=0.1) is None
+    assert loader_worker_signal(RuntimeError("Pin memory thread exited unexpectedly")) is None  # no loader frame

@@ -133,6 +133,15 @@ def test_a_replacement_deleted_before_it_was_placed_spends_no_retry():
     assert ct.retries_left(3, 2 - 1, causes) == 3
     # The pod that is there now counts as placed whether or not it is yet: it is not gone.
     assert ct.never_placed(inc, pods, pod_events[:-1]) == 1
+    # The kubelet's events place a pod whose Scheduled event was dropped.
+    assert ct.never_placed(inc, pods, pod_events + [ev("j-master-0", "b", reason="Started")]) == 0
+    # A replica's first pod gone unplaced (a Pending worker deleted by a cleanup) is no recreation:
+    # it cannot cancel another replica's restart.
+    w = job(workers=1)
+    pods2 = [pod("j-master-0", "m2")]
+    events2 = [ev("j-master-0", "m1"), ev("j-master-0", "m2"), ev("j-worker-0", "w1", reason="FailedScheduling")]
+    inc2 = ct.pod_incarnations(w, pods2, events2)
+    assert sum(ct.count_restarts(inc2).values()) == 1 and ct.never_placed(inc2, pods2, events2) == 0
 
 
 def test_a_trainjobs_posted_progress_is_a_line_of_the_summary_and_a_key_of_the_json():

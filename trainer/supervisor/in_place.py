@@ -12,9 +12,10 @@ every other node's ranks lose their peers, so every supervisor ends the same att
 rank and starts its generation g+1 (its g-th in-place restart). Generation g meets on the
 master's port + g (rendezvous_port), so no node joins the store of a generation that is ending,
 and waits for its peers at most IN_PLACE_RENDEZVOUS_TIMEOUT_S: a node that did not restart in
-place (its pod replaced, its budget spent) makes the others give up and exit for replacement
-too, and the new pods all meet again at generation 0. Elastic jobs (torchrun's own c10d
-rendezvous) exit as before.
+place (its pod lost or replaced, its budget spent) makes the others give up and exit for
+replacement too, and the new pods all meet again at generation 0; a whole pod lost thus costs
+that wait more than without in-place restarts. Elastic jobs (torchrun's own c10d rendezvous)
+exit as before.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from trainer.supervisor.classify import Outcome
 
 #: How long a generation after the first waits for every node at its rendezvous (torchrun's static
 #: rendezvous `timeout`; its default, 600 s, is for pods still being scheduled). Peers that restart in
-#: place arrive within their torchrun's start; a peer that does not is not coming.
-IN_PLACE_RENDEZVOUS_TIMEOUT_S = 120
+#: place arrive within their torchrun's start (15 s on two loaded cores); a peer that does not is not
+#: coming: a whole pod lost (its replacement starts at generation 0), or ranks that have not noticed the
+#: loss yet (NCCL without --hang-timeout). That wait is what an in-place restart costs when it fails.
+IN_PLACE_RENDEZVOUS_TIMEOUT_S = 60
 
 
 def static_nodes(env: Mapping[str, str]) -> bool:

@@ -102,6 +102,11 @@ class Supervisor:
                     break
                 # The prefetched step may be older than `latest` now: the new ranks read storage.
                 prefetch_dir = None
+                # Node 0's crash-loop verdict can come again until this generation trains: watch anew.
+                training.set()
+                training = threading.Event()
+                if self._ledger is not None:
+                    self._ledger.watch_verdict(self._on_verdict, training)
         finally:
             training.set()
             if poller is not None:
