@@ -128,9 +128,17 @@ def test_two_nodes_restart_in_place_together_on_the_next_generations_port(tmp_pa
     on the master's port + 1, and the run ends at the uninterrupted two-rank run's weights."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    def two_free_ports() -> int:  # generation 1 meets on port + 1: both must be free
+        while True:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", 0))
+                try:
+                    b.bind(("127.0.0.1", a.getsockname()[1] + 1))
+                except OSError:
+                    continue
+                return a.getsockname()[1]
+
+    port = two_free_ports()
     ckpt, result = str(tmp_path / "ckpt"), str(tmp_path / "result.json")
     args = trainer_args(ckpt, result, "--in-place-restarts", "1") + ["--step-sleep", "0.03"]
     args[args.index("--nproc-per-node") + 1] = "1"
