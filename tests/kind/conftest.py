@@ -2,8 +2,8 @@
 
 Needs root, Docker (docker.io: images/kind-dockerd starts a daemon of its own), mmdebstrap, jq, gcc and
 Go (cluster/build --kind builds kind, kubeadm, kubectl and the images' binaries from the Go module
-proxy). Where one is missing the tier is skipped with one line, unless KUBETRAIN_REQUIRE_KIND_TIER=1:
-then it fails. The teardown always runs to its end: `kind delete cluster`, then the kind daemon stops.
+proxy). Where one is missing the tier is skipped with one line, unless it is required
+(KUBETRAIN_REQUIRE_KIND_TIER=1, or KUBETRAIN_REQUIRE_NODE_TIER=1 where that one is unset: CI): then it fails. The teardown always runs to its end: `kind delete cluster`, then the kind daemon stops.
 """
 
 from __future__ import annotations
@@ -21,9 +21,16 @@ CLUSTER = "kubetrain-e2e"  # k8s/kind/config-local.yaml's name
 NODE = f"{CLUSTER}-control-plane"
 
 
+def required() -> bool:
+    """KUBETRAIN_REQUIRE_KIND_TIER=1 requires the tier, =0 does not; unset, it follows
+    KUBETRAIN_REQUIRE_NODE_TIER (.ci/run sets that as root, where it installs every piece of both)."""
+    own = os.environ.get("KUBETRAIN_REQUIRE_KIND_TIER")
+    return own == "1" if own is not None else os.environ.get("KUBETRAIN_REQUIRE_NODE_TIER") == "1"
+
+
 def skip_or_fail(reason: str):
-    """Skip the kind tier for `reason`, or fail where it is required (KUBETRAIN_REQUIRE_KIND_TIER=1)."""
-    if os.environ.get("KUBETRAIN_REQUIRE_KIND_TIER") == "1":
+    """Skip the kind tier for `reason`, or fail where it is required (required())."""
+    if required():
         pytest.fail(f"kind tier: {reason}", pytrace=False)
     pytest.skip(f"kind tier: {reason}")
 
