@@ -76,6 +76,10 @@ def _kind(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.C
     return _run([env["KUBETRAIN_KIND"], *args], env, check=False, timeout=timeout)
 
 
+def _stop_dockerd() -> None:
+    subprocess.run([os.path.join(REPO, "images", "kind-dockerd"), "--stop"], capture_output=True, timeout=120)
+
+
 @pytest.fixture(scope="package")
 def kind_cluster(tmp_path_factory):
     """A started one-node kind cluster (Kind); deleted after the last test of this package."""
@@ -85,6 +89,7 @@ def kind_cluster(tmp_path_factory):
     out = subprocess.run([os.path.join(REPO, "images", "kind-node"), "--print-env"], capture_output=True,
                          text=True, timeout=3600)
     if out.returncode != 0:
+        _stop_dockerd()  # it may have started it
         skip_or_fail(f"images/kind-node failed: {out.stderr.strip().splitlines()[-1:] or out.returncode}")
     env = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
     os.makedirs("/lib/modules", exist_ok=True)  # kind mounts it into every node
@@ -100,8 +105,7 @@ def kind_cluster(tmp_path_factory):
         yield Kind(env=env, kubeconfig=kubeconfig)
     finally:
         for step in (lambda: _kind(env, "delete", "cluster", "--name", CLUSTER, timeout=180),
-                     lambda: subprocess.run([os.path.join(REPO, "images", "kind-dockerd"), "--stop"],
-                                            capture_output=True, timeout=120)):
+                     _stop_dockerd):
             try:
                 step()
             except Exception as e:  # noqa: BLE001 - the rest must still run
