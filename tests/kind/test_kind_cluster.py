@@ -4,7 +4,8 @@ A one-node cluster (kubeadm init on our Kubernetes build, the bridge CNI baked i
 and kube-proxy from images built here) comes up Ready; a pod on the bridge resolves the `kubernetes`
 Service through CoreDNS and reaches it through kube-proxy; nothing on the kind network can reach
 anything off this machine (the node has no default route, the host masquerades nothing, the kind
-daemon turns no forwarding on); and a pod of kubetrain's runtime image (images/build) runs.
+daemon turns no forwarding on); a pod of kubetrain's runtime image (images/build) runs; and
+scripts/kind-e2e's job survives `launch chaos --kill-pod worker-0` on it and Succeeds.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
+from tests.helpers import REPO
 from tests.kind.conftest import NODE, skip_or_fail
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600)]  # the first build of the node image takes minutes
@@ -110,7 +114,9 @@ def _runtime_image() -> tuple[str, str]:
     return env["KUBETRAIN_IMAGE"], env["KUBETRAIN_IMAGE_TAR"]
 
 
-def test_runtime_image_pod_runs(kind_cluster):
+@pytest.fixture(scope="module")
+def runtime_image(kind_cluster) -> str:
+    """The runtime image, imported into the node's containerd once for this module's tests."""
     kind = kind_cluster
     image, tar = _runtime_image()
     # The node's containerd holds the layers twice while it unpacks (content + snapshot), then drops
@@ -127,8 +133,28 @@ def test_runtime_image_pod_runs(kind_cluster):
     assert p.returncode == 0, p.stderr
     ref = image if image.count("/") > 1 else f"docker.io/{image}"
     kind.node("sh", "-euc", DISCARD_LAYERS, "discard", ref, timeout=300)
-    log, status = _pod(kind, f"runtime-{uuid.uuid4().hex[:6]}", image,
+    return image
+
+
+def test_runtime_image_pod_runs(kind_cluster, runtime_image):
+    log, status = _pod(kind_cluster, f"runtime-{uuid.uuid4().hex[:6]}", runtime_image,
                        "python -c 'import torch, trainer, trainer.contract; print(\"ok\", torch.__version__)' && "
                        "python -m trainer --help >/dev/null && id -u", timeout=600)
     assert status["phase"] == "Succeeded", (log, status)
     assert log.split()[0] == "ok" and log.split()[-1] == "1000", log
+
+
+def test_a_killed_worker_resumes_and_the_job_succeeds(kind_cluster, runtime_image):
+    """scripts/kind-e2e on this cluster: the operator, a 2-pod job on a PV, `launch chaos --kill-pod worker-0`."""
+    launch = os.path.join(os.path.dirname(sys.executable), "launch")
+    env = {**os.environ, "KIND_E2E_CLUSTER_KUBECONFIG": kind_cluster.kubeconfig, "KUBETRAIN_IMAGE": runtime_image,
+           "LAUNCH": launch}
+    env.pop("KUBETRAIN_IMAGE_TAR", None)
+    p = subprocess.run([os.path.join(REPO, "scripts", "kind-e2e")], capture_output=True, text=True, timeout=1500,
+                       env=env)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-5000:]
+    assert "fault 1/1: deleted worker-0" in out, out[-5000:]
+    resumed = re.search(r"resumed from step (\d+)", out)
+    assert resumed and int(resumed.group(1)) > 0, out[-5000:]  # from a checkpoint, not from scratch
+    assert "kind-e2e Succeeded after a killed worker-0" in out, out[-3000:]
