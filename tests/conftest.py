@@ -13,8 +13,8 @@ def rng(request) -> random.Random:
 
 
 #: Tiers that start a control plane of their own (package-scoped fixtures): each runs whole on one
-#: xdist worker, so it is started once, and the two run beside each other from the first minute.
-_WHOLE_TIERS = ("cluster", "node")
+#: xdist worker, so it is started once, and they run beside each other from the first minute.
+_WHOLE_TIERS = ("cluster", "node", "kind")
 
 
 def xdist_group_of(nodeid: str) -> str:
