@@ -48,11 +48,12 @@ def test_the_kind_node_scripts_parse():
     assert os.access(runc, os.X_OK)
 
 
-def test_the_kind_tier_runs_whole_on_one_worker():
+def test_the_kind_tier_runs_whole_on_the_node_tiers_worker():
     from tests.conftest import xdist_group_of
 
-    assert xdist_group_of("tests/kind/test_kind_cluster.py::test_x") == "kind"
-    assert xdist_group_of("tests/kind/conftest.py::y") == "kind"
+    # One after the other: each holds the runtime image unpacked in its own containerd.
+    assert xdist_group_of("tests/kind/test_kind_cluster.py::test_x") == "node"
+    assert xdist_group_of("tests/kind/conftest.py::y") == xdist_group_of("tests/node/test_image.py::z") == "node"
 
 
 def test_kind_runc_drops_only_what_the_bounding_set_lacks(tmp_path):
