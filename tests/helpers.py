@@ -46,12 +46,20 @@ def worker_pids(marker: str) -> list[int]:
     return sorted(pids)
 
 
-def worker_rank(pid: int) -> int | None:
+def process_env(pid: int) -> dict[str, str]:
+    """A process's environment ({} once it is gone)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-        return int(env[b"RANK"])
-    except (OSError, KeyError, ValueError):
+            raw = f.read()
+    except OSError:
+        return {}
+    return dict(kv.decode(errors="replace").split("=", 1) for kv in raw.split(b"\0") if b"=" in kv)
+
+
+def worker_rank(pid: int) -> int | None:
+    try:
+        return int(process_env(pid)["RANK"])
+    except (KeyError, ValueError):
         return None
 
 

@@ -16,7 +16,7 @@ import pytest
 from launcher.records import parse_time
 from tests.cluster.test_launcher_against_apiserver import launch
 from tests.cluster.test_operator_runs_our_jobs import wait
-from tests.helpers import EXAMPLE, FIXTURES, run
+from tests.helpers import EXAMPLE, FIXTURES, process_env, run, worker_pids
 from tests.node import machine
 from trainer import contract
 
@@ -182,21 +182,8 @@ def test_deleting_a_worker_pod_commits_exits_143_and_the_job_resumes_bit_identic
 
 def _rank_pids(pod: str, rank: int) -> list[int]:
     """Host PIDs of the rank processes of `pod` with this RANK (a container's processes are this machine's)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"trainer.worker" not in f.read():
-                    continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-        except OSError:  # gone meanwhile
-            continue
-        if env.get(b"HOSTNAME") == pod.encode() and env.get(b"RANK") == str(rank).encode():
-            found.append(int(entry))
-    return found
+    return [pid for pid in worker_pids("") if (env := process_env(pid)).get("HOSTNAME") == pod
+            and env.get("RANK") == str(rank)]
 
 
 def _first_resume_after(log: str, after: float) -> tuple[float, int] | None:
