@@ -95,20 +95,22 @@ def _valid_resume(rows: list[FaultRecord]) -> Check:
 def _identical_state(run: RunRecord, rows: list[FaultRecord]) -> Check:
     """Compare every common checkpoint; pin the first difference on the fault before it.
 
-    Checkpoints the faulted run committed before its first fault are a second fault-free
-    run: what differs there is the script's own non-determinism (say, Python's `random`,
-    never seeded), not a resume bug. Such RNG streams are left out of the comparison and
-    named; any other difference there fails the check with the advice to pass --tolerance.
+    Checkpoints the faulted run committed up to the step its first restart resumed from (all
+    of them when nothing restarted) are a second fault-free run: what differs there is the
+    script's own non-determinism (say, Python's `random`, never seeded), not a resume bug.
+    Such RNG streams are left out of the comparison and named; any other difference there
+    fails the check with the advice to pass --tolerance.
     """
     how = "bit-identical" if run.tolerance is None else f"within {run.tolerance:g}"
     steps = sorted(run.comparisons)
     if not steps:
         return Check("identical state", False, "no checkpoint of the same step in both runs to compare")
-    first_fault = min((r.injected_at for r in rows if r.injected_at is not None), default=None)
+    # A restart that ended before it resumed (None) may have started anywhere: nothing is fault-free.
+    fault_free_to = min(((r.resumed_from or 0) for r in rows if r.exit_code), default=max(steps))
     noisy: set[str] = set()
     for step in steps:
         diffs = {k: v for k, v in run.comparisons[step].items() if compare.stream(k) not in noisy}
-        if first_fault is not None and step < first_fault:
+        if step <= fault_free_to:
             rng_only = {k for k in diffs if k.split(":", 1)[-1].startswith("rng.")}
             noisy |= {compare.stream(k) for k in rng_only}
             other = compare.ordered({k: v for k, v in diffs.items() if k not in rng_only})
@@ -156,5 +158,6 @@ def _sigterm(run: RunRecord, rows: list[FaultRecord]) -> Check:
 
 def _injected(rows: list[FaultRecord]) -> Check:
     planned = [r for r in rows if r.number is not None]
-    injected = sum(r.injected_at is not None for r in planned)
+    # A fault that came after the last step (exit 0: "too late") hit nothing.
+    injected = sum(r.injected_at is not None and r.exit_code != 0 for r in planned)
     return Check("faults injected", injected > 0, f"{injected} of {len(planned)}")

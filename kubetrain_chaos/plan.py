@@ -184,7 +184,9 @@ def plan_faults(n: int, kinds: tuple[str, ...], total_steps: int, every_steps: i
             floor = at + _STOP_SLACK
             continue
         if i == 0:  # the reference's cadence: resume at a multiple of it
-            cands = [r for r in range(E, s_hi, E) if r >= s_lo - E] or [E]
+            # A kill while pruning needs a step before r to prune: not the attempt's first commit.
+            first = 2 * E if phase == "prune" else E
+            cands = [r for r in range(first, s_hi, E) if r >= s_lo - E] or [first]
         else:
             tail = _tail(kind, phase)
             cands = [r for r in range(max(s_lo, floor + 1), s_hi - tail)] or [max(s_lo, floor + 1)]

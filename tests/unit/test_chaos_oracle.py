@@ -126,6 +126,26 @@ def test_the_first_finding_is_what_to_fix_first_and_names_the_reference():
                           "(uninterrupted reference) (and 2 more: 1 model/optimizer state, 1 RNG)")
 
 
+def test_a_run_no_fault_ended_is_fault_free_its_unseeded_rng_is_noise_and_a_late_fault_hit_nothing():
+    # CI, seed 46529887: the only fault that fired was a SIGTERM after the last step (exit 0), and
+    # numpy's unseeded RNG differed at step 160, the one step a --keep 1 attempt left to compare.
+    late = FaultRecord("sigterm", number=1, at_step=52, injected_at=160, exit_code=0,
+                       detail="SIGTERM; too late: the run had finished")
+    noise = {"rank-00000.pt:rng.numpy": "1 part(s) of its state differ from the reference"}
+    got = checks(a_run(late, comparisons={160: noise}))
+    assert got["identical state"].ok and "rng.numpy" in got["identical state"].detail, got["identical state"]
+    assert not got["faults injected"].ok and got["faults injected"].detail == "0 of 1"
+
+
+def test_rng_noise_is_told_apart_only_up_to_the_step_the_first_restart_resumed_from():
+    kill = FaultRecord("kill-worker", number=1, at_step=50, injected_at=52, exit_code=137, resumed_from=40,
+                       resume_logged=True)
+    noise = {"rank-00000.pt:rng.numpy": "1 part(s) of its state differ from the reference"}
+    assert checks(a_run(kill, comparisons={20: noise, 40: {}, 60: noise}))["identical state"].ok
+    got = checks(a_run(kill, comparisons={20: {}, 40: {}, 60: noise}))["identical state"]
+    assert not got.ok and got.detail.startswith("step 60 differs from the uninterrupted run after fault 1"), got
+
+
 def test_rows_are_in_step_order_with_an_unplanned_exit_where_it_happened(tmp_path):
     planned = FaultRecord("sigterm", number=1, at_step=90, injected_at=91, exit_code=143, stop_step=92,
                           latest_after=92, intact_after=[92], resumed_from=92, resume_logged=True)

@@ -43,6 +43,16 @@ def test_the_default_plan_resumes_inside_every_window_of_2_to_8_steps_whatever_t
         assert all(coverage.catches_window(steps, p, total, phase) for phase in range(p)), (p, steps)
 
 
+@pytest.mark.parametrize("total", [120, 160, 200, 400])
+def test_a_kill_while_pruning_is_never_planned_at_the_first_attempts_first_commit(total):
+    # Nothing is pruned at a run's first commit, so such a kill never fires and the run goes on
+    # unfaulted (CI, seed 46529887: "the commit of step 20 never reached phase prune").
+    for seed in [46529887, *range(300)]:
+        first = chaos.plan_faults(5, contract.CHAOS_KINDS, total, 20, random.Random(seed))[0]
+        if first.phase == "prune":
+            assert first.resume_at >= 40, (seed, first)
+
+
 @pytest.mark.parametrize("seed", range(1, 21))
 def test_with_the_epoch_known_the_default_plan_resumes_at_an_epochs_first_and_last_step(seed):
     plan = chaos.plan_faults(5, contract.CHAOS_KINDS, 200, 20, random.Random(seed), epoch_steps=8)
