@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 
 from tests.helpers import EXAMPLE, assert_no_workers, start, wait_for
+from trainer import contract
 
 pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -40,9 +41,11 @@ def scrape(port: int) -> dict[str, float] | None:
 
 
 def trainer(tmp_path, port: int, log: str):
+    (tmp_path / "faults").mkdir(exist_ok=True)
     return start(["--nproc-per-node", "2", "--checkpoint", str(tmp_path / "ckpt"), "--run-id", "m",
                   "--checkpoint-every-steps", "20", "--max-restarts", "2", "--grace-seconds", "20",
-                  "--metrics-port", str(port), EXAMPLE, *ARGS], log_path=str(tmp_path / log))
+                  "--metrics-port", str(port), EXAMPLE, *ARGS], log_path=str(tmp_path / log),
+                 env={contract.ENV_FAULTS_DIR: str(tmp_path / "faults")})
 
 
 def test_metrics_follow_a_run_through_a_sigterm_and_its_resume(tmp_path):
@@ -59,10 +62,17 @@ def test_metrics_follow_a_run_through_a_sigterm_and_its_resume(tmp_path):
     assert first["kubetrain_restore_seconds_count{source=none}"] == 1
     assert first["kubetrain_restart_budget_left"] == 2 and "kubetrain_restarts" not in str(first)
 
+    # The supervisor still serves while the ranks commit their stop step: a commit held 3 s makes
+    # that window wide enough for a scrape to land in however busy the machine (CI once missed it).
+    slow = tmp_path / "faults" / contract.FAULT_SLOW_COMMIT
+    slow.write_text("3")
     proc.send_signal(signal.SIGTERM)
-    during = scrape(port)  # the supervisor still serves while the ranks commit their stop step
+    notice, during = "kubetrain_preemption_notices_total{source=SIGTERM}", {}
+    wait_for(lambda: during.update(scrape(port) or {}) or notice in during or proc.poll() is not None, 60,
+             "the notice in a scrape")
     assert proc.wait(120) == 143, (tmp_path / "first.log").read_text()
-    assert during is not None and during["kubetrain_preemption_notices_total{source=SIGTERM}"] == 1
+    assert during.get(notice) == 1, during
+    slow.unlink()
     stopped = int(latest.read_text())
     assert scrape(port) is None  # gone with its supervisor
     assert_no_workers(EXAMPLE)
