@@ -1,9 +1,15 @@
 """in-place: a rank SIGKILLed -> the first step completed after recovery, in place vs a new supervisor.
 
-In place: the supervisor (--in-place-restarts 1) starts a fresh torchrun itself. Exit and restart:
+In place: the supervisor (--in-place-restarts 1) starts torchrun again itself, from its warm spare
+(torch already imported: trainer/supervisor/spare.py) or, `cold`, as new Pythons
+(--cold-in-place-restarts). Exit and restart:
 the supervisor exits 137 and a new `python -m trainer run` starts, which is what a replaced pod
 costs locally, minus the scheduling, the image and the container start. Both on the same script
 (examples/train.py, 2 gloo ranks), checkpoints on local disk, alternating, `trials` times each.
+
+Every mode kills the rank SETTLE_S after the first commit, and `warm` once its supervisor has also
+logged that the spare (started once the ranks train) has torch imported, as it has long before a
+real fault; a spare still importing is a slower restart, not a cold one.
 
 Where the time goes, from the records themselves: `down` the kill to the supervisor's in-place
 line (in place) or to its exit (restart); `start` from there to rank 0's resume line (processes,
@@ -27,12 +33,14 @@ from trainer.control_folder import Progress, RankPid
 SCRIPT = os.path.join(REPO, "examples", "train.py")
 ARGS = ("--steps", "100000", "--samples", "2048", "--hidden", "64", "--step-sleep", "0.02")
 TIMEOUT_S = 300.0
+SETTLE_S = 10.0
+MODES = ("warm", "cold", "restart")
 
 
-def _cmd(ckpt: str, run_id: str, in_place: int) -> list[str]:
+def _cmd(ckpt: str, run_id: str, in_place: int, cold: bool) -> list[str]:
     return [sys.executable, "-m", "trainer", "run", "--nproc-per-node", "2", "--checkpoint", ckpt, "--run-id", run_id,
             "--checkpoint-every-steps", "10", "--grace-seconds", "5", "--in-place-restarts", str(in_place),
-            SCRIPT, *ARGS]
+            *(["--cold-in-place-restarts"] if cold else []), SCRIPT, *ARGS]
 
 
 def _wait(predicate, what: str) -> None:
@@ -49,10 +57,10 @@ def _log_has(path: str, text: str, since: int = 0) -> bool:
         return text.encode() in f.read()
 
 
-def _start(ckpt: str, run_id: str, in_place: int, control: str, log_path: str) -> subprocess.Popen:
+def _start(ckpt: str, run_id: str, in_place: int, control: str, log_path: str, cold: bool = False) -> subprocess.Popen:
     env = {**os.environ, contract.ENV_CONTROL_DIR: control}
     with open(log_path, "a") as log:
-        return subprocess.Popen(_cmd(ckpt, run_id, in_place), cwd=REPO, env=env, stdout=log,
+        return subprocess.Popen(_cmd(ckpt, run_id, in_place, cold), cwd=REPO, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -61,14 +69,18 @@ def _first_step_after(control: str) -> float:
     return min(p.time for p in beats.values()) if beats else 0.0
 
 
-def trial(tmp: str, name: str, in_place: bool) -> dict:
+def trial(tmp: str, name: str, mode: str) -> dict:
     ckpt, control, log = os.path.join(tmp, name, "ckpt"), os.path.join(tmp, name, "control"), \
         os.path.join(tmp, name + ".log")
     os.makedirs(control, exist_ok=True)
-    proc = _start(ckpt, name, 1 if in_place else 0, control, log)
+    in_place = mode != "restart"
+    proc = _start(ckpt, name, 1 if in_place else 0, control, log, cold=mode == "cold")
     procs = [proc]
     try:
         _wait(lambda: os.path.exists(os.path.join(ckpt, name, contract.LATEST_NAME)), "first commit")
+        if mode == "warm":
+            _wait(lambda: _log_has(log, contract.LOG_SPARE_WARM), "the warm spare")
+        time.sleep(SETTLE_S)
         _wait(lambda: 1 in RankPid.live(control), "rank 1")
         t_kill = time.time()
         os.kill(RankPid.live(control)[1], signal.SIGKILL)
@@ -101,11 +113,13 @@ def trial(tmp: str, name: str, in_place: bool) -> dict:
 
 
 def run(ctx: Context) -> dict:
-    rows: dict[str, list[dict]] = {"in_place": [], "restart": []}
+    rows: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for t in range(ctx.trials):
-        for mode in ("in_place", "restart"):
+        for mode in MODES:
             progress(f"in-place trial {t + 1}/{ctx.trials}: {mode}")
-            rows[mode].append(trial(ctx.tmp, f"{mode}-{t}", mode == "in_place"))
+            rows[mode].append(trial(ctx.tmp, f"{mode}-{t}", mode))
     med = {mode: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for mode, rs in rows.items()}
-    return {"trials": ctx.trials, "in_place": med["in_place"], "restart": med["restart"],
-            "ratio": med["restart"]["total_s"] / med["in_place"]["total_s"]}
+    return {"trials": ctx.trials, **med, "all": rows,
+            "restart_over_warm": med["restart"]["total_s"] / med["warm"]["total_s"],
+            "cold_over_warm": med["cold"]["total_s"] / med["warm"]["total_s"],
+            "restart_part_cold_over_warm": med["cold"]["start_s"] / med["warm"]["start_s"]}

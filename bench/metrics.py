@@ -42,7 +42,7 @@ METRICS: tuple[Metric, ...] = (
     Metric(id="M8", module="launcher_start", per_size=False, s3=False, one_thread=False,
            summary="`launch --help` and `launch --dry-run` start time vs `python -c pass`"),
     Metric(id="in-place", module="in_place", per_size=False, s3=False, one_thread=False, default=False,
-           summary="rank SIGKILL -> first step after recovery: in-place restart vs a new supervisor"),
+           summary="rank SIGKILL -> first step after recovery: in place (warm spare, cold) vs a new supervisor"),
     Metric(id="node-copy", module="node_copy", default=False,
            summary="restore() from the node copy vs from S3; a blocking save with and without it"),
     Metric(id="metrics-cost", module="metrics_cost", per_size=False, s3=False, one_thread=False, default=False,

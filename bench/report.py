@@ -137,7 +137,10 @@ def _in_place(r: dict) -> list[str]:
         return (f"{m['total_s']:.1f}s (down {m['down_s']:.1f}s, start to restored {m['start_s']:.1f}s, "
                 f"first step {m['first_step_s']:.2f}s)")
     return [f"in-place restart       rank SIGKILL -> first step after recovery, median of {r['trials']}: in place "
-            f"{parts(r['in_place'])}; new supervisor {parts(r['restart'])}; ratio {r['ratio']:.2f}x"]
+            f"from the warm spare {parts(r['warm'])}; in place cold {parts(r['cold'])}; new supervisor "
+            f"{parts(r['restart'])}",
+            f"   new supervisor / warm {r['restart_over_warm']:.2f}x; cold / warm {r['cold_over_warm']:.2f}x "
+            f"(the restart part alone {r['restart_part_cold_over_warm']:.2f}x)"]
 
 
 def _node_copy(m: dict) -> list[str]:

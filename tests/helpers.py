@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from trainer import contract
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(REPO, "examples", "train.py")
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -68,6 +70,18 @@ def assert_no_workers(marker: str) -> None:
     while worker_pids(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert worker_pids(marker) == [], f"workers survived: {worker_pids(marker)}"
+
+
+def assert_nothing_left(control: str) -> None:
+    """No process of a run is left: ranks forked warm (trainer/warm_rank.py) have the forkserver's
+    command line, not trainer.worker's, so a run is known by its control folder in the environment."""
+    def left() -> list[int]:
+        return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
+                and process_env(int(p)).get(contract.ENV_CONTROL_DIR) == control]
+    deadline = time.monotonic() + 5
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left() == [], f"processes of the run survived: {left()}"
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

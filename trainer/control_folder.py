@@ -12,6 +12,7 @@ One frozen record per file, each with its write and its read; nothing else opens
     pid-rank-R            RankPid         rank R's wrapper (worker.py)  `launch chaos` (which PID is rank R)
     result.json           TorchrunResult  trainer/torchrun_main.py      the supervisor (classify)
     stats-rank-R.json     RankStats       rank R (its Checkpointer)     the supervisor's /metrics (trainer/metrics/)
+    spare-ready           SpareReady      the warm spare (torchrun_main) the supervisor (its log; the next attempt's)
 
 Rules: one writer per file; every write replaces the file whole (a temp file, then a rename),
 so a reader never sees half of one; a file that is not there (yet) or does not parse reads as
@@ -136,6 +137,31 @@ class Committed:
     def read(cls, folder: str) -> Committed | None:
         pair = _pair(_read(folder, cls.NAME), int, float)
         return None if pair is None else cls(*pair)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpareReady:
+    """The warm spare (trainer/supervisor/spare.py), process `pid`, and its forkserver have torch imported,
+    `seconds` after it started: "<pid> <seconds>". The next attempt's, so clear_attempt leaves it."""
+
+    pid: int
+    seconds: float
+    NAME = "spare-ready"
+
+    def write(self, folder: str) -> None:
+        _replace(folder, self.NAME, f"{self.pid} {self.seconds:.3f}\n")
+
+    @classmethod
+    def read(cls, folder: str) -> SpareReady | None:
+        pair = _pair(_read(folder, cls.NAME), int, float)
+        return None if pair is None else cls(*pair)
+
+    @classmethod
+    def clear(cls, folder: str) -> None:
+        try:
+            os.unlink(os.path.join(folder, cls.NAME))
+        except OSError:
+            pass
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,6 +98,10 @@ SETTINGS: tuple[Setting, ...] = (
             "the pod; every node of a static multi-node job restarts together (elastic jobs exit as before). Each is an "
             "attempt in the restart ledger and counts "
             "toward --max-restarts (0: off)", minimum=0),
+    Setting("cold_in_place_restarts", "--cold-in-place-restarts", contract.ENV_COLD_IN_PLACE_RESTARTS, bool, False,
+            "start an in-place restart's ranks as new Pythons that import torch, not from the warm spare started "
+            "ahead while the ranks train (two idle processes with torch imported: a few hundred MB of host memory; "
+            "the restart then pays the imports)"),
     Setting("node_copy_dir", "--node-copy-dir", contract.ENV_NODE_COPY_DIR, str, None,
             "where each rank keeps its files of the newest committed step, so that a restore on this node (an "
             "in-place restart; a new pod where the folder survives, a hostPath) reads them instead of the store, "

@@ -4,17 +4,26 @@ torchrun reports a failed worker by raising ChildFailedError out of its own
 main, which prints a page per failure. The supervisor needs the facts (which
 rank, exit code or signal) to map them onto the exit-code contract, so this
 wrapper catches the error and records a TorchrunResult (trainer/control_folder.py).
+
+`python -m trainer.torchrun_main --standby` is the same process started ahead as a spare for an
+in-place restart: torch imported, waiting for its arguments (standby(), trainer/supervisor/spare.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import sys
 
 from trainer import contract
-from trainer.control_folder import RankFailure, TorchrunResult
+from trainer.control_folder import RankFailure, SpareReady, TorchrunResult
+
+
+#: The one argument that starts this process as a spare (standby()), not torchrun.
+STANDBY = "--standby"
 
 
 class _Refused(Exception):
@@ -48,7 +57,60 @@ def parse_torchrun_args(parser: argparse.ArgumentParser, argv: list[str]) -> arg
     return args
 
 
-def main(argv: list[str]) -> int:
+def _run_warm(args: argparse.Namespace) -> None:
+    """torchrun's run(args), with the ranks forked from the forkserver standby() preloaded
+    (trainer/warm_rank.py) instead of started as `python -u -m trainer.worker`."""
+    import uuid
+
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args
+
+    from trainer import warm_rank
+
+    if args.standalone:  # as run() does for --standalone
+        args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
+    if args.master_port is None:
+        args.master_port = 29500
+    config, _, _ = config_from_args(args)
+    config.start_method = "forkserver"
+    elastic_launch(config=config, entrypoint=warm_rank.rank)(list(args.training_script_args), dict(os.environ))
+
+
+def standby() -> int:
+    """A spare for the supervisor's next in-place restart (trainer/supervisor/spare.py): import torch,
+    start a forkserver that imports it too, then wait for one line on stdin, the JSON list of
+    arguments main() takes, and run it with warm ranks. End of input: not needed after all."""
+    import multiprocessing
+    import time
+    from multiprocessing import forkserver
+
+    started = time.monotonic()
+    import torch.distributed.run  # noqa: F401  what makes this process warm
+
+    multiprocessing.set_forkserver_preload(["trainer.warm_preload"])
+    # The forkserver forks only once it has imported what it preloads: one fork of nothing says so.
+    nothing = multiprocessing.get_context("forkserver").Process(target=os.getpid)
+    nothing.start()
+    nothing.join()
+    control = os.environ.get(contract.ENV_CONTROL_DIR)
+    if control:
+        SpareReady(os.getpid(), time.monotonic() - started).write(control)
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    try:
+        return main(json.loads(line), warm=True)
+    finally:
+        # Both would end once this process has, but not before the supervisor counts them as left
+        # behind; _stop is what multiprocessing's own tests use (closes the pipe, reaps the process).
+        from multiprocessing import resource_tracker
+
+        for helper in (forkserver._forkserver, resource_tracker._resource_tracker):
+            with contextlib.suppress(Exception):
+                helper._stop()
+
+
+def main(argv: list[str], warm: bool = False) -> int:
     # A torch that lacks torchrun's API or rejects our arguments cannot start on any retry: the
     # supervisor exits permanent (2) for these, not infra (201), which restarted such a job forever.
     try:
@@ -74,7 +136,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("torch.distributed.elastic.agent.server.api").setLevel(logging.ERROR)
     result, code = TorchrunResult(), 0
     try:
-        run(args)
+        _run_warm(args) if warm else run(args)
     except ChildFailedError as e:
         result = TorchrunResult(failures=tuple(
             RankFailure(rank=global_rank, exitcode=f.exitcode, time=f.timestamp,
@@ -88,7 +150,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
+    code = standby() if sys.argv[1:] == [STANDBY] else main(sys.argv[1:])
     sys.stdout.flush()
     sys.stderr.flush()
     # Tearing down torch's interpreter state takes ~0.4 s here, all of it after

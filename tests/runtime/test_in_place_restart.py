@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from tests.helpers import EXAMPLE, FIXTURES, assert_no_workers, read_json, run, start, wait_for
+from tests.helpers import EXAMPLE, FIXTURES, assert_no_workers, assert_nothing_left, read_json, run, start, wait_for
 from trainer import contract
 from trainer.contract import ExitCode
 from trainer.control_folder import RankPid
@@ -44,30 +44,42 @@ def uninterrupted(tmp_path_factory) -> dict:
     return read_json(str(d / "result.json"))
 
 
-def _kill_rank_1_after_a_commit(tmp_path, ckpt: str, extra: list[str]):
-    """Start a slowed run with a control folder, SIGKILL rank 1 once a step committed; (proc, log, control)."""
+def _kill_rank_1_after_a_commit(tmp_path, ckpt: str, extra: list[str], warm: bool = False):
+    """Start a slowed run with a control folder, SIGKILL rank 1 once a step committed (`warm`: and the
+    supervisor's spare for an in-place restart has torch imported); (proc, log, result)."""
     control, log = str(tmp_path / "control"), tmp_path / "log"
     result = str(tmp_path / "result.json")
     proc = start(trainer_args(ckpt, result, *extra) + ["--step-sleep", "0.03"], log_path=str(log),
                  env={contract.ENV_CONTROL_DIR: control})
     wait_for(lambda: os.path.exists(os.path.join(ckpt, "exp", "latest")), 180, "the first checkpoint")
-    wait_for(lambda: 1 in RankPid.live(control), 60, "rank 1's pid")
-    os.kill(RankPid.live(control)[1], signal.SIGKILL)
+    wait_for(lambda: len(RankPid.live(control)) == 2, 60, "both ranks' pids")
+    ranks = RankPid.live(control)
+    if warm:  # held still while the spare imports torch (seconds to minutes on loaded cores), not to end first
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: contract.LOG_SPARE_WARM in text(log), 300, "the warm spare")
+    os.kill(ranks[1], signal.SIGKILL)
+    if warm:
+        os.kill(ranks[0], signal.SIGCONT)
     return proc, log, result
 
 
-def test_a_killed_rank_restarts_in_place_and_the_run_ends_bit_identical(tmp_path, uninterrupted):
+def test_a_killed_rank_restarts_in_place_from_the_warm_spare_and_the_run_ends_bit_identical(tmp_path, uninterrupted):
     ckpt = str(tmp_path / "ckpt")
-    proc, log, result = _kill_rank_1_after_a_commit(tmp_path, ckpt, ["--in-place-restarts", "2"])
+    proc, log, result = _kill_rank_1_after_a_commit(tmp_path, ckpt, ["--in-place-restarts", "2"], warm=True)
     assert proc.wait(300) == 0, text(log)
     out = text(log)
     assert "restarting in place (1 of 2) after exit 137: rank 1 was killed by SIGKILL" in out, out[-3000:]
+    # Its ranks were forked from the spare's forkserver (torch imported); a second spare waited for a
+    # second restart that never came and was ended with the run.
+    assert "starting 2 rank(s) of" in out and "from the warm spare" in out, out[-3000:]
+    assert out.count(contract.LOG_SPARE_WARM) in (1, 2)
     first, second = ledger(ckpt, "exp")
     assert (first.code, first.in_place, second.in_place, second.code) == (137, False, True, 0)
     assert second.previous["code"] == 137 and second.resumed_from is not None and second.pid == first.pid
     resumed = read_json(result)
     assert resumed["resumed_from"] == second.resumed_from and resumed["sha256"] == uninterrupted["sha256"]
-    assert_no_workers(result)
+    assert_nothing_left(str(tmp_path / "control"))
 
 
 def test_a_rank_that_keeps_dying_spends_the_in_place_budget_then_exits_retryably(tmp_path):
@@ -92,9 +104,10 @@ def test_in_place_restarts_count_toward_the_crash_loop_budget(tmp_path):
     assert_no_workers(CRASH)
 
 
-def test_sigterm_after_an_in_place_restart_still_commits_and_exits_143(tmp_path):
+def test_sigterm_after_a_cold_in_place_restart_still_commits_and_exits_143(tmp_path):
     ckpt = str(tmp_path / "ckpt")
-    proc, log, result = _kill_rank_1_after_a_commit(tmp_path, ckpt, ["--in-place-restarts", "2"])
+    proc, log, result = _kill_rank_1_after_a_commit(tmp_path, ckpt, ["--in-place-restarts", "2",
+                                                                     "--cold-in-place-restarts"])
     wait_for(lambda: "restarting in place (1 of 2)" in text(log), 120, "the in-place restart")
     # The new attempt's ranks resumed and trained (their heartbeats start over from the resume step).
     wait_for(lambda: text(log).count("resuming after step") >= 1 and
@@ -104,7 +117,7 @@ def test_sigterm_after_an_in_place_restart_still_commits_and_exits_143(tmp_path)
     out = text(log)
     stopped = contract.parse_runtime_log(out.splitlines())["preempted_at"]
     assert stopped is not None and f"checkpoint step {stopped} committed" in out
-    assert out.count("restarting in place (") == 1
+    assert out.count("restarting in place (") == 1 and "spare" not in out  # new Pythons, as asked
     *_, last = ledger(ckpt, "exp")
     assert last.in_place and last.code == ExitCode.PREEMPTED and last.stopping == "SIGTERM"
     assert_no_workers(result)
@@ -119,7 +132,7 @@ def test_sigterm_during_an_in_place_restart_exits_143_without_starting_again(tmp
     assert text(log).count("restarting in place (") == 1
     *_, last = ledger(ckpt, "exp")
     assert last.in_place and last.stopping == "SIGTERM"
-    assert_no_workers(result)
+    assert_nothing_left(str(tmp_path / "control"))
 
 
 def test_two_nodes_restart_in_place_together_on_the_next_generations_port(tmp_path, uninterrupted):

@@ -8,7 +8,7 @@ from launcher.status import ledger as status_ledger
 from trainer import contract
 from trainer.contract import ExitCode
 from trainer.control_folder import (Committed, Preempted, Progress, RankError, RankPid, StopRequest,
-                                    TorchrunResult, RankFailure, clear_attempt)
+                                    SpareReady, TorchrunResult, RankFailure, clear_attempt)
 from trainer.supervisor.classify import Outcome, classify
 from trainer.supervisor import RunConfig, torchrun_args
 from trainer.supervisor.in_place import IN_PLACE_RENDEZVOUS_TIMEOUT_S, budget_spent, restart_in_place, static_nodes
@@ -79,6 +79,29 @@ def test_clearing_an_attempt_leaves_only_what_the_supervisor_owns(tmp_path):
     StopRequest("SIGTERM").write(d)
     clear_attempt(d)
     assert StopRequest.exists(d)
+    SpareReady(123, 4.5).write(d)  # the next attempt's: the restart that clears the ended one needs it
+    clear_attempt(d)
+    assert SpareReady.read(d) == SpareReady(123, 4.5)
+    SpareReady.clear(d)
+    assert SpareReady.read(d) is None
+
+
+def test_a_spare_is_started_for_the_next_in_place_restart_only_where_one_can_come(monkeypatch):
+    from trainer.supervisor.loop import Supervisor
+
+    def wants(env=None, **kw):
+        sup = Supervisor(RunConfig(script="t.py", **{"in_place_restarts": 1, **kw}), env=env or {})
+        return sup._wants_spare()
+
+    assert wants()
+    assert not wants(in_place_restarts=0) and not wants(cold_in_place_restarts=True)
+    assert not wants(env={"PET_NNODES": "1:4", "PET_RDZV_ENDPOINT": "m:29400"})  # elastic: never in place
+    sup = Supervisor(RunConfig(script="t.py", in_place_restarts=1), env={})
+    sup.in_place_used = 1
+    assert not sup._wants_spare()  # the budget is spent: no restart left to start
+    sup = Supervisor(RunConfig(script="t.py", in_place_restarts=1), env={})
+    sup.request_stop("SIGTERM")
+    assert not sup._wants_spare()
 
 
 def _attempt(name_t: float, **kw) -> contract.Attempt:

@@ -40,6 +40,8 @@ ENV_MAX_RESTARTS = "KUBETRAIN_MAX_RESTARTS"
 #: rank was lost, before it exits retryably for the cluster to replace the pod. `launch
 #: --in-place-restarts` sets it; unset or 0: every such failure replaces the pod.
 ENV_IN_PLACE_RESTARTS = "KUBETRAIN_IN_PLACE_RESTARTS"
+#: "1": an in-place restart starts its ranks cold, without the warm spare (trainer/supervisor/spare.py).
+ENV_COLD_IN_PLACE_RESTARTS = "KUBETRAIN_COLD_IN_PLACE_RESTARTS"
 #: A code bundle (tar.gz; a path or fsspec URI) to unpack and run from, and its sha256.
 ENV_CODE_URI = "KUBETRAIN_CODE_URI"
 ENV_CODE_SHA256 = "KUBETRAIN_CODE_SHA256"

@@ -19,6 +19,9 @@ LOG_PREEMPTED = "preempted: checkpoint step {step} committed"
 #: Logged by the supervisor when it starts its ranks again itself after a lost rank (an in-place
 #: restart), before the new torchrun starts; `launch chaos` reads the exit code of the attempt it ended.
 LOG_RESTARTING_IN_PLACE = "restarting in place ({n} of {budget}) after exit {code}"
+#: Logged by the supervisor once the warm spare for the next in-place restart has torch imported
+#: (trainer/supervisor/spare.py); the in-place bench waits for it.
+LOG_SPARE_WARM = "warm spare ready for an in-place restart"
 _RESUMED_RE = re.compile(r"resuming after step (\d+)")
 _IN_PLACE_RE = re.compile(r"restarting in place \((\d+) of \d+\) after exit (\d+)")
 _PREEMPTED_RE = re.compile(r"preempted: checkpoint step (\d+) committed")

@@ -22,6 +22,7 @@ from trainer.supervisor.classify import Outcome, classify
 from trainer.control_folder import (Committed, Preempted, Progress, RankError, StopRequest, TorchrunResult,
                                     clear_attempt)
 from trainer.supervisor.in_place import budget_spent, restart_in_place, static_nodes
+from trainer.supervisor.spare import Spare
 from trainer.supervisor.torchrun_command import node_copy_bytes, torchrun_args, torchrun_shutdown_timeout, worker_env
 from trainer.supervisor.watchdog import describe_stall, stalled_ranks
 
@@ -44,6 +45,7 @@ class Supervisor:
         self._lost: str | None = None  # another job took the run folder over: why this one stops
         self.stop_requests: list[str] = []  # every stop asked for (signals, notices), for /metrics
         self.in_place_used = 0  # in-place restarts made (trainer/supervisor/in_place.py)
+        self._spare: Spare | None = None  # the next in-place restart's torchrun, started ahead
 
     def request_stop(self, reason: str) -> None:
         """Ask the ranks to checkpoint and stop; safe from a signal handler or a thread."""
@@ -109,6 +111,7 @@ class Supervisor:
                     self._ledger.watch_verdict(self._on_verdict, training)
         finally:
             training.set()
+            self._discard_spare()
             if poller is not None:
                 poller.stop()
             if metrics is not None:
@@ -249,11 +252,22 @@ class Supervisor:
                            "its ranks started; the next run resumes from the last committed step",
                            meaning=f"stopped ({self._stop_reason}), no checkpoint committed by this attempt")
         nproc = cfg.nproc_per_node or int(self.env.get("PET_NPROC_PER_NODE") or 1)
-        cmd = [sys.executable, "-m", "trainer.torchrun_main", *torchrun_args(cfg, self.env, self.in_place_used)]
-        log.info("starting %d rank(s) of %s; checkpoints in %s/%s", nproc, cfg.script, cfg.checkpoint_uri, cfg.run_id)
-        # Own session: a terminal's Ctrl-C reaches only us, and we decide what the ranks see.
-        self._proc = subprocess.Popen(cmd, env=worker_env(cfg, self.env, control, prefetch_dir),
-                                      start_new_session=True)
+        argv = torchrun_args(cfg, self.env, self.in_place_used)
+        env = worker_env(cfg, self.env, control, prefetch_dir)
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.alive() and spare.env == env:
+            log.info("starting %d rank(s) of %s from the %s; checkpoints in %s/%s", nproc, cfg.script,
+                     "warm spare" if spare.warm_after is not None else "spare (still importing torch)",
+                     cfg.checkpoint_uri, cfg.run_id)
+            self._proc = spare.activate(argv)
+        else:
+            if spare is not None:
+                spare.discard()
+            log.info("starting %d rank(s) of %s; checkpoints in %s/%s", nproc, cfg.script, cfg.checkpoint_uri,
+                     cfg.run_id)
+            # Own session: a terminal's Ctrl-C reaches only us, and we decide what the ranks see.
+            self._proc = subprocess.Popen([sys.executable, "-m", "trainer.torchrun_main", *argv], env=env,
+                                          start_new_session=True)
         first_rank = contract.operator_node_rank(self.env) * nproc
         local_ranks = list(range(first_rank, first_rank + nproc))
         stop_sent_at: float | None = None
@@ -265,9 +279,14 @@ class Supervisor:
             self._wake.clear()
             now = time.monotonic()
             if now >= next_reap:
-                reap_orphans(keep=frozenset({self._proc.pid}))
+                reap_orphans(keep=frozenset({self._proc.pid, *self._spare_pids()}))
                 next_reap = now + REAP_EVERY_S
                 self._note_progress(control, training)
+                if training.is_set() and self._spare is None and self._wants_spare():
+                    # Once the ranks train: its imports never slow theirs.
+                    self._spare = Spare(worker_env(cfg, self.env, control, None), control)
+                if self._spare is not None and self._spare.became_warm():
+                    log.info("%s (torch imported in %.1fs)", contract.LOG_SPARE_WARM, self._spare.warm_after)
             if self._verdict is not None and stop_sent_at is None and hang is None:
                 log.error("node 0 stopped the run: %s; stopping this node's ranks", self._verdict.message)
                 stop_sent_at = now
@@ -315,6 +334,19 @@ class Supervisor:
                         preempted=Preempted.read(control),
                         stop_reason=self._stop_reason, hang=hang)
 
+    def _wants_spare(self) -> bool:
+        """Whether the next attempt may be an in-place restart that a warm spare would start."""
+        return (not self.cfg.cold_in_place_restarts and self.in_place_used < self.cfg.in_place_restarts
+                and static_nodes(self.env) and not self._stopping())
+
+    def _spare_pids(self) -> set[int]:
+        return {self._spare.proc.pid} if self._spare is not None else set()
+
+    def _discard_spare(self) -> None:
+        if self._spare is not None:
+            self._spare.discard()
+            self._spare = None
+
     def _note_progress(self, control: str, training: threading.Event) -> None:
         """Move the ledger's progress mark to global rank 0's newest commit; note when training began."""
         if not training.is_set() and Progress.read_all(control):
@@ -348,7 +380,10 @@ class Supervisor:
         """
         me = os.getpid()
         for _ in range(50):
-            pids = descendants(me, parent_map())
+            tree = parent_map()
+            # The warm spare and its forkserver are the next attempt's, not this one's.
+            spare = {p for s in self._spare_pids() for p in (s, *descendants(s, tree))}
+            pids = [p for p in descendants(me, tree) if p not in spare]
             if not pids:
                 return
             log.warning("killing %d process(es) left below the supervisor: %s", len(pids),
