@@ -65,11 +65,23 @@ def worker_rank(pid: int) -> int | None:
         return None
 
 
+def _this_test(pid: int) -> bool:
+    """Whether the running test started `pid`: pytest keeps the test's id in its environment
+    (PYTEST_CURRENT_TEST), which every process the test starts inherits."""
+    def test_id(env) -> str:
+        return env.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    return not test_id(os.environ) or test_id(process_env(pid)) == test_id(os.environ)
+
+
 def assert_no_workers(marker: str) -> None:
+    """No rank of this test's runs is left. Other tests' are not this one's business: a module on
+    another xdist worker may run the same script at the same time (CI once took them for ours)."""
+    def left() -> list[int]:
+        return [p for p in worker_pids(marker) if _this_test(p)]
     deadline = time.monotonic() + 5
-    while worker_pids(marker) and time.monotonic() < deadline:
+    while left() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert worker_pids(marker) == [], f"workers survived: {worker_pids(marker)}"
+    assert left() == [], f"workers survived: {left()}"
 
 
 def assert_nothing_left(control: str) -> None:
