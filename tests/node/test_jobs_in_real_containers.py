@@ -217,8 +217,12 @@ def test_a_killed_rank_in_a_real_pod_restarts_in_place_and_costs_no_pod(
     latest = os.path.join(folder, name, contract.LATEST_NAME)
     wait(lambda: os.path.exists(latest), 300, "a committed checkpoint", explain(api, node, ns))
     pod = wait(running_pod(api, ns, name, "master"), 60, "the running pod")
-    ranks = wait(lambda: (_rank_pids(pod.metadata.name, 0), _rank_pids(pod.metadata.name, 1)) if all(
-        (_rank_pids(pod.metadata.name, 0), _rank_pids(pod.metadata.name, 1))) else None, 60, "both ranks' processes")
+
+    def both_ranks() -> tuple[int, int] | None:
+        r0, r1 = _rank_pids(pod.metadata.name, 0), _rank_pids(pod.metadata.name, 1)
+        return (r0[0], r1[0]) if r0 and r1 else None
+
+    rank0, rank1 = wait(both_ranks, 60, "both ranks' processes")
 
     def log() -> str:
         return api.core.read_namespaced_pod_log(pod.metadata.name, ns, container=contract.CONTAINER_NAME,
@@ -226,12 +230,12 @@ def test_a_killed_rank_in_a_real_pod_restarts_in_place_and_costs_no_pod(
 
     # Held still while the runtime's spare imports torch (it starts once the ranks train), as a real fault
     # comes long after that: the recovery measured is the warm one.
-    for pid in (*ranks[0], *ranks[1]):
+    for pid in (rank0, rank1):
         os.kill(pid, signal.SIGSTOP)
     wait(lambda: contract.LOG_SPARE_WARM in log(), 300, "the warm spare", explain(api, node, ns))
     killed_at = time.time()
-    os.kill(ranks[1][0], signal.SIGKILL)
-    os.kill(ranks[0][0], signal.SIGCONT)
+    os.kill(rank1, signal.SIGKILL)
+    os.kill(rank0, signal.SIGCONT)
     in_place = wait(lambda: _first_resume_after(log(), killed_at), 300, "the in-place resume", explain(api, node, ns))
     text = log()
     assert "restarting in place (1 of 1) after exit 137" in text and "from the warm spare" in text, text[-3000:]
