@@ -57,6 +57,25 @@ def parse_torchrun_args(parser: argparse.ArgumentParser, argv: list[str]) -> arg
     return args
 
 
+def _close_a_failed_group_within(timeout_s: int) -> None:
+    """torchrun (torch 2.15) ends the ranks left after one failed with PContext.close()'s default wait,
+    30 s, not --shutdown-timeout (SubprocessContext._poll, MultiprocessContext._poll). Our ranks take its
+    SIGTERM as a stop request, which a group with a dead peer cannot agree on, so they were SIGKILLed only
+    30 s later: measured here, a crashed rank's peer held each restart 30.3 s. With this, the default is
+    `timeout_s` (--shutdown-timeout: 1 to 5 s, torchrun_command.torchrun_shutdown_timeout)."""
+    from torch.distributed.elastic.multiprocessing.api import PContext
+
+    close = PContext.close
+    if getattr(close, "_kubetrain", False):
+        return
+
+    def close_within(self, death_sig=None, timeout: int = timeout_s) -> None:
+        close(self, death_sig, timeout)
+
+    close_within._kubetrain = True  # type: ignore[attr-defined]
+    PContext.close = close_within  # type: ignore[method-assign]
+
+
 def _run_warm(args: argparse.Namespace) -> None:
     """torchrun's run(args), with the ranks forked from the forkserver standby() preloaded
     (trainer/warm_rank.py) instead of started as `python -u -m trainer.worker`."""
@@ -134,6 +153,7 @@ def main(argv: list[str], warm: bool = False) -> int:
     # torchrun logs every failure at ERROR with its own summary; the supervisor prints ours.
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     logging.getLogger("torch.distributed.elastic.agent.server.api").setLevel(logging.ERROR)
+    _close_a_failed_group_within(args.shutdown_timeout)
     result, code = TorchrunResult(), 0
     try:
         _run_warm(args) if warm else run(args)

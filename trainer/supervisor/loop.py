@@ -22,7 +22,7 @@ from trainer.supervisor.classify import Outcome, classify
 from trainer.control_folder import (Committed, Preempted, Progress, RankError, StopRequest, TorchrunResult,
                                     clear_attempt)
 from trainer.supervisor.in_place import budget_spent, restart_in_place, static_nodes
-from trainer.supervisor.spare import Spare
+from trainer.supervisor.spare import SPARE_AFTER_TRAINING_S, Spare
 from trainer.supervisor.torchrun_command import node_copy_bytes, torchrun_args, torchrun_shutdown_timeout, worker_env
 from trainer.supervisor.watchdog import describe_stall, stalled_ranks
 
@@ -46,6 +46,7 @@ class Supervisor:
         self.stop_requests: list[str] = []  # every stop asked for (signals, notices), for /metrics
         self.in_place_used = 0  # in-place restarts made (trainer/supervisor/in_place.py)
         self._spare: Spare | None = None  # the next in-place restart's torchrun, started ahead
+        self._trained_at: float | None = None  # when this attempt's ranks first reported a step (monotonic)
 
     def request_stop(self, reason: str) -> None:
         """Ask the ranks to checkpoint and stop; safe from a signal handler or a thread."""
@@ -252,6 +253,7 @@ class Supervisor:
                            "its ranks started; the next run resumes from the last committed step",
                            meaning=f"stopped ({self._stop_reason}), no checkpoint committed by this attempt")
         nproc = cfg.nproc_per_node or int(self.env.get("PET_NPROC_PER_NODE") or 1)
+        self._trained_at = None
         argv = torchrun_args(cfg, self.env, self.in_place_used)
         env = worker_env(cfg, self.env, control, prefetch_dir)
         spare, self._spare = self._spare, None
@@ -282,8 +284,8 @@ class Supervisor:
                 reap_orphans(keep=frozenset({self._proc.pid, *self._spare_pids()}))
                 next_reap = now + REAP_EVERY_S
                 self._note_progress(control, training)
-                if training.is_set() and self._spare is None and self._wants_spare():
-                    # Once the ranks train: its imports never slow theirs.
+                if self._spare is None and self._trained_at is not None and \
+                        now - self._trained_at >= SPARE_AFTER_TRAINING_S and self._wants_spare():
                     self._spare = Spare(worker_env(cfg, self.env, control, None), control)
                 if self._spare is not None and self._spare.became_warm():
                     log.info("%s (torch imported in %.1fs)", contract.LOG_SPARE_WARM, self._spare.warm_after)
@@ -351,6 +353,7 @@ class Supervisor:
         """Move the ledger's progress mark to global rank 0's newest commit; note when training began."""
         if not training.is_set() and Progress.read_all(control):
             training.set()
+            self._trained_at = time.monotonic()
         if self._ledger is None or self._ledger.record is None:
             return
         committed = Committed.read(control)

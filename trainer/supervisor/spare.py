@@ -2,7 +2,7 @@
 
 An in-place restart used to pay a new torchrun's torch import and then its ranks' (two Pythons
 importing torch, one after the other: most of the restart, BENCHMARKS.md). A spare is started once
-this attempt's ranks train (so it never slows their start), imports torch, starts a forkserver that
+this attempt's ranks have trained for SPARE_AFTER_TRAINING_S, imports torch, starts a forkserver that
 imports it too, and waits. The restart hands it its arguments and its ranks are forked warm
 (trainer/torchrun_main.py standby(), trainer/warm_rank.py). Its environment is the next attempt's,
 fixed when it starts: an in-place restart's ranks get no prefetch folder, the rest does not change.
@@ -24,6 +24,12 @@ from typing import Mapping
 from trainer.control_folder import SpareReady
 from trainer.processes import descendants, parent_map
 from trainer.torchrun_main import STANDBY
+
+
+#: How long an attempt's ranks train before its spare starts. Not at once: a start is when the CPUs are
+#: busiest (the ranks' own imports, data loading, compilation), and the spare's two imports of torch
+#: (several CPU-seconds) would slow it; an attempt that ends sooner restarts cold, as without a spare.
+SPARE_AFTER_TRAINING_S = 30.0
 
 
 class Spare:
