@@ -100,7 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
             "toward --max-restarts (0: off)", minimum=0),
     Setting("cold_in_place_restarts", "--cold-in-place-restarts", contract.ENV_COLD_IN_PLACE_RESTARTS, bool, False,
             "start an in-place restart's ranks as new Pythons that import torch, not from the warm spare started "
-            "ahead while the ranks train (two idle processes with torch imported: a few hundred MB of host memory; "
+            "ahead while the ranks train (two idle processes with torch imported: about 1.2 GB resident; "
             "the restart then pays the imports)"),
     Setting("node_copy_dir", "--node-copy-dir", contract.ENV_NODE_COPY_DIR, str, None,
             "where each rank keeps its files of the newest committed step, so that a restore on this node (an "

@@ -6,8 +6,8 @@ this attempt's ranks have trained for SPARE_AFTER_TRAINING_S, imports torch, sta
 imports it too, and waits. The restart hands it its arguments and its ranks are forked warm
 (trainer/torchrun_main.py standby(), trainer/warm_rank.py). Its environment is the next attempt's,
 fixed when it starts: an in-place restart's ranks get no prefetch folder, the rest does not change.
-The price: two idle processes with torch imported (a few hundred MB of host memory) while in-place
-restarts are left in the budget.
+The price: two idle processes with torch imported (about 1.2 GB RSS here, much of it torch's shared
+libraries) while in-place restarts are left in the budget.
 """
 
 from __future__ import annotations
