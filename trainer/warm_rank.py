@@ -2,8 +2,8 @@
 
 An in-place restart's ranks (trainer/supervisor/spare.py) come from a forkserver that imported
 torch (trainer/warm_preload.py) while the previous attempt was still training: the restart skips the
-ranks' interpreter start and torch import, which is most of what it costs (BENCHMARKS.md, "In-place
-restart"). torchrun starts them with a function entrypoint (`rank`), as its own --run-path does;
+ranks' interpreter start and torch import, which is most of what it costs (BENCHMARKS.md, "From a
+warm spare"). torchrun starts them with a function entrypoint (`rank`), as its own --run-path does;
 what the rank then runs is trainer/worker.py's main, the same as a rank started cold. This module
 stays light: torchrun's agent imports it to name `rank`.
 """
@@ -15,6 +15,7 @@ import os
 import sys
 
 from trainer import worker
+
 
 def rank(argv: list[str], agent_env: dict[str, str]) -> None:
     """One rank: `python -m trainer.worker ARGV`, in this forked process.
