@@ -51,10 +51,11 @@ def trainer_progress(job: dict) -> TrainerProgress | None:
 
 
 def pod_recreations(job: dict, pods: list[dict], pod_events: list[dict]) -> int:
-    """How often the job's pods were created again (pod JSON and Event JSON as served)."""
-    incarnations = counting.pod_incarnations(job, [describe_pod(p) for p in pods],
-                                             [event_record(e) for e in pod_events])
-    return sum(counting.count_restarts(incarnations).values())
+    """How often the job's pods were created again and placed (pod JSON and Event JSON as served): a
+    replacement deleted while still Pending ran nothing (counting.never_placed; CI once counted 3 for 2)."""
+    described, events = [describe_pod(p) for p in pods], [event_record(e) for e in pod_events]
+    incarnations = counting.pod_incarnations(job, described, events)
+    return sum(counting.count_restarts(incarnations).values()) - counting.never_placed(incarnations, described, events)
 
 
 def build(reads: StatusReads, ledger: Ledger, now: datetime.datetime) -> JobStatus:
