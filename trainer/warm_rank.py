@@ -10,9 +10,7 @@ stays light: torchrun's agent imports it to name `rank`.
 
 from __future__ import annotations
 
-import atexit
 import os
-import sys
 
 from trainer import worker
 
@@ -30,11 +28,6 @@ def rank(argv: list[str], agent_env: dict[str, str]) -> None:
     code = worker.main(argv)
     # As worker.exit_now: the script's atexit handlers, then no interpreter finalization (the
     # forked process ends in os._exit once torchrun has read the return value).
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    worker.run_exit_handlers()
     if code:
         raise SystemExit(code)

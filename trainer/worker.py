@@ -173,13 +173,18 @@ def exit_now(code: int) -> None:
     joinable, and finalization then aborts the process (SIGABRT, "terminate
     called without an active exception"), replacing the real exit code.
     """
+    run_exit_handlers()
+    os._exit(code)
+
+
+def run_exit_handlers() -> None:
+    """The script's atexit handlers, then the streams flushed: what exit_now does before os._exit."""
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(code)
 
 
 if __name__ == "__main__":
